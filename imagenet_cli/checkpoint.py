@@ -1,0 +1,193 @@
+"""The checkpoint file format: what goes in, how it reaches the disk, and how any file comes back.
+
+Files keep the reference script's keys (`epoch`, `arch`, `state_dict`, `best_acc1`, `optimizer`,
+`scheduler`) so its users' tooling keeps working, and add the run's configuration and class names.
+Everything is plain data loadable with `torch.load(..., weights_only=True)`: a checkpoint from a stranger
+cannot run code on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+FORMAT = "imagenet-cli/1"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What any supported file tells us; fields a format lacks are None."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    arch: str | None = None
+    epoch: int | None = None
+    best_acc1: float | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    class_names: list[str] | None = None
+
+
+def make_checkpoint(
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    arch: str,
+    epoch: int,
+    best_acc1: float,
+    optimizer: Mapping[str, Any],
+    scheduler: Mapping[str, Any],
+    config: Mapping[str, Any],
+    class_names: list[str],
+) -> dict[str, Any]:
+    """`epoch` is the next epoch to run, as in the reference script, so resuming starts there."""
+    return {
+        "format": FORMAT,
+        "epoch": int(epoch),
+        "arch": arch,
+        "state_dict": strip_prefixes(model_state),
+        "best_acc1": float(best_acc1),
+        "optimizer": dict(optimizer),
+        "scheduler": dict(scheduler),
+        "config": dict(config),
+        "class_names": list(class_names),
+    }
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], output_dir: str, is_best: bool) -> str:
+    """Write `checkpoint.pth.tar` (and `model_best.pth.tar` when best) so that a crash at any moment
+    leaves the previous files whole."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, CHECKPOINT_NAME)
+    atomic_write(path, lambda f: torch.save(dict(checkpoint), f))
+    if is_best:
+        atomic_write(os.path.join(output_dir, BEST_NAME), lambda f: _copy_into(path, f))
+    return path
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The rename is atomic on POSIX file systems, so readers see the old file or the new one, never half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous file is unchanged") from exc
+        raise
+    _fsync_dir(directory)
+
+
+def _copy_into(source: str, f: Any) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable; not every platform can open a directory, which is fine."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str) -> LoadedCheckpoint:
+    """Load any checkpoint or weights file users bring: this tool's, the reference script's,
+    DataParallel/DDP/compiled models' and plain state dicts, without executing pickled code."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        raw = _load(path)
+    except pickle.UnpicklingError as exc:
+        raise UserError(_unpickling_problem(path, str(exc))) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file?): {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint or state dict")
+    return _interpret(path, raw)
+
+
+def _unpickling_problem(path: str, text: str) -> str:
+    """torch's refusal is a paragraph that suggests `weights_only=False`; we keep only its reason."""
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    reason = " ".join(reason.split()) or "unsupported content"
+    if "global" in reason.lower():
+        return f"{path} cannot be loaded safely: it refers to Python objects that could run code ({reason}); refused"
+    return f"{path} is not a readable checkpoint (damaged, or not a PyTorch file): {reason}"
+
+
+def _load(path: str) -> Any:
+    """Memory-map when the file allows it, so reading a large checkpoint's config costs little."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
+    state = _find_state_dict(raw)
+    if state is None:
+        raise UserError(
+            f"{path} has no model weights (looked for a state dict or the keys {', '.join(STATE_DICT_KEYS)})"
+        )
+    best = raw.get("best_acc1")
+    return LoadedCheckpoint(
+        path=path,
+        state_dict=strip_prefixes(state),
+        arch=raw.get("arch") if isinstance(raw.get("arch"), str) else None,
+        epoch=int(raw["epoch"]) if isinstance(raw.get("epoch"), (int, torch.Tensor)) else None,
+        best_acc1=float(best) if isinstance(best, (int, float, torch.Tensor)) else None,
+        optimizer=raw.get("optimizer") if isinstance(raw.get("optimizer"), Mapping) else None,
+        scheduler=raw.get("scheduler") if isinstance(raw.get("scheduler"), Mapping) else None,
+        config=raw.get("config") if isinstance(raw.get("config"), Mapping) else None,
+        class_names=list(raw["class_names"]) if isinstance(raw.get("class_names"), list) else None,
+    )
+
+
+def _find_state_dict(raw: Mapping[str, Any]) -> Mapping[str, torch.Tensor] | None:
+    if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        return raw
+    for key in STATE_DICT_KEYS:
+        value = raw.get(key)
+        if isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            return value
+    return None
+
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as a plain model names them, whatever wrappers the writer had (even nested ones)."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out

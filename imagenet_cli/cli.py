@@ -1,0 +1,315 @@
+"""The command line: thin Typer commands that turn flags into a `RunConfig` and hand it to the launcher.
+
+Every option defaults to None here and means "not given"; the real defaults live in `config.py`. That is
+how `resume` knows which values a user typed and may override. Torch is imported only inside commands,
+so `imagenet-cli --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from . import options as opt
+from .config import RunConfig, build_config, changed_values
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, one_line
+
+app = typer.Typer(
+    name="imagenet-cli",
+    help="Train, evaluate, resume and finetune torchvision image classifiers, on one CPU or many GPUs and nodes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options a user typed: None (absent) and False (an unset flag) are not given."""
+    given = {k: v for k, v in values.items() if v is not None and v is not False}
+    for key in ("path", "output_dir", "resume", "weights", "checkpoint"):
+        if key in given:
+            given[key] = os.path.abspath(given[key])
+    return given
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """One line and a non-zero exit for anything that goes wrong; a traceback only with --debug."""
+    try:
+        yield
+    except UserError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(exc)}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(exc)} (run again with --debug for the traceback)", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
+def _launch(cfg: RunConfig) -> None:
+    from .launch import launch
+
+    launch(cfg)
+
+
+def _stored_base(path: str, given: dict[str, Any], command: str | None) -> tuple[RunConfig | None, dict[str, Any]]:
+    """A checkpoint's stored configuration (its command replaced by `command` when given), and `given`
+    adjusted to it: a DATA path given for a fake-data run means real data now."""
+    from .checkpoint import read_checkpoint
+
+    loaded = read_checkpoint(path)
+    if loaded.config is None:
+        return None, given
+    base = RunConfig.from_dict({**loaded.config, **({"command": command} if command else {})})
+    if "path" in given and "fake" not in given and base.data.fake:
+        given = {**given, "fake": False}
+    return base, given
+
+
+def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
+    ignore = {"resume", "checkpoint", "command", "quiet", "debug", "json"}
+    changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
+    if changes and not quiet:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+        typer.echo(f"overriding the checkpoint's configuration: {listed}", err=True)
+
+
+@app.command(no_args_is_help=False)
+def train(
+    data: opt.DataDir = None,
+    arch: opt.Arch = None,
+    workers: opt.Workers = None,
+    epochs: opt.epochs("train") = None,
+    start_epoch: opt.StartEpoch = None,
+    batch_size: opt.batch("train") = None,
+    lr: opt.lr("train") = None,
+    momentum: opt.Momentum = None,
+    weight_decay: opt.WeightDecay = None,
+    lr_step_size: opt.lr_step("train") = None,
+    lr_gamma: opt.LrGamma = None,
+    print_freq: opt.PrintFreq = None,
+    resume: opt.ResumeFrom = None,
+    evaluate: opt.EvaluateOnly = False,
+    pretrained: opt.Pretrained = False,
+    world_size: opt.WorldSize = None,
+    rank: opt.Rank = None,
+    dist_url: opt.DistUrl = None,
+    dist_backend: opt.DistBackend = None,
+    seed: opt.Seed = None,
+    gpu: opt.Gpu = None,
+    no_accel: opt.NoAccel = False,
+    multiprocessing_distributed: opt.MultiProc = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    data_parallel: opt.DataParallel = False,
+    fake_data: opt.FakeData = False,
+    image_size: opt.ImageSize = None,
+    val_resize_size: opt.ValResize = None,
+    val_crop_size: opt.ValCrop = None,
+    num_classes: opt.NumClasses = None,
+    fake_train_images: opt.FakeTrain = None,
+    fake_val_images: opt.FakeVal = None,
+    output_dir: opt.OutputDir = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Train a model from scratch (the reference script's flags keep their meaning).
+
+    [dim]imagenet-cli train --arch resnet18 --multiprocessing-distributed /data/imagenet[/dim]
+    """
+    with _errors(debug):
+        given = _given(
+            path=data, fake=fake_data, arch=arch, workers=workers, epochs=epochs, start_epoch=start_epoch,
+            batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step_size=lr_step_size,
+            lr_gamma=lr_gamma, print_freq=print_freq, resume=resume, evaluate_only=evaluate, pretrained=pretrained,
+            world_size=world_size, rank=rank, dist_url=dist_url, dist_backend=dist_backend, seed=seed, gpu=gpu,
+            no_accel=no_accel, multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
+            data_parallel=data_parallel, image_size=image_size, val_resize_size=val_resize_size,
+            val_crop_size=val_crop_size, num_classes=num_classes, fake_train_images=fake_train_images,
+            fake_val_images=fake_val_images, output_dir=output_dir, quiet=quiet, debug=debug,
+        )  # fmt: skip
+        given.setdefault("output_dir", os.path.abspath("."))
+        base = None
+        if "resume" in given and not given.get("evaluate_only"):
+            base, given = _stored_base(given["resume"], given, "train")
+        cfg = build_config("train", given, base)
+        if base is not None:
+            _report_overrides(base, cfg, quiet)
+        _launch(cfg)
+
+
+@app.command()
+def evaluate(
+    checkpoint: opt.CheckpointFile,
+    data: opt.DataDir = None,
+    arch: opt.RecordedArch = None,
+    batch_size: opt.batch("evaluate") = None,
+    workers: opt.Workers = None,
+    image_size: opt.ImageSize = None,
+    val_resize_size: opt.ValResize = None,
+    val_crop_size: opt.ValCrop = None,
+    fake_data: opt.FakeData = False,
+    num_classes: opt.NumClasses = None,
+    fake_val_images: opt.FakeVal = None,
+    print_freq: opt.PrintFreq = None,
+    world_size: opt.WorldSize = None,
+    rank: opt.Rank = None,
+    dist_url: opt.DistUrl = None,
+    dist_backend: opt.DistBackend = None,
+    gpu: opt.Gpu = None,
+    no_accel: opt.NoAccel = False,
+    multiprocessing_distributed: opt.MultiProc = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    json_output: opt.Json = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Top-1, top-5 and loss of a checkpoint on the val/ split; each image counted once on any number of ranks.
+
+    [dim]imagenet-cli evaluate checkpoint.pth.tar /data/imagenet --json[/dim]
+    """
+    with _errors(debug):
+        from .checkpoint import read_checkpoint
+        from .config import ModelConfig
+
+        given = _given(
+            checkpoint=checkpoint, path=data, fake=fake_data, workers=workers, batch_size=batch_size,
+            image_size=image_size, val_resize_size=val_resize_size, val_crop_size=val_crop_size,
+            num_classes=num_classes, fake_val_images=fake_val_images, print_freq=print_freq, world_size=world_size,
+            rank=rank, dist_url=dist_url, dist_backend=dist_backend, gpu=gpu, no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
+            json=json_output, quiet=quiet, debug=debug,
+        )  # fmt: skip
+        stored, given = _stored_base(given["checkpoint"], given, "evaluate")
+        arch = arch or (stored.model.arch if stored else read_checkpoint(given["checkpoint"]).arch)
+        if arch is None:
+            raise UserError(f"{checkpoint} does not record its architecture; pass --arch")
+        base = None
+        if stored is not None:  # the training run's data settings; its optimiser and processes do not apply
+            base = RunConfig(command="evaluate", data=stored.data, model=ModelConfig(arch=arch))
+        cfg = build_config("evaluate", {**given, "arch": arch}, base)
+        _launch(cfg)
+
+
+@app.command()
+def resume(
+    checkpoint: opt.ToolCheckpoint,
+    data: opt.MovedDataDir = None,
+    epochs: opt.epochs("train") = None,
+    lr: opt.lr("train") = None,
+    workers: opt.Workers = None,
+    print_freq: opt.PrintFreq = None,
+    output_dir: opt.ResumeOutputDir = None,
+    world_size: opt.WorldSize = None,
+    rank: opt.Rank = None,
+    dist_url: opt.DistUrl = None,
+    dist_backend: opt.DistBackend = None,
+    gpu: opt.Gpu = None,
+    no_accel: opt.NoAccel = False,
+    multiprocessing_distributed: opt.MultiProc = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Continue a run with the configuration stored in its checkpoint; flags given here override it.
+
+    [dim]imagenet-cli resume runs/r18/checkpoint.pth.tar --epochs 100[/dim]
+    """
+    with _errors(debug):
+        given = _given(
+            resume=checkpoint, path=data, epochs=epochs, lr=lr, workers=workers, print_freq=print_freq,
+            output_dir=output_dir, world_size=world_size, rank=rank, dist_url=dist_url, dist_backend=dist_backend,
+            gpu=gpu, no_accel=no_accel, multiprocessing_distributed=multiprocessing_distributed,
+            nproc_per_node=nproc_per_node, quiet=quiet, debug=debug,
+        )  # fmt: skip
+        given.setdefault("output_dir", os.path.dirname(given["resume"]))
+        base, given = _stored_base(given["resume"], given, None)
+        if base is None:
+            raise UserError(
+                f"{checkpoint} stores no configuration (a reference-script or weights file?); continue it with "
+                "`imagenet-cli train --resume CHECKPOINT --arch ARCH DATA`"
+            )
+        cfg = build_config(base.command, given, base)
+        _report_overrides(base, cfg, quiet)
+        _launch(cfg)
+
+
+@app.command()
+def finetune(
+    data: opt.DataDir = None,
+    weights: opt.Weights = None,
+    pretrained: opt.Pretrained = False,
+    arch: opt.WeightsArch = None,
+    workers: opt.Workers = None,
+    epochs: opt.epochs("finetune") = None,
+    batch_size: opt.batch("finetune") = None,
+    lr: opt.lr("finetune") = None,
+    momentum: opt.Momentum = None,
+    weight_decay: opt.WeightDecay = None,
+    lr_step_size: opt.lr_step("finetune") = None,
+    lr_gamma: opt.LrGamma = None,
+    print_freq: opt.PrintFreq = None,
+    world_size: opt.WorldSize = None,
+    rank: opt.Rank = None,
+    dist_url: opt.DistUrl = None,
+    dist_backend: opt.DistBackend = None,
+    seed: opt.Seed = None,
+    gpu: opt.Gpu = None,
+    no_accel: opt.NoAccel = False,
+    multiprocessing_distributed: opt.MultiProc = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    fake_data: opt.FakeData = False,
+    image_size: opt.ImageSize = None,
+    val_resize_size: opt.ValResize = None,
+    val_crop_size: opt.ValCrop = None,
+    num_classes: opt.NumClasses = None,
+    fake_train_images: opt.FakeTrain = None,
+    fake_val_images: opt.FakeVal = None,
+    output_dir: opt.OutputDir = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Start from trained weights, put a new classifier head on for DATA's classes, and train.
+
+    [dim]imagenet-cli finetune --weights model_best.pth.tar --arch resnet18 /data/ants_and_bees[/dim]
+    """
+    with _errors(debug):
+        given = _given(
+            path=data, fake=fake_data, weights=weights, pretrained=pretrained, arch=arch, workers=workers,
+            epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            lr_step_size=lr_step_size, lr_gamma=lr_gamma, print_freq=print_freq, world_size=world_size, rank=rank,
+            dist_url=dist_url, dist_backend=dist_backend, seed=seed, gpu=gpu, no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
+            image_size=image_size, val_resize_size=val_resize_size, val_crop_size=val_crop_size,
+            num_classes=num_classes, fake_train_images=fake_train_images, fake_val_images=fake_val_images,
+            output_dir=output_dir, quiet=quiet, debug=debug,
+        )  # fmt: skip
+        given.setdefault("output_dir", os.path.abspath("."))
+        if "weights" in given and "arch" not in given:
+            from .checkpoint import read_checkpoint
+
+            recorded = read_checkpoint(given["weights"]).arch
+            if recorded is None:
+                raise UserError(f"{weights} does not record its architecture; pass --arch")
+            given["arch"] = recorded
+        _launch(build_config("finetune", given))
+
+
+def main() -> None:
+    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`)."""
+    app(prog_name="imagenet-cli")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The run's configuration: frozen, validated once, plain enough to live inside a checkpoint.
+
+The CLI hands over only the flags the user actually typed (`given`); defaults live here, in one place.
+That is what lets `resume` treat the stored configuration as the base and report exactly which values
+a command line changed, instead of silently replacing them (the reference script's `--lr` on resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import UserError
+
+COMMANDS = ("train", "evaluate", "finetune")
+BACKENDS = ("nccl", "gloo", "mpi", "ucc", "xccl")
+FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
+FAKE_NUM_CLASSES = 10
+VAL_CROP_RATIO = 0.875  # 224 / 256, torchvision's and the reference's evaluation resize
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and the shapes they arrive in."""
+
+    path: str | None = None
+    fake: bool = False
+    workers: int | None = None  # None: the CPU cores available to each process
+    image_size: int | None = None  # training crop; None: 224, or 64 for fake data
+    val_resize_size: int | None = None  # None: val_crop_size / 0.875
+    val_crop_size: int | None = None  # None: image_size
+    num_classes: int | None = None  # fake data's class count; real data: taken from the folders
+    fake_train_images: int = 1000
+    fake_val_images: int = 200
+
+    def __post_init__(self) -> None:
+        _check(self.fake or bool(self.path), "DATA is required (a directory with train/ and val/), or use --fake-data")
+        _check(self.workers is None or self.workers >= 0, f"--workers must be 0 or more, got {self.workers}")
+        image_size = self.image_size or (FAKE_IMAGE_SIZE if self.fake else 224)
+        crop = self.val_crop_size or image_size
+        resize = self.val_resize_size or round(crop / VAL_CROP_RATIO)
+        num_classes = self.num_classes or (FAKE_NUM_CLASSES if self.fake else None)
+        for name, value in (("--image-size", image_size), ("--val-crop-size", crop), ("--val-resize-size", resize)):
+            _check(value >= 8, f"{name} must be at least 8 pixels, got {value}")
+        _check(resize >= crop, f"--val-resize-size ({resize}) must not be smaller than --val-crop-size ({crop})")
+        _check(num_classes is None or num_classes >= 2, f"--num-classes must be at least 2, got {num_classes}")
+        _check(self.fake_train_images > 0, "--fake-train-images must be positive")
+        _check(self.fake_val_images > 0, "--fake-val-images must be positive")
+        object.__setattr__(self, "image_size", image_size)
+        object.__setattr__(self, "val_crop_size", crop)
+        object.__setattr__(self, "val_resize_size", resize)
+        object.__setattr__(self, "num_classes", num_classes)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, and where its starting weights come from."""
+
+    arch: str = "resnet18"
+    pretrained: bool = False  # torchvision's weights for `arch`, from the local torch hub cache
+    weights: str | None = None  # a checkpoint or weights file to start from (finetune)
+
+    def __post_init__(self) -> None:
+        from .models import check_arch  # imports torchvision; only when a config is really built
+
+        check_arch(self.arch)
+        _check(not (self.pretrained and self.weights), "use either --pretrained or --weights, not both")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The reference recipe: SGD with momentum, LR divided by 10 every 30 epochs."""
+
+    epochs: int = 90
+    start_epoch: int = 0
+    batch_size: int = 256  # the total over all processes of the run
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step_size: int = 30
+    lr_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+        _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _check(self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}")
+        _check(self.start_epoch >= 0, f"--start-epoch must be 0 or more, got {self.start_epoch}")
+        _check(self.momentum >= 0, f"--momentum must be 0 or more, got {self.momentum}")
+        _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        _check(self.lr_step_size > 0, f"--lr-step-size must be positive, got {self.lr_step_size}")
+        _check(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """How many processes, where, and how they meet. Flags keep the reference script's meaning:
+    with --multiprocessing-distributed, `world_size` and `rank` count *nodes*; without it, processes."""
+
+    world_size: int = 1
+    rank: int = 0
+    dist_url: str | None = None
+    dist_backend: str | None = None  # None: NCCL on CUDA, Gloo otherwise
+    multiprocessing_distributed: bool = False
+    nproc_per_node: int | None = None  # None: one per GPU, or 1 without GPUs
+    gpu: int | None = None
+    no_accel: bool = False
+    data_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.world_size >= 1, f"--world-size must be at least 1, got {self.world_size}")
+        _check(
+            0 <= self.rank < self.world_size,
+            f"--rank {self.rank} is out of range for --world-size {self.world_size} (ranks are 0..{self.world_size - 1})",
+        )
+        _check(
+            self.nproc_per_node is None or self.nproc_per_node >= 1,
+            f"--nproc-per-node must be at least 1, got {self.nproc_per_node}",
+        )
+        _check(
+            self.dist_backend is None or self.dist_backend in BACKENDS,
+            f"--dist-backend must be one of {', '.join(BACKENDS)}, got {self.dist_backend!r}",
+        )
+        _check(
+            self.dist_url is None or "://" in self.dist_url,
+            f"--dist-url must look like tcp://HOST:PORT or env://, got {self.dist_url!r}",
+        )
+        _check(self.gpu is None or self.gpu >= 0, f"--gpu must be 0 or more, got {self.gpu}")
+        _check(
+            not (self.data_parallel and self.multiprocessing_distributed),
+            "--data-parallel is the single-process mode; it cannot be combined with --multiprocessing-distributed",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; the one object that crosses process boundaries."""
+
+    command: str = "train"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output_dir: str = "."
+    print_freq: int = 10
+    seed: int | None = None
+    resume: str | None = None  # a checkpoint whose training state this run continues
+    evaluate_only: bool = False  # the reference's -e: validate and exit
+    checkpoint: str | None = None  # `evaluate`: the checkpoint under test
+    json: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.command in COMMANDS, f"unknown command {self.command!r}")
+        _check(self.print_freq >= 1, f"--print-freq must be at least 1, got {self.print_freq}")
+        _check(
+            self.command != "finetune" or bool(self.model.weights or self.model.pretrained),
+            "finetune needs a starting point: --weights PATH or --pretrained",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of str/int/float/bool/None, safe for `torch.load(weights_only=True)`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Rebuild a stored configuration; keys this version does not know are dropped, so
+        checkpoints from older or newer versions still resume."""
+        sections = {name: section for name, section in _SECTIONS.items() if isinstance(raw.get(name), dict)}
+        kwargs: dict[str, Any] = {name: section(**_known(section, raw[name])) for name, section in sections.items()}
+        kwargs.update(_known(cls, {k: v for k, v in raw.items() if k not in _SECTIONS}))
+        return cls(**kwargs)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flag-style name, the inverse of `build_config`'s input."""
+        out = {k: getattr(self, k) for k in _TOP_FIELDS}
+        for name in _SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "dist": DistConfig}
+_TOP_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
+OPTION_NAMES = frozenset(_TOP_FIELDS).union(*({f.name for f in fields(s)} for s in _SECTIONS.values()))
+
+# Finetuning starts from good weights: a short schedule and a small LR, as in torchvision's transfer
+# learning tutorial, instead of the 90-epoch from-scratch recipe.
+FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 0.01, "batch_size": 32, "lr_step_size": 7}
+
+
+# Values resolved from another option: a new value of the option re-derives them.
+_DERIVED = {
+    "fake": ("image_size", "val_crop_size", "val_resize_size", "num_classes"),
+    "image_size": ("val_crop_size", "val_resize_size"),
+    "val_crop_size": ("val_resize_size",),
+}
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def build_config(command: str, given: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Merge the flags a user typed over a base: the stored config on resume, else the defaults.
+
+    Values derived from others (validation sizes from the image size) are re-derived unless given,
+    so the stored, resolved values of a base do not pin them."""
+    unknown = set(given) - OPTION_NAMES
+    if unknown:
+        raise ValueError(f"unknown option names: {sorted(unknown)}")
+    flat = base.flat() if base is not None else {"command": command, **_command_defaults(command)}
+    for name in [n for n in given if flat.get(n) != given[n]]:
+        for derived in _DERIVED.get(name, ()):
+            if derived not in given:
+                flat[derived] = None
+    flat.update(given)
+    sections = {
+        name: section(**{f.name: flat[f.name] for f in fields(section) if f.name in flat})
+        for name, section in _SECTIONS.items()
+    }
+    top = {k: flat[k] for k in _TOP_FIELDS if k in flat}
+    return RunConfig(**top, **sections)
+
+
+def _command_defaults(command: str) -> dict[str, Any]:
+    return dict(FINETUNE_DEFAULTS) if command == "finetune" else {}
+
+
+def default_for(command: str, name: str) -> Any:
+    """The default a flag has for a command, for `--help` texts."""
+    if command == "finetune" and name in FINETUNE_DEFAULTS:
+        return FINETUNE_DEFAULTS[name]
+    for section in (RunConfig, *_SECTIONS.values()):
+        for f in fields(section):
+            if f.name == name:
+                return f.default
+    raise KeyError(name)
+
+
+def changed_values(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Options whose value differs between two configs: what a resume reports as overridden."""
+    old, new = before.flat(), after.flat()
+    return {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}

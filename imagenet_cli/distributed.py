@@ -1,0 +1,203 @@
+"""Where each process sits in the run, and the process group that joins them.
+
+This is the only module that reads the launcher's environment (torchrun, SLURM). Everything else gets
+a `DistContext` value and never asks torch.distributed or os.environ who it is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import DistConfig
+from .errors import UserError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How the run's processes are laid out, decided once by the launcher before any of them starts.
+
+    `launcher` is who starts the workers: "single" (this process is the only one), "spawn" (we start
+    `nproc_per_node` local workers), "external" (torchrun, srun or the user started every process)."""
+
+    launcher: str
+    world_size: int
+    nproc_per_node: int
+    node_rank: int = 0
+    init_method: str | None = None
+    external_rank: int | None = None
+    external_local_rank: int | None = None
+    source: str = "flags"  # who started the processes: flags (the user), spawned, torchrun, slurm
+
+    def global_rank(self, local_index: int) -> int:
+        if self.external_rank is not None:
+            return self.external_rank
+        return self.node_rank * self.nproc_per_node + local_index
+
+    def local_rank(self, local_index: int) -> int:
+        return self.external_local_rank if self.external_local_rank is not None else local_index
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def accelerator_count(cfg: DistConfig) -> int:
+    """CUDA devices this run may use; counting them does not initialise CUDA, so spawning stays safe."""
+    return 0 if cfg.no_accel else torch.cuda.device_count()
+
+
+def plan(cfg: DistConfig, env: dict[str, str] | None = None) -> Topology:
+    """Decide the layout from the launcher's environment first (it knows best), then from flags."""
+    env = dict(os.environ) if env is None else env
+    if all(k in env for k in TORCHRUN_VARS):
+        return Topology(
+            launcher="external",
+            world_size=int(env["WORLD_SIZE"]),
+            nproc_per_node=int(env.get("LOCAL_WORLD_SIZE", "1")),
+            init_method="env://",
+            external_rank=int(env["RANK"]),
+            external_local_rank=int(env["LOCAL_RANK"]),
+            source="torchrun",
+        )
+    if all(k in env for k in SLURM_VARS) and int(env["SLURM_NTASKS"]) > 1:
+        return _slurm_topology(cfg, env)
+    if cfg.multiprocessing_distributed:
+        nproc = cfg.nproc_per_node or max(1, accelerator_count(cfg))
+        world_size = cfg.world_size * nproc
+        if cfg.world_size > 1 and not cfg.dist_url:
+            raise UserError("a run over several nodes needs --dist-url tcp://HOST:PORT naming node 0")
+        init = cfg.dist_url or f"tcp://127.0.0.1:{free_port()}"
+        return Topology("spawn", world_size, nproc, node_rank=cfg.rank, init_method=init, source="spawned")
+    if cfg.world_size > 1:
+        if not cfg.dist_url:
+            raise UserError("--world-size > 1 without --multiprocessing-distributed needs --dist-url tcp://HOST:PORT")
+        return Topology(
+            "external", cfg.world_size, 1, node_rank=cfg.rank, init_method=cfg.dist_url,
+            external_rank=cfg.rank, external_local_rank=cfg.gpu or 0,
+        )  # fmt: skip
+    return Topology("single", 1, 1)
+
+
+def _slurm_topology(cfg: DistConfig, env: dict[str, str]) -> Topology:
+    """srun starts one task per GPU; every task must agree on node 0's address without talking."""
+    ntasks = int(env["SLURM_NTASKS"])
+    nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    if cfg.dist_url and not cfg.dist_url.startswith("env://"):
+        init = cfg.dist_url
+    else:
+        host = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
+        port = env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+        init = f"tcp://{host}:{port}"
+    return Topology(
+        launcher="external",
+        world_size=ntasks,
+        nproc_per_node=max(1, ntasks // max(1, nodes)),
+        init_method=init,
+        external_rank=int(env["SLURM_PROCID"]),
+        external_local_rank=int(env["SLURM_LOCALID"]),
+        source="slurm",
+    )
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list such as `gpu[003-005,010],cpu1` (here: gpu003)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\],]+))?", nodelist.strip())
+    if not match:
+        return "127.0.0.1"
+    prefix, ranges = match.groups()
+    return prefix + ranges.split("-")[0] if ranges else prefix
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now, for a local run that needs no --dist-url."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def select_device(cfg: DistConfig, local_rank: int, topology: Topology) -> torch.device:
+    """Each process on its own accelerator: the local rank under any launcher, `--gpu` when alone."""
+    if cfg.no_accel or not torch.cuda.is_available():
+        if topology.world_size == 1 and not cfg.no_accel and torch.backends.mps.is_available():
+            return torch.device("mps")
+        if cfg.gpu is not None and not cfg.no_accel:
+            raise UserError(f"--gpu {cfg.gpu} was given but no CUDA device is available")
+        return torch.device("cpu")
+    index = cfg.gpu or 0 if topology.launcher == "single" else local_rank
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"this process needs cuda:{index} but only {torch.cuda.device_count()} CUDA devices are visible"
+        )
+    return torch.device("cuda", index)
+
+
+def setup(cfg: DistConfig, topology: Topology, local_index: int) -> DistContext:
+    """Bind the device and join the process group; the one place a worker learns who it is."""
+    rank, local_rank = topology.global_rank(local_index), topology.local_rank(local_index)
+    device = select_device(cfg, local_rank, topology)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = None
+    if topology.world_size > 1:
+        backend = cfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend=backend,
+            init_method=topology.init_method,
+            world_size=topology.world_size,
+            rank=rank,
+            timeout=timedelta(minutes=30),
+        )
+    return DistContext(rank, local_rank, topology.world_size, topology.nproc_per_node, device, backend)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, data_parallel: bool) -> nn.Module:
+    """DDP on every backend (the reference skipped it on CPU, so its ranks trained apart)."""
+    model = model.to(ctx.device)
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if data_parallel:
+        if ctx.device.type != "cuda":
+            raise UserError("--data-parallel needs CUDA GPUs")
+        return nn.DataParallel(model)
+    return model
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks in place (a no-op alone); counts stay exact, so distributed metrics equal
+    single-process ones."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

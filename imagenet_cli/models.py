@@ -1,0 +1,135 @@
+"""Build torchvision classifiers, find their heads, and load weights into them.
+
+Heads are found by looking at the model, not by a table of names: the parameters whose shapes change
+when only `num_classes` changes *are* the classifier (including Inception's and GoogLeNet's auxiliary
+heads). That holds for every family torchvision has and for the ones it will add.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import UserError
+
+
+@functools.cache
+def classification_models() -> tuple[str, ...]:
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_arch(arch: str) -> None:
+    """Refuse names torchvision cannot build, suggesting the closest real ones."""
+    names = classification_models()
+    if arch in names:
+        return
+    close = difflib.get_close_matches(arch.lower(), names, n=4, cutoff=0.5)
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else "; `python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
+    )
+    raise UserError(f"unknown architecture {arch!r}{hint}")
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """A freshly initialised classifier with `num_classes` outputs."""
+    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+    if arch in ("inception_v3", "googlenet"):
+        kwargs["init_weights"] = True  # silence torchvision's warning about the future default
+    return torchvision.models.get_model(arch, **kwargs)
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules without paying for their weights. A plain `torch.device("meta")` context is not
+    enough: RegNet computes its widths with tensor ops that must really run."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+@functools.cache
+def head_keys(arch: str) -> frozenset[str]:
+    """State-dict keys of the classifier head(s) of `arch`."""
+    with _parameters_on_meta():
+        three = build_model(arch, 3).state_dict()
+        five = build_model(arch, 5).state_dict()
+    return frozenset(k for k, v in three.items() if v.shape != five[k].shape)
+
+
+def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """How many classes a state dict of `arch` was trained for, read off its head."""
+    for key in sorted(head_keys(arch)):
+        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits")):
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, skip_head: bool) -> None:
+    """Load weights, keeping the model's own new head when `skip_head`; any other mismatch means
+    the weights belong to another architecture, which deserves a clear error, not a partial load."""
+    if skip_head:
+        heads = head_keys(arch)
+        state_dict = {k: v for k, v in state_dict.items() if k not in heads}
+    own = model.state_dict()
+    wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state_dict and not (skip_head and k in head_keys(arch))]
+    unexpected = [k for k in state_dict if k not in own]
+    if wrong_shape or missing or unexpected:
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+            for label, keys in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        )
+        raise UserError(f"these weights do not fit {arch} ({details}); is --arch right?")
+    model.load_state_dict(state_dict, strict=not skip_head)
+
+
+def pretrained_file(arch: str) -> tuple[str, str]:
+    """Where torch.hub keeps torchvision's default weights for `arch`, and where they come from."""
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"torchvision has no pretrained weights for {arch}") from exc
+    url = weights.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
+
+
+def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's weights from the local cache only: this tool must not hang on a closed network."""
+    path, url = pretrained_file(arch)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"pretrained weights for {arch} are not in the local cache: expected {path}; "
+            f"download {url} on a machine with internet and copy it there (or set TORCH_HOME), "
+            "or pass the file with --weights"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP, DataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

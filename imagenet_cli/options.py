@@ -1,0 +1,367 @@
+"""Option declarations shared by the commands, so each flag is spelled, documented and defaulted once.
+
+Every option defaults to None, meaning "not given"; `--help` shows the real default, taken from `config.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .config import default_for
+
+DATA_PANEL, MODEL_PANEL, OPTIM_PANEL, DIST_PANEL, RUN_PANEL = "Data", "Model", "Optimisation", "Distributed", "Run"
+
+
+def _d(name: str, command: str = "train") -> str:
+    return str(default_for(command, name))
+
+
+# Options shared by several commands. Each defaults to None: "not given".
+DataDir = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="DATA",
+        help="Dataset root holding train/ and val/ class folders (ImageNet layout). Not needed with --fake-data.",
+    ),
+]
+FakeData = Annotated[
+    bool,
+    typer.Option(
+        "--fake-data",
+        "--dummy",
+        help="Synthetic, learnable images: no data directory, no download.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "-j",
+        "--workers",
+        help="Data loading workers per process.",
+        show_default="CPU cores per process, at most 8",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ImageSize = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        help="Training crop size in pixels.",
+        show_default="224; 64 with --fake-data",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ValResize = Annotated[
+    int | None,
+    typer.Option(
+        "--val-resize-size",
+        help="Validation images are resized to this, then centre-cropped.",
+        show_default="val crop / 0.875",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ValCrop = Annotated[
+    int | None,
+    typer.Option(
+        "--val-crop-size", help="Validation centre crop.", show_default="--image-size", rich_help_panel=DATA_PANEL
+    ),
+]
+NumClasses = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes",
+        help="Classes of --fake-data (real data: the class folders).",
+        show_default="10",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+FakeTrain = Annotated[
+    int | None,
+    typer.Option(
+        "--fake-train-images",
+        help="Training set size of --fake-data.",
+        show_default=_d("fake_train_images"),
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+FakeVal = Annotated[
+    int | None,
+    typer.Option(
+        "--fake-val-images",
+        help="Validation set size of --fake-data.",
+        show_default=_d("fake_val_images"),
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        "-a",
+        "--arch",
+        help="Any torchvision classification model (torchvision.models.list_models()).",
+        show_default=_d("arch"),
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+Pretrained = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained",
+        help="Start from torchvision's weights for --arch, read from the local torch hub cache ($TORCH_HOME).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+
+
+def epochs(command: str) -> Any:
+    return Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", help="Total epochs to run.", show_default=_d("epochs", command), rich_help_panel=OPTIM_PANEL
+        ),
+    ]
+
+
+def batch(command: str) -> Any:
+    return Annotated[
+        int | None,
+        typer.Option(
+            "-b", "--batch-size",
+            help="Total batch over ALL processes of the run; each of N processes takes batch/N (it must divide). "
+            "Unlike the reference script, the same -b means the same optimisation on 1 GPU or 64.",
+            show_default=_d("batch_size", command), rich_help_panel=OPTIM_PANEL,
+        ),
+    ]  # fmt: skip
+
+
+def lr(command: str) -> Any:
+    return Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            "--learning-rate",
+            help="Initial learning rate.",
+            show_default=_d("lr", command),
+            rich_help_panel=OPTIM_PANEL,
+        ),
+    ]
+
+
+def lr_step(command: str) -> Any:
+    return Annotated[
+        int | None,
+        typer.Option(
+            "--lr-step-size",
+            help="Multiply the LR by --lr-gamma every this many epochs.",
+            show_default=_d("lr_step_size", command),
+            rich_help_panel=OPTIM_PANEL,
+        ),
+    ]
+
+
+StartEpoch = Annotated[
+    int | None,
+    typer.Option(
+        "--start-epoch",
+        help="Epoch number to start at (useful on restarts).",
+        show_default="0",
+        rich_help_panel=OPTIM_PANEL,
+    ),
+]
+Momentum = Annotated[
+    float | None,
+    typer.Option("--momentum", help="SGD momentum.", show_default=_d("momentum"), rich_help_panel=OPTIM_PANEL),
+]
+WeightDecay = Annotated[
+    float | None,
+    typer.Option(
+        "--wd", "--weight-decay", help="Weight decay.", show_default=_d("weight_decay"), rich_help_panel=OPTIM_PANEL
+    ),
+]
+LrGamma = Annotated[
+    float | None,
+    typer.Option(
+        "--lr-gamma",
+        help="LR multiplier at each step of the schedule.",
+        show_default=_d("lr_gamma"),
+        rich_help_panel=OPTIM_PANEL,
+    ),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Seed every worker (distinct, reproducible streams per rank and loader worker); deterministic cuDNN.",
+        rich_help_panel=OPTIM_PANEL,
+    ),
+]
+
+WorldSize = Annotated[
+    int | None,
+    typer.Option(
+        "--world-size",
+        help="Nodes with --multiprocessing-distributed, else processes.",
+        show_default="1",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+Rank = Annotated[
+    int | None,
+    typer.Option(
+        "--rank",
+        help="This node's rank with --multiprocessing-distributed, else this process's.",
+        show_default="0",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+DistUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--dist-url",
+        help="Rendezvous of a multi-node run, tcp://HOST:PORT of node 0. Local runs need none.",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+DistBackend = Annotated[
+    str | None,
+    typer.Option(
+        "--dist-backend",
+        help="nccl, gloo, ...",
+        show_default="nccl on CUDA, gloo otherwise",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+MultiProc = Annotated[
+    bool,
+    typer.Option(
+        "--multiprocessing-distributed",
+        help="Spawn --nproc-per-node workers on this node, one per GPU (DDP).",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+NprocPerNode = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc-per-node",
+        help="Workers --multiprocessing-distributed spawns per node.",
+        show_default="one per GPU, 1 without GPUs",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+Gpu = Annotated[int | None, typer.Option("--gpu", help="GPU of a single-process run.", rich_help_panel=DIST_PANEL)]
+NoAccel = Annotated[
+    bool,
+    typer.Option("--no-accel", help="Run on the CPU even if an accelerator is present.", rich_help_panel=DIST_PANEL),
+]
+DataParallel = Annotated[
+    bool,
+    typer.Option(
+        "--data-parallel",
+        help="Legacy nn.DataParallel over all visible GPUs in one process.",
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+
+PrintFreq = Annotated[
+    int | None,
+    typer.Option(
+        "-p",
+        "--print-freq",
+        help="Steps between progress lines.",
+        show_default=_d("print_freq"),
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+OutputDir = Annotated[
+    str | None,
+    typer.Option(
+        "--output-dir",
+        help="Where checkpoint.pth.tar and model_best.pth.tar go.",
+        show_default="current directory",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("-q", "--quiet", help="Print only errors (and --json results).", rich_help_panel=RUN_PANEL)
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", rich_help_panel=RUN_PANEL)]
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as JSON on stdout (progress goes to stderr).", rich_help_panel=RUN_PANEL
+    ),
+]
+
+# Options of one command each.
+ResumeFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue from this checkpoint; its stored configuration is the base and flags given here override it.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+
+EvaluateOnly = Annotated[
+    bool,
+    typer.Option(
+        "-e",
+        "--evaluate",
+        help="Only evaluate the model (with --resume or --pretrained) on val/.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+
+CheckpointFile = Annotated[
+    str,
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="Checkpoint or weights file (this tool's, the reference script's, opt.DataParallel's, a plain state_dict).",
+    ),
+]
+
+RecordedArch = Annotated[
+    str | None,
+    typer.Option(
+        "-a", "--arch", help="Architecture, when the checkpoint does not record it.", rich_help_panel=MODEL_PANEL
+    ),
+]
+
+ToolCheckpoint = Annotated[
+    str,
+    typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by this tool (it stores its configuration)."),
+]
+
+MovedDataDir = Annotated[
+    str | None, typer.Argument(metavar="DATA", help="Dataset root, if it moved since the run started.")
+]
+
+ResumeOutputDir = Annotated[
+    str | None,
+    typer.Option(
+        "--output-dir",
+        help="Where new checkpoints go.",
+        show_default="the checkpoint's directory",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Checkpoint or weights file to start from (any format evaluate accepts).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+
+WeightsArch = Annotated[
+    str | None,
+    typer.Option(
+        "-a", "--arch", help="Architecture; taken from --weights when it records one.", rich_help_panel=MODEL_PANEL
+    ),
+]

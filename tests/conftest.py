@@ -1,0 +1,111 @@
+"""Tiny datasets, models and checkpoints, and a way to run the real command line.
+
+Everything a test needs is made here, on disk, in a few milliseconds: 32 px images in class folders,
+checkpoints in each format users bring, free TCP ports for real process groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+# Small and fast on two CPU cores; has BatchNorm, so it exercises buffers under DDP.
+TINY_ARCH = "shufflenet_v2_x0_5"
+CLASSES = ("ants", "bees", "wasps")
+COLOURS = {"ants": (200, 40, 40), "bees": (40, 200, 40), "wasps": (40, 40, 200)}
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+
+
+def write_image_folder(
+    root: Path, train_per_class: dict[str, int], val_per_class: dict[str, int], size: int = 40
+) -> Path:
+    """An ImageNet-style tree whose classes differ by colour, so a model can learn them."""
+    generator = torch.Generator().manual_seed(0)
+    for split, counts in (("train", train_per_class), ("val", val_per_class)):
+        for name, count in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = torch.tensor(COLOURS.get(name, (128, 128, 128)), dtype=torch.int16).view(1, 1, 3)
+            for i in range(count):
+                noise = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.int16)
+                pixels = ((colour * 3 + noise) // 4).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes; 13 validation images, so 2 or 3 ranks get uneven shards."""
+    return write_image_folder(
+        tmp_path_factory.mktemp("data"),
+        train_per_class={c: 16 for c in CLASSES},
+        val_per_class={"ants": 5, "bees": 4, "wasps": 4},
+    )
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any launcher variables a CI runner might carry."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m imagenet_cli ARGS` exactly as a user's shell would."""
+    return subprocess.run(
+        [sys.executable, "-m", "imagenet_cli", *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def json_result(result: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(ok(result).stdout.strip().splitlines()[-1])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+FAST_FAKE = ("--fake-data", "--image-size", "32", "--fake-train-images", "64", "--fake-val-images", "32", "-j", "0")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch fake-data run of the tiny arch made by the real CLI, shared by tests that need one."""
+    out = tmp_path_factory.mktemp("run")
+    ok(
+        run_cli(
+            "train", *FAST_FAKE, "-a", TINY_ARCH, "--epochs", "1", "-b", "16", "--seed", "0", "--output-dir", str(out)
+        )
+    )
+    return out
+
+
+@pytest.fixture()
+def make_checkpoint_file(tmp_path: Path) -> Callable[[str, object], Path]:
+    def make(name: str, payload: object) -> Path:
+        path = tmp_path / name
+        torch.save(payload, path)
+        return path
+
+    return make
