@@ -185,7 +185,9 @@ class RunConfig:
         return out
 
 
-_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "dist": DistConfig}
+# Built in this order: the model section last, since checking an arch name imports torchvision (seconds),
+# and a bad number should be reported before that.
+_SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "dist": DistConfig, "model": ModelConfig}
 _TOP_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
 OPTION_NAMES = frozenset(_TOP_FIELDS).union(*({f.name for f in fields(s)} for s in _SECTIONS.values()))
 

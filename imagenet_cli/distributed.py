@@ -150,7 +150,9 @@ def select_device(cfg: DistConfig, local_rank: int, topology: Topology) -> torch
         if cfg.gpu is not None and not cfg.no_accel:
             raise UserError(f"--gpu {cfg.gpu} was given but no CUDA device is available")
         return torch.device("cpu")
-    index = cfg.gpu or 0 if topology.launcher == "single" else local_rank
+    index = (cfg.gpu or 0) if topology.launcher == "single" else local_rank
+    if topology.launcher != "single" and torch.cuda.device_count() == 1:
+        index = 0  # the scheduler gave each task its own GPU (e.g. srun --gpus-per-task=1)
     if index >= torch.cuda.device_count():
         raise UserError(
             f"this process needs cuda:{index} but only {torch.cuda.device_count()} CUDA devices are visible"

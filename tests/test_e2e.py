@@ -101,6 +101,7 @@ def test_evaluate_flag_only_validates(trained_run):
             ("train", "--fake-data", "-b", "3", "--multiprocessing-distributed", "--nproc-per-node", "2"),
             "must divide evenly",
         ),
+        (("train", "--fake-data", "--data-parallel", "--no-accel"), "--data-parallel needs CUDA GPUs"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(args, message):
