@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -24,7 +25,10 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
 FORMAT = "imagenet-cli/1"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
-STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net")
+EPOCH_COPY = "checkpoint_epoch_{:03d}.pth.tar"
+# Where files from elsewhere keep their weights, most specific first (torchvision's references: `model`,
+# and `model_ema` for the averaged copy, used only when nothing else is there).
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "model_ema")
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,17 @@ class LoadedCheckpoint:
 
     path: str
     state_dict: dict[str, torch.Tensor]
+    kind: str = "state dict"
     arch: str | None = None
     epoch: int | None = None
+    step: int = 0
     best_acc1: float | None = None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     class_names: list[str] | None = None
+    rng_states: list[dict[str, Any]] | None = None
+    versions: dict[str, str] | None = None
 
 
 def make_checkpoint(
@@ -52,11 +60,20 @@ def make_checkpoint(
     scheduler: Mapping[str, Any],
     config: Mapping[str, Any],
     class_names: list[str],
+    step: int = 0,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`epoch` is the next epoch to run, as in the reference script, so resuming starts there."""
+    """(`epoch`, `step`) is where training continues: after a finished epoch that is (next epoch, 0),
+    as in the reference script; a mid-epoch save holds the epoch under way and the batches done in it.
+    `rng_states` holds every rank's generator states, in rank order."""
+    import torchvision
+
+    from . import __version__
+
     return {
         "format": FORMAT,
         "epoch": int(epoch),
+        "step": int(step),
         "arch": arch,
         "state_dict": strip_prefixes(model_state),
         "best_acc1": float(best_acc1),
@@ -64,18 +81,37 @@ def make_checkpoint(
         "scheduler": dict(scheduler),
         "config": dict(config),
         "class_names": list(class_names),
+        "rng_states": list(rng_states or []),
+        "versions": {
+            "imagenet_cli": __version__,
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+        },  # str(): torch.__version__ is a class weights_only refuses
     }
 
 
-def save_checkpoint(checkpoint: Mapping[str, Any], output_dir: str, is_best: bool) -> str:
-    """Write `checkpoint.pth.tar` (and `model_best.pth.tar` when best) so that a crash at any moment
-    leaves the previous files whole."""
+def save_checkpoint(
+    checkpoint: Mapping[str, Any], output_dir: str, is_best: bool, keep_epochs: int | None = None
+) -> str:
+    """Write `checkpoint.pth.tar` (and `model_best.pth.tar` when best, and a per-epoch copy when keeping
+    the last `keep_epochs`) so that a crash at any moment leaves the previous files whole."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CHECKPOINT_NAME)
     atomic_write(path, lambda f: torch.save(dict(checkpoint), f))
     if is_best:
         atomic_write(os.path.join(output_dir, BEST_NAME), lambda f: _copy_into(path, f))
+    if keep_epochs and checkpoint.get("step", 0) == 0:
+        finished = int(checkpoint["epoch"]) - 1
+        atomic_write(os.path.join(output_dir, EPOCH_COPY.format(finished)), lambda f: _copy_into(path, f))
+        _prune_epoch_copies(output_dir, keep_epochs)
     return path
+
+
+def _prune_epoch_copies(output_dir: str, keep: int) -> None:
+    pattern = re.compile(r"checkpoint_epoch_(\d+)\.pth\.tar$")
+    numbered = sorted((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name)))
+    for _, name in numbered[:-keep]:
+        os.unlink(os.path.join(output_dir, name))
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
@@ -154,32 +190,56 @@ def _load(path: str) -> Any:
 
 
 def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
-    state = _find_state_dict(raw)
-    if state is None:
+    found = _find_state_dict(raw)
+    if found is None:
         raise UserError(
             f"{path} has no model weights (looked for a state dict or the keys {', '.join(STATE_DICT_KEYS)})"
         )
+    key, state = found
     best = raw.get("best_acc1")
     return LoadedCheckpoint(
         path=path,
-        state_dict=strip_prefixes(state),
+        state_dict=strip_prefixes({k: v for k, v in state.items() if k != "n_averaged"}),  # AveragedModel's count
+        kind=_kind(raw, key, state),
         arch=raw.get("arch") if isinstance(raw.get("arch"), str) else None,
         epoch=int(raw["epoch"]) if isinstance(raw.get("epoch"), (int, torch.Tensor)) else None,
+        step=int(raw.get("step", 0)) if isinstance(raw.get("step", 0), int) else 0,
         best_acc1=float(best) if isinstance(best, (int, float, torch.Tensor)) else None,
-        optimizer=raw.get("optimizer") if isinstance(raw.get("optimizer"), Mapping) else None,
-        scheduler=raw.get("scheduler") if isinstance(raw.get("scheduler"), Mapping) else None,
-        config=raw.get("config") if isinstance(raw.get("config"), Mapping) else None,
+        optimizer=_mapping(raw, "optimizer"),
+        scheduler=_mapping(raw, "scheduler"),
+        config=_mapping(raw, "config"),
         class_names=list(raw["class_names"]) if isinstance(raw.get("class_names"), list) else None,
+        rng_states=list(raw["rng_states"]) if isinstance(raw.get("rng_states"), list) else None,
+        versions=_mapping(raw, "versions"),
     )
 
 
-def _find_state_dict(raw: Mapping[str, Any]) -> Mapping[str, torch.Tensor] | None:
+def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = raw.get(key)
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def _kind(raw: Mapping[str, Any], key: str | None, state: Mapping[str, torch.Tensor]) -> str:
+    """Which program wrote the file, as far as its layout tells."""
+    wrapped = " with DataParallel/DDP prefixes" if any(k.startswith(WRAPPER_PREFIXES) for k in state) else ""
+    if raw.get("format") == FORMAT:
+        return "imagenet-cli checkpoint"
+    if key is None:
+        return "plain state_dict" + wrapped
+    if key == "state_dict" and "best_acc1" in raw:
+        return "PyTorch ImageNet reference script checkpoint" + wrapped
+    if key in ("model", "model_ema"):
+        return f"torchvision references checkpoint ({key})" + wrapped
+    return f"checkpoint with weights under '{key}'" + wrapped
+
+
+def _find_state_dict(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, torch.Tensor]] | None:
     if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
-        return raw
+        return None, raw
     for key in STATE_DICT_KEYS:
         value = raw.get(key)
         if isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
-            return value
+            return key, value
     return None
 
 

@@ -98,6 +98,23 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class SaveConfig:
+    """Checkpoints beyond the one written after every epoch."""
+
+    save_every_steps: int | None = None  # also save inside an epoch, every N steps
+    save_every_minutes: float | None = None  # ... or every M minutes (rank 0's clock)
+    keep_epochs: int | None = None  # also keep checkpoint_epoch_NNN.pth.tar of the last K epochs
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--save-every-steps", self.save_every_steps),
+            ("--save-every-minutes", self.save_every_minutes),
+            ("--keep-epochs", self.keep_epochs),
+        ):
+            _check(value is None or value > 0, f"{flag} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
 class DistConfig:
     """How many processes, where, and how they meet. Flags keep the reference script's meaning:
     with --multiprocessing-distributed, `world_size` and `rank` count *nodes*; without it, processes."""
@@ -146,6 +163,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
     output_dir: str = "."
     print_freq: int = 10
     seed: int | None = None
@@ -187,7 +205,13 @@ class RunConfig:
 
 # Built in this order: the model section last, since checking an arch name imports torchvision (seconds),
 # and a bad number should be reported before that.
-_SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "dist": DistConfig, "model": ModelConfig}
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "dist": DistConfig,
+    "save": SaveConfig,
+    "model": ModelConfig,
+}
 _TOP_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
 OPTION_NAMES = frozenset(_TOP_FIELDS).union(*({f.name for f in fields(s)} for s in _SECTIONS.values()))
 

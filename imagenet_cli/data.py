@@ -7,10 +7,10 @@ copies) and become normalised floats on the device, in one batched operation.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
@@ -18,6 +18,7 @@ from torchvision import datasets, transforms
 from .config import DataConfig
 from .distributed import DistContext
 from .errors import UserError
+from .randomness import PerSampleSeeded, mix_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,27 +151,46 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """Independent, reproducible seeds per rank and purpose from one user seed."""
-    return int(np.random.SeedSequence(seed, spawn_key=keys).generate_state(1)[0])
+class EpochSampler(DistributedSampler):
+    """This rank's share of each epoch's shuffle (the same permutation on every rank, from seed and
+    epoch), resumable at any batch. When seeded, each index comes with its own augmentation seed, so the
+    data a run sees is a pure function of (seed, epoch, position), wherever it resumed."""
+
+    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int | None) -> None:
+        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed or 0)
+        self.per_sample_seeds = seed is not None
+        self.skip = 0
+
+    def set_position(self, epoch: int, samples_done: int = 0) -> None:
+        """Start `epoch` after its first `samples_done` samples (a mid-epoch resume)."""
+        self.set_epoch(epoch)
+        self.skip = samples_done
+
+    def __iter__(self) -> Iterator:  # type: ignore[override]
+        indices = list(super().__iter__())[self.skip :]
+        if not self.per_sample_seeds:
+            return iter(indices)
+        return iter([(i, mix_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
 
 
 def train_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, seed: int | None) -> DataLoader:
-    """Shuffled per epoch identically on every rank (DistributedSampler with `set_epoch`), with
-    reproducible, distinct augmentation randomness per rank and loader worker when seeded."""
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed or 0)
+    """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
+    sampler = EpochSampler(dataset, ctx, seed)
     if len(sampler) < batch_size:
         raise UserError(
             f"each process gets {len(sampler)} training images per epoch, fewer than its batch of {batch_size}; "
             "lower --batch-size or use more data"
         )
-    generator = torch.Generator().manual_seed(derive_seed(seed, 1, ctx.rank)) if seed is not None else None
-    return _loader(dataset, sampler, batch_size, workers, ctx, drop_last=True, generator=generator)
+    source = PerSampleSeeded(dataset) if seed is not None else dataset
+    return _loader(source, sampler, batch_size, workers, ctx, drop_last=True)
 
 
 def val_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int) -> DataLoader:
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    return _loader(dataset, sampler, batch_size, workers, ctx, drop_last=False, generator=None)
+    return _loader(dataset, sampler, batch_size, workers, ctx, drop_last=False)
 
 
 def _loader(
@@ -180,7 +200,6 @@ def _loader(
     workers: int,
     ctx: DistContext,
     drop_last: bool,
-    generator: torch.Generator | None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -190,8 +209,26 @@ def _loader(
         pin_memory=ctx.device.type == "cuda",
         drop_last=drop_last,
         persistent_workers=workers > 0,
-        generator=generator,
+        generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
+        worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
     )
+
+
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    """A preemption signal or Ctrl-C reaches loader workers too; they must keep serving batches until
+    the main process has saved its checkpoint, and they end with it."""
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:
+    """`-b` is the batch of the whole run; each process takes its share (checked to divide at launch)."""
+    return batch_size if data_parallel or not ctx.distributed else batch_size // ctx.world_size
+
+
+def resolve_workers(workers: int | None, ctx: DistContext) -> int:
+    return workers if workers is not None else default_workers(ctx.local_world_size)
 
 
 def default_workers(local_world_size: int) -> int:

@@ -203,3 +203,17 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_to_main(obj: object, ctx: DistContext) -> list[object] | None:
+    """Every rank's `obj` on the main rank, in rank order (None elsewhere); all ranks must call it."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[object] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()

@@ -6,6 +6,7 @@ device and are read (a host sync) only at the print interval, not every step.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,37 +68,51 @@ def split_outputs(output: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return logits, aux
 
 
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TrainParts:
+    """What every training step uses, built once by the worker."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    normalize: Normalizer
+    ctx: DistContext
+    reporter: Reporter
+    print_freq: int
+    num_classes: int
+
+
 def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    normalize: Normalizer,
-    ctx: DistContext,
-    reporter: Reporter,
-    epoch: int,
-    print_freq: int,
-    num_classes: int,
+    parts: TrainParts, loader: DataLoader, epoch: int, first_step: int = 0, after_step: Callable[[int], None] = _nothing
 ) -> Metrics:
+    """Steps count from 1 within the epoch; a resumed epoch starts after `first_step` batches (its loader
+    already skips them). `after_step(step)` runs after each optimizer step, on every rank."""
+    model, ctx, reporter, topk = parts.model, parts.ctx, parts.reporter, min(5, parts.num_classes)
     model.train()
-    meter, since_print = Meter(ctx.device, min(5, num_classes)), Meter(ctx.device, min(5, num_classes))
+    meter, since_print = Meter(ctx.device, topk), Meter(ctx.device, topk)
     start = last_print = time.perf_counter()
-    reporter.phase_start("train", epoch, len(loader))
-    for step, (images, targets) in enumerate(loader, start=1):
-        images, targets = normalize(images), targets.to(ctx.device, non_blocking=True)
+    total = first_step + len(loader)
+    reporter.phase_start("train", epoch, total, first_step)
+    for step, (images, targets) in enumerate(loader, start=first_step + 1):
+        images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
         logits, aux = split_outputs(model(images))
-        loss = criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * criterion(a, targets) for a in aux)
-        optimizer.zero_grad(set_to_none=True)
+        loss = parts.criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, targets) for a in aux)
+        parts.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        parts.optimizer.step()
         for m in (meter, since_print):
             m.add(logits.detach(), targets, loss.detach() * targets.numel())
-        if step % print_freq == 0 or step == len(loader):
+        if step % parts.print_freq == 0 or step == total:
             now = time.perf_counter()
             reporter.phase_update(step, since_print.read(now - last_print))
-            since_print, last_print = Meter(ctx.device, min(5, num_classes)), now
+            since_print, last_print = Meter(ctx.device, topk), now
         else:
             reporter.phase_advance(step)
+        after_step(step)
     all_reduce_sum(meter.sums, ctx)
     result = meter.read(time.perf_counter() - start)
     reporter.phase_end(result)
@@ -149,36 +164,54 @@ class EpochResult:
     saved: str | None
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Where the worker persists and steers a run; the loop itself knows nothing of files or signals.
+
+    after_step(epoch, step): after each optimizer step (mid-epoch saves, agreeing to stop).
+    save(epoch, best_acc1, is_best) -> path written or None: after each epoch's validation.
+    after_epoch(epoch): once the epoch is reported (stop there if a signal came during validation)."""
+
+    after_step: Callable[[int, int], None] = _nothing
+    save: Callable[[int, float, bool], str | None] = _nothing
+    after_epoch: Callable[[int], None] = _nothing
+
+
 def fit(
-    model: nn.Module,
+    parts: TrainParts,
     train_data: DataLoader,
     val_data: DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    normalize: Normalizer,
-    ctx: DistContext,
-    reporter: Reporter,
     *,
     start_epoch: int,
+    start_step: int,
     epochs: int,
     best_acc1: float,
-    print_freq: int,
-    num_classes: int,
-    on_epoch_end: Callable[[int, float, bool], str | None],
+    hooks: Hooks,
 ) -> float:
-    """Train from `start_epoch` to `epochs`, validating after each; `on_epoch_end(epoch, best, is_best)`
-    persists the state and returns where it wrote (or None). Returns the best top-1."""
+    """Train from (`start_epoch`, `start_step`) to `epochs`, validating after each epoch; returns the best
+    top-1. The sampler's position is set explicitly each epoch, so a mid-epoch resume continues with the
+    very batch an uninterrupted run would have taken next."""
+    sampler = train_data.sampler
     for epoch in range(start_epoch, epochs):
-        train_data.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model, train_data, criterion, optimizer, normalize, ctx, reporter, epoch, print_freq, num_classes
-        )
+        first_step = start_step if epoch == start_epoch else 0
+        sampler.set_position(epoch, first_step * (train_data.batch_size or 1))  # type: ignore[attr-defined]
+        lr = parts.optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
         scheduler.step()
-        val = evaluate(model, val_data, normalize, ctx, reporter, epoch, print_freq, num_classes)
+        val = evaluate(
+            parts.model,
+            val_data,
+            parts.normalize,
+            parts.ctx,
+            parts.reporter,
+            epoch,
+            parts.print_freq,
+            parts.num_classes,
+        )
         is_best = val.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
         best_acc1 = max(val.acc1, best_acc1)
-        saved = on_epoch_end(epoch, best_acc1, is_best)
-        reporter.epoch_end(EpochResult(epoch, train, val, lr, best_acc1, is_best, saved))
+        saved = hooks.save(epoch, best_acc1, is_best)
+        parts.reporter.epoch_end(EpochResult(epoch, train, val, lr, best_acc1, is_best, saved))
+        hooks.after_epoch(epoch)
     return best_acc1

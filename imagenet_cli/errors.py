@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the run itself failed (a rank crashed, a bug)
 EXIT_USAGE = 2  # bad input: the same code click uses for usage errors
+EXIT_PREEMPTED = 75  # stopped by a signal after saving a checkpoint: resume it (EX_TEMPFAIL, "try again")
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 
@@ -23,6 +24,12 @@ class RunFailed(UserError):
     """A run that started but could not finish (for example, a worker rank died)."""
 
     exit_code = EXIT_FAILURE
+
+
+class Preempted(UserError):
+    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped training after every rank's step and a saved checkpoint."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 def one_line(exc: BaseException) -> str:

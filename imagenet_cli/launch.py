@@ -5,14 +5,20 @@ launcher (torchrun, srun) already started. It decides *how*, never *what*: every
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import os
+import signal
+import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import data, distributed, worker
 from .config import RunConfig
+from .control import STOP_SIGNALS
 from .distributed import Topology
-from .errors import EXIT_FAILURE, RunFailed, UserError, one_line
+from .errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserError, one_line
 
 
 def launch(cfg: RunConfig) -> None:
@@ -60,20 +66,82 @@ def _check_writable(directory: str) -> None:
 
 
 def spawn(cfg: RunConfig, topology: Topology) -> None:
-    """Start the local workers; if any fails, stop the others and report the first failure by rank."""
+    """Start the local workers and watch them. Signals sent to this process (SLURM's preemption notice,
+    `kill`, Ctrl-C) are passed on, so the workers save and stop together; if one fails, the others are
+    stopped within seconds and the first failure is reported by rank."""
     import torch.multiprocessing as mp
 
-    context = mp.get_context("spawn")
-    errors = context.SimpleQueue()
+    errors = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(
+        _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=False, start_method="spawn"
+    )
+    with _forwarding_signals(context.processes):
+        codes = _supervise(context.processes)
+    if all(code == 0 for code in codes):
+        return
+    reports = {}
+    while not errors.empty():
+        rank, code, message = errors.get()
+        reports.setdefault(rank, (code, message))
+    if codes and all(code == EXIT_PREEMPTED for code in codes):
+        main = reports.get(topology.global_rank(0)) or next(iter(reports.values()), (0, "stopped by a signal"))
+        raise Preempted(main[1])
+    failed = [(rank, msg) for rank, (code, msg) in reports.items() if code != EXIT_PREEMPTED]
+    if failed:
+        rank, message = failed[0]
+        raise RunFailed(f"rank {rank} failed: {message}")
+    index, code = next((i, c) for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
+    raise RunFailed(f"rank {topology.global_rank(index)} {_describe_exit(code)}")
+
+
+def _supervise(processes: list[Any], grace_seconds: float = 10.0) -> list[int]:
+    """Wait for every worker. After the first failure the rest get `grace_seconds` to finish on their
+    own (a preempted rank's peers are saving too), then SIGTERM, then SIGKILL: nothing is left behind."""
+    pending = {p.sentinel: p for p in processes}
+    deadline = None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait(list(pending), timeout=timeout)
+        for sentinel in ready:
+            process = pending.pop(sentinel)
+            process.join()
+            if process.exitcode != 0 and deadline is None:
+                deadline = time.monotonic() + grace_seconds * (6 if process.exitcode == EXIT_PREEMPTED else 1)
+        if not ready and deadline is not None:
+            _stop(list(pending.values()))
+            break
+    return [p.exitcode if p.exitcode is not None else -signal.SIGKILL for p in processes]
+
+
+def _stop(processes: list[Any]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@contextmanager
+def _forwarding_signals(processes: list[Any]) -> Iterator[None]:
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        mp.start_processes(
-            _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=True, start_method="spawn"
-        )
-    except mp.ProcessExitedException as exc:
-        rank, message = errors.get() if not errors.empty() else (exc.error_index, f"exited with code {exc.exit_code}")
-        raise RunFailed(f"rank {rank} failed: {message}") from None
-    except mp.ProcessRaisedException as exc:
-        raise RunFailed(f"a worker failed: {one_line(exc)}") from None
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 def _spawned(index: int, cfg: RunConfig, topology: Topology, errors: Any) -> None:
@@ -81,7 +149,8 @@ def _spawned(index: int, cfg: RunConfig, topology: Topology, errors: Any) -> Non
     try:
         worker.run(index, cfg, topology)
     except BaseException as exc:
-        if cfg.debug:
+        code = exc.exit_code if isinstance(exc, UserError) else EXIT_FAILURE
+        if cfg.debug and not isinstance(exc, Preempted):
             traceback.print_exc()
-        errors.put((topology.global_rank(index), one_line(exc)))
-        raise SystemExit(EXIT_FAILURE) from None
+        errors.put((topology.global_rank(index), code, one_line(exc)))
+        raise SystemExit(code if code == EXIT_PREEMPTED else EXIT_FAILURE) from None

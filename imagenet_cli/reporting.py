@@ -22,7 +22,7 @@ class Reporter:
     """Says nothing: the interface, and what non-main ranks and `--quiet` runs use."""
 
     def message(self, text: str) -> None: ...
-    def phase_start(self, phase: str, epoch: int, total: int) -> None: ...
+    def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None: ...
     def phase_advance(self, step: int) -> None: ...
     def phase_update(self, step: int, metrics: Metrics) -> None: ...
     def phase_end(self, metrics: Metrics) -> None: ...
@@ -45,12 +45,13 @@ class ConsoleReporter(Reporter):
         self._task: Any = None
         self._phase = ("train", 0, 0)
         self._phase_start = 0.0
+        self._phase_done = 0
 
     def message(self, text: str) -> None:
         self._print(text)
 
-    def phase_start(self, phase: str, epoch: int, total: int) -> None:
-        self._phase, self._phase_start = (phase, epoch, total), time.perf_counter()
+    def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None:
+        self._phase, self._phase_start, self._phase_done = (phase, epoch, total), time.perf_counter(), done
         if not self.live:
             return
         self._progress = Progress(
@@ -65,7 +66,7 @@ class ConsoleReporter(Reporter):
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task(f"epoch {epoch} {phase}", total=total, stats="")
+        self._task = self._progress.add_task(f"epoch {epoch} {phase}", total=total, completed=done, stats="")
 
     def phase_advance(self, step: int) -> None:
         if self._progress is not None:
@@ -78,7 +79,7 @@ class ConsoleReporter(Reporter):
             return
         phase, epoch, total = self._phase
         elapsed = time.perf_counter() - self._phase_start
-        eta = elapsed / step * (total - step)
+        eta = elapsed / max(1, step - self._phase_done) * (total - step)
         label = f"Epoch: [{epoch}]" if phase == "train" else f"Test: [{epoch}]"
         width = len(str(total))
         self._print(f"{label}[{step:>{width}}/{total}]  {stats}  eta {_duration(eta)}")

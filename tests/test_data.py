@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from imagenet_cli.config import build_config
-from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, check_data_dir, derive_seed
+from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, check_data_dir
 from imagenet_cli.errors import UserError
+from imagenet_cli.randomness import mix_seed
 
 from .conftest import write_image_folder
 
@@ -83,6 +84,7 @@ def test_normalisation_happens_on_the_device_in_float():
     )
 
 
-def test_derived_seeds_differ_per_rank_and_repeat():
-    assert derive_seed(0, 1, 0) == derive_seed(0, 1, 0)
-    assert len({derive_seed(0, 1, r) for r in range(8)}) == 8
+def test_mixed_seeds_differ_per_part_and_repeat():
+    assert mix_seed(0, 1, 0) == mix_seed(0, 1, 0)
+    assert len({mix_seed(0, epoch, i) for epoch in range(4) for i in range(1000)}) == 4000
+    assert 0 <= mix_seed(2**70, -1) < 2**63

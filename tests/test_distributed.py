@@ -19,7 +19,7 @@ from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from imagenet_cli.config import DistConfig
 from imagenet_cli.data import FakeImages, Normalizer, train_loader
 from imagenet_cli.distributed import Topology, first_slurm_host, plan
-from imagenet_cli.engine import train_one_epoch
+from imagenet_cli.engine import TrainParts, train_one_epoch
 from imagenet_cli.errors import UserError
 from imagenet_cli.reporting import Reporter
 
@@ -94,14 +94,15 @@ def _train_two_replicas(index: int, port: int, out: str) -> None:
             model = distributed.wrap_model(model, ctx, False) if use_ddp else model
             loader = train_loader(FakeImages(32, 4, 32, seed=0), ctx, batch_size=8, workers=0, seed=0)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-            train_one_epoch(
-                model, loader, torch.nn.CrossEntropyLoss(), optimizer, Normalizer(ctx.device), ctx, Reporter(), 0, 10, 4
+            parts = TrainParts(
+                model, torch.nn.CrossEntropyLoss(), optimizer, Normalizer(ctx.device), ctx, Reporter(), 10, 4
             )
+            train_one_epoch(parts, loader, epoch=0)
             params = torch.cat([p.detach().flatten() for p in models.unwrap(model).parameters()])
             gathered = [torch.empty_like(params) for _ in range(ctx.world_size)]
             dist.all_gather(gathered, params)
             results[use_ddp] = torch.equal(gathered[0], gathered[1])
-        seen = torch.tensor(list(loader.sampler))
+        seen = torch.tensor([index for index, _seed in loader.sampler])
         all_seen = [torch.empty_like(seen) for _ in range(ctx.world_size)]
         dist.all_gather(all_seen, seen)
         if ctx.is_main:

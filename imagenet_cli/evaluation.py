@@ -1,0 +1,56 @@
+"""`evaluate CHECKPOINT` (and `train -e`) inside one worker: exact figures over every validation image."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import data, distributed, engine, models
+from .checkpoint import read_checkpoint
+from .config import RunConfig
+from .distributed import DistContext
+from .errors import UserError
+from .reporting import Reporter
+
+
+def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
+    """The label order is the checkpoint's own when it recorded one."""
+    assert cfg.checkpoint is not None
+    loaded = read_checkpoint(cfg.checkpoint)
+    splits = data.build_splits(cfg.data, with_train=False, class_names=loaded.class_names)
+    num_classes = models.head_num_classes(cfg.model.arch, loaded.state_dict) or len(splits.class_names)
+    if num_classes != len(splits.class_names):
+        raise UserError(
+            f"{cfg.checkpoint} predicts {num_classes} classes but the data has {len(splits.class_names)}; "
+            f"to adapt it to these classes, use `imagenet-cli finetune --weights {cfg.checkpoint} DATA`"
+        )
+    model = models.build_model(cfg.model.arch, num_classes)
+    models.load_state(model, loaded.state_dict, cfg.model.arch, skip_head=False)
+    model = distributed.wrap_model(model, ctx, cfg.dist.data_parallel)
+    batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
+    loader = data.val_loader(splits.val, ctx, batch, data.resolve_workers(cfg.data.workers, ctx))
+    evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint)
+
+
+def evaluate_and_report(
+    cfg: RunConfig,
+    model: nn.Module,
+    loader: DataLoader,
+    ctx: DistContext,
+    reporter: Reporter,
+    num_classes: int,
+    source: str,
+) -> None:
+    metrics = engine.evaluate(model, loader, data.Normalizer(ctx.device), ctx, reporter, 0, cfg.print_freq, num_classes)
+    if ctx.is_main:
+        result = {
+            "checkpoint": source,
+            "arch": cfg.model.arch,
+            "images": metrics.images,
+            "acc1": metrics.acc1,
+            "acc5": metrics.acc5,
+            "loss": metrics.loss,
+            "images_per_second": metrics.images_per_second,
+            "world_size": ctx.world_size,
+        }
+        reporter.evaluation(result, cfg.json)

@@ -1,0 +1,184 @@
+"""`train`, `finetune` and `resume` inside one worker: build, restore, train, save, stop when asked.
+
+A resumed run continues exactly where the saved one stopped (epoch and step, optimizer and schedule,
+every rank's random generators, the data order), so with `--seed` it ends bit-identical to a run that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from . import data, distributed, engine, models, optim, randomness
+from .checkpoint import LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
+from .config import RunConfig
+from .control import StepControl
+from .distributed import DistContext
+from .errors import Preempted, UserError
+from .evaluation import evaluate_and_report
+from .reporting import Reporter
+
+
+def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
+    resumed = read_checkpoint(cfg.resume) if cfg.resume else None
+    splits = data.build_splits(cfg.data, with_train=not cfg.evaluate_only, class_names=resumed and resumed.class_names)
+    if resumed and resumed.class_names and resumed.class_names != splits.class_names:
+        raise UserError(f"the data's classes differ from those {cfg.resume} was trained on")
+    num_classes = len(splits.class_names)
+    model = distributed.wrap_model(create_model(cfg, num_classes, resumed, reporter), ctx, cfg.dist.data_parallel)
+    batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
+    workers = data.resolve_workers(cfg.data.workers, ctx)
+    val_loader = data.val_loader(splits.val, ctx, batch, workers)
+    if cfg.evaluate_only:
+        evaluate_and_report(cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch)
+        return
+    optimizer = optim.build_optimizer(model, cfg.optim)
+    scheduler = optim.build_scheduler(optimizer, cfg.optim)
+    start_epoch, start_step, best_acc1 = cfg.optim.start_epoch, 0, 0.0
+    if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
+        randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
+    if resumed is not None:
+        start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, scheduler, reporter)
+    if start_epoch >= cfg.optim.epochs:
+        reporter.message(
+            f"nothing to train: the run has done {start_epoch} of {cfg.optim.epochs} epochs (raise --epochs)"
+        )
+        return
+    assert splits.train is not None
+    train_loader = data.train_loader(splits.train, ctx, batch, workers, cfg.seed)
+    parts = engine.TrainParts(
+        model,
+        optim.build_criterion(),
+        optimizer,
+        data.Normalizer(ctx.device),
+        ctx,
+        reporter,
+        cfg.print_freq,
+        num_classes,
+    )
+    saver = Saver(cfg, ctx, parts, scheduler, splits.class_names, best_acc1)
+    with StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes) as control:
+        hooks = _hooks(control, saver)
+        best_acc1 = engine.fit(
+            parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
+            epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
+        )  # fmt: skip
+    reporter.run_end(best_acc1, cfg.output_dir)
+
+
+class Saver:
+    """Writes the run's full state; called on every rank, since every rank's generators go in."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: DistContext,
+        parts: engine.TrainParts,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        class_names: list[str],
+        best_acc1: float,
+    ) -> None:
+        self.cfg, self.ctx, self.parts, self.scheduler, self.class_names = cfg, ctx, parts, scheduler, class_names
+        self.best_acc1 = best_acc1
+        self.path = os.path.join(cfg.output_dir, "checkpoint.pth.tar")
+
+    def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
+        """(epoch, step) is where a resumed run continues. Returns the path on the main rank."""
+        if best_acc1 is not None:
+            self.best_acc1 = best_acc1
+        rng_states = distributed.gather_to_main(randomness.capture(), self.ctx)
+        path = None
+        if self.ctx.is_main:
+            checkpoint = make_checkpoint(
+                model_state=models.unwrap(self.parts.model).state_dict(),
+                arch=self.cfg.model.arch,
+                epoch=epoch,
+                step=step,
+                best_acc1=self.best_acc1,
+                optimizer=self.parts.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                config=self.cfg.to_dict(),
+                class_names=self.class_names,
+                rng_states=rng_states,  # type: ignore[arg-type]
+            )
+            path = save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
+        distributed.barrier(self.ctx)  # no rank may leave before the file is whole
+        return path
+
+
+def _hooks(control: StepControl, saver: Saver) -> engine.Hooks:
+    """Mid-epoch saves and stops, agreed by all ranks at the same step."""
+
+    def stop(epoch: int, step: int) -> Preempted:
+        where = f"epoch {epoch}, step {step}" if step else f"the end of epoch {epoch - 1}"
+        return Preempted(
+            f"stopped by {control.signal_name} at {where}; checkpoint saved to {saver.path}; "
+            f"continue with `imagenet-cli resume {saver.path}`"
+        )
+
+    def after_step(epoch: int, step: int) -> None:
+        decision = control.after_step(step)
+        if decision.save or decision.stop:
+            saver.save(epoch, step)
+        if decision.stop:
+            raise stop(epoch, step)
+
+    def save(epoch: int, best_acc1: float, is_best: bool) -> str | None:
+        return saver.save(epoch + 1, 0, best_acc1, is_best)
+
+    def after_epoch(epoch: int) -> None:
+        if control.at_epoch_end():
+            raise stop(epoch + 1, 0)
+
+    return engine.Hooks(after_step=after_step, save=save, after_epoch=after_epoch)
+
+
+def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:
+    """A model with `num_classes` outputs and its starting weights: the resumed run's, a weights file,
+    or torchvision's pretrained ones. A finetune always gets a fresh head for its new classes."""
+    arch = cfg.model.arch
+    model = models.build_model(arch, num_classes)
+    if resumed is not None:
+        models.load_state(model, resumed.state_dict, arch, skip_head=False)
+        return model
+    if cfg.model.weights:
+        state, source = read_checkpoint(cfg.model.weights).state_dict, cfg.model.weights
+    elif cfg.model.pretrained:
+        state, source = models.pretrained_state_dict(arch), f"torchvision's pretrained {arch}"
+    else:
+        return model
+    new_head = cfg.command == "finetune" or models.head_num_classes(arch, state) != num_classes
+    models.load_state(model, state, arch, skip_head=new_head)
+    reporter.message(
+        f"loaded weights from {source}" + (f" with a new head for {num_classes} classes" if new_head else "")
+    )
+    return model
+
+
+def restore_training(
+    cfg: RunConfig,
+    ctx: DistContext,
+    resumed: LoadedCheckpoint,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.StepLR,
+    reporter: Reporter,
+) -> tuple[int, int, float]:
+    """Where to continue (epoch, step) and the best top-1 so far; optimizer, schedule and this rank's
+    generators restored as they were when the checkpoint was written."""
+    epoch = resumed.epoch if resumed.epoch is not None else cfg.optim.start_epoch
+    stored = RunConfig.from_dict(resumed.config).optim if resumed.config else None
+    optim.restore(optimizer, scheduler, cfg.optim, epoch, resumed.optimizer, resumed.scheduler, stored)
+    states = resumed.rng_states or []
+    if len(states) == ctx.world_size:
+        randomness.restore(states[ctx.rank])
+    elif states:
+        reporter.message(
+            f"the checkpoint holds random states of {len(states)} ranks, this run has {ctx.world_size}: "
+            "training continues, but not bit-identically to the original run"
+        )
+    where = f"epoch {epoch}, step {resumed.step}" if resumed.step else f"epoch {epoch}"
+    reporter.message(f"resuming {cfg.resume} at {where} (best top-1 so far {resumed.best_acc1 or 0.0:.2f}%)")
+    return epoch, resumed.step, resumed.best_acc1 or 0.0
