@@ -17,7 +17,7 @@ import typer
 
 from . import options as opt
 from .config import RunConfig, build_config, changed_values
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, UserError, one_line
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, Preempted, UserError, one_line
 
 app = typer.Typer(
     name="imagenet-cli",
@@ -44,9 +44,9 @@ def _errors(debug: bool) -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        if debug:
+        if debug and not isinstance(exc, Preempted):
             raise
-        typer.echo(f"error: {one_line(exc)}", err=True)
+        typer.echo(f"{'' if isinstance(exc, Preempted) else 'error: '}{one_line(exc)}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -121,6 +121,9 @@ def train(
     fake_train_images: opt.FakeTrain = None,
     fake_val_images: opt.FakeVal = None,
     output_dir: opt.OutputDir = None,
+    save_every_steps: opt.SaveEverySteps = None,
+    save_every_minutes: opt.SaveEveryMinutes = None,
+    keep_epochs: opt.KeepEpochs = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -130,15 +133,45 @@ def train(
     """
     with _errors(debug):
         given = _given(
-            path=data, fake=fake_data, arch=arch, workers=workers, epochs=epochs, start_epoch=start_epoch,
-            batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step_size=lr_step_size,
-            lr_gamma=lr_gamma, print_freq=print_freq, resume=resume, evaluate_only=evaluate, pretrained=pretrained,
-            world_size=world_size, rank=rank, dist_url=dist_url, dist_backend=dist_backend, seed=seed, gpu=gpu,
-            no_accel=no_accel, multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
-            data_parallel=data_parallel, image_size=image_size, val_resize_size=val_resize_size,
-            val_crop_size=val_crop_size, num_classes=num_classes, fake_train_images=fake_train_images,
-            fake_val_images=fake_val_images, output_dir=output_dir, quiet=quiet, debug=debug,
-        )  # fmt: skip
+            path=data,
+            fake=fake_data,
+            arch=arch,
+            workers=workers,
+            epochs=epochs,
+            start_epoch=start_epoch,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_step_size=lr_step_size,
+            lr_gamma=lr_gamma,
+            print_freq=print_freq,
+            resume=resume,
+            evaluate_only=evaluate,
+            pretrained=pretrained,
+            world_size=world_size,
+            rank=rank,
+            dist_url=dist_url,
+            dist_backend=dist_backend,
+            seed=seed,
+            gpu=gpu,
+            no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed,
+            nproc_per_node=nproc_per_node,
+            data_parallel=data_parallel,
+            image_size=image_size,
+            val_resize_size=val_resize_size,
+            val_crop_size=val_crop_size,
+            num_classes=num_classes,
+            fake_train_images=fake_train_images,
+            fake_val_images=fake_val_images,
+            output_dir=output_dir,
+            save_every_steps=save_every_steps,
+            save_every_minutes=save_every_minutes,
+            keep_epochs=keep_epochs,
+            quiet=quiet,
+            debug=debug,
+        )
         given.setdefault("output_dir", os.path.abspath("."))
         base = None
         if "resume" in given and not given.get("evaluate_only"):
@@ -184,13 +217,29 @@ def evaluate(
         from .config import ModelConfig
 
         given = _given(
-            checkpoint=checkpoint, path=data, fake=fake_data, workers=workers, batch_size=batch_size,
-            image_size=image_size, val_resize_size=val_resize_size, val_crop_size=val_crop_size,
-            num_classes=num_classes, fake_val_images=fake_val_images, print_freq=print_freq, world_size=world_size,
-            rank=rank, dist_url=dist_url, dist_backend=dist_backend, gpu=gpu, no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
-            json=json_output, quiet=quiet, debug=debug,
-        )  # fmt: skip
+            checkpoint=checkpoint,
+            path=data,
+            fake=fake_data,
+            workers=workers,
+            batch_size=batch_size,
+            image_size=image_size,
+            val_resize_size=val_resize_size,
+            val_crop_size=val_crop_size,
+            num_classes=num_classes,
+            fake_val_images=fake_val_images,
+            print_freq=print_freq,
+            world_size=world_size,
+            rank=rank,
+            dist_url=dist_url,
+            dist_backend=dist_backend,
+            gpu=gpu,
+            no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed,
+            nproc_per_node=nproc_per_node,
+            json=json_output,
+            quiet=quiet,
+            debug=debug,
+        )
         stored, given = _stored_base(given["checkpoint"], given, "evaluate")
         arch = arch or (stored.model.arch if stored else read_checkpoint(given["checkpoint"]).arch)
         if arch is None:
@@ -219,6 +268,9 @@ def resume(
     no_accel: opt.NoAccel = False,
     multiprocessing_distributed: opt.MultiProc = False,
     nproc_per_node: opt.NprocPerNode = None,
+    save_every_steps: opt.SaveEverySteps = None,
+    save_every_minutes: opt.SaveEveryMinutes = None,
+    keep_epochs: opt.KeepEpochs = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -228,11 +280,27 @@ def resume(
     """
     with _errors(debug):
         given = _given(
-            resume=checkpoint, path=data, epochs=epochs, lr=lr, workers=workers, print_freq=print_freq,
-            output_dir=output_dir, world_size=world_size, rank=rank, dist_url=dist_url, dist_backend=dist_backend,
-            gpu=gpu, no_accel=no_accel, multiprocessing_distributed=multiprocessing_distributed,
-            nproc_per_node=nproc_per_node, quiet=quiet, debug=debug,
-        )  # fmt: skip
+            resume=checkpoint,
+            path=data,
+            epochs=epochs,
+            lr=lr,
+            workers=workers,
+            print_freq=print_freq,
+            output_dir=output_dir,
+            world_size=world_size,
+            rank=rank,
+            dist_url=dist_url,
+            dist_backend=dist_backend,
+            gpu=gpu,
+            no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed,
+            nproc_per_node=nproc_per_node,
+            save_every_steps=save_every_steps,
+            save_every_minutes=save_every_minutes,
+            keep_epochs=keep_epochs,
+            quiet=quiet,
+            debug=debug,
+        )
         given.setdefault("output_dir", os.path.dirname(given["resume"]))
         base, given = _stored_base(given["resume"], given, None)
         if base is None:
@@ -277,6 +345,9 @@ def finetune(
     fake_train_images: opt.FakeTrain = None,
     fake_val_images: opt.FakeVal = None,
     output_dir: opt.OutputDir = None,
+    save_every_steps: opt.SaveEverySteps = None,
+    save_every_minutes: opt.SaveEveryMinutes = None,
+    keep_epochs: opt.KeepEpochs = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -286,15 +357,42 @@ def finetune(
     """
     with _errors(debug):
         given = _given(
-            path=data, fake=fake_data, weights=weights, pretrained=pretrained, arch=arch, workers=workers,
-            epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            lr_step_size=lr_step_size, lr_gamma=lr_gamma, print_freq=print_freq, world_size=world_size, rank=rank,
-            dist_url=dist_url, dist_backend=dist_backend, seed=seed, gpu=gpu, no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed, nproc_per_node=nproc_per_node,
-            image_size=image_size, val_resize_size=val_resize_size, val_crop_size=val_crop_size,
-            num_classes=num_classes, fake_train_images=fake_train_images, fake_val_images=fake_val_images,
-            output_dir=output_dir, quiet=quiet, debug=debug,
-        )  # fmt: skip
+            path=data,
+            fake=fake_data,
+            weights=weights,
+            pretrained=pretrained,
+            arch=arch,
+            workers=workers,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_step_size=lr_step_size,
+            lr_gamma=lr_gamma,
+            print_freq=print_freq,
+            world_size=world_size,
+            rank=rank,
+            dist_url=dist_url,
+            dist_backend=dist_backend,
+            seed=seed,
+            gpu=gpu,
+            no_accel=no_accel,
+            multiprocessing_distributed=multiprocessing_distributed,
+            nproc_per_node=nproc_per_node,
+            image_size=image_size,
+            val_resize_size=val_resize_size,
+            val_crop_size=val_crop_size,
+            num_classes=num_classes,
+            fake_train_images=fake_train_images,
+            fake_val_images=fake_val_images,
+            output_dir=output_dir,
+            save_every_steps=save_every_steps,
+            save_every_minutes=save_every_minutes,
+            keep_epochs=keep_epochs,
+            quiet=quiet,
+            debug=debug,
+        )
         given.setdefault("output_dir", os.path.abspath("."))
         if "weights" in given and "arch" not in given:
             from .checkpoint import read_checkpoint

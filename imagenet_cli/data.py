@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -211,7 +213,28 @@ def _loader(
         persistent_workers=workers > 0,
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
+        multiprocessing_context=_WORKER_START if workers > 0 else None,
     )
+
+
+# Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch: seconds
+# per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
+_WORKER_START = "fork" if sys.platform.startswith("linux") else None
+
+
+@contextmanager
+def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
+    """Stop the loaders' persistent workers when the block ends, however it ends. They ignore SIGTERM
+    (to outlive a preemption notice), so the `terminate()` multiprocessing sends at a spawned worker's
+    exit cannot stop them; the loader's own shutdown can."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _leave_signals_to_the_main_process(_worker_id: int) -> None:

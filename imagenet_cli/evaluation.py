@@ -29,7 +29,8 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
     model = distributed.wrap_model(model, ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     loader = data.val_loader(splits.val, ctx, batch, data.resolve_workers(cfg.data.workers, ctx))
-    evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint)
+    with data.releasing_workers(loader):
+        evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint)
 
 
 def evaluate_and_report(

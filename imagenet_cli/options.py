@@ -365,3 +365,28 @@ WeightsArch = Annotated[
         "-a", "--arch", help="Architecture; taken from --weights when it records one.", rich_help_panel=MODEL_PANEL
     ),
 ]
+
+SaveEverySteps = Annotated[
+    int | None,
+    typer.Option(
+        "--save-every-steps",
+        help="Also write a resumable checkpoint every N steps inside an epoch.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+SaveEveryMinutes = Annotated[
+    float | None,
+    typer.Option(
+        "--save-every-minutes",
+        help="Also write a resumable checkpoint every M minutes inside an epoch.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+KeepEpochs = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-epochs",
+        help="Also keep checkpoint_epoch_NNN.pth.tar of the last K epochs.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]

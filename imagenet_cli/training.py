@@ -33,7 +33,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     workers = data.resolve_workers(cfg.data.workers, ctx)
     val_loader = data.val_loader(splits.val, ctx, batch, workers)
     if cfg.evaluate_only:
-        evaluate_and_report(cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch)
+        with data.releasing_workers(val_loader):
+            evaluate_and_report(cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch)
         return
     optimizer = optim.build_optimizer(model, cfg.optim)
     scheduler = optim.build_scheduler(optimizer, cfg.optim)
@@ -60,7 +61,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         num_classes,
     )
     saver = Saver(cfg, ctx, parts, scheduler, splits.class_names, best_acc1)
-    with StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes) as control:
+    control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
+    with data.releasing_workers(train_loader, val_loader), control:
         hooks = _hooks(control, saver)
         best_acc1 = engine.fit(
             parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
