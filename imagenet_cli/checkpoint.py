@@ -8,6 +8,7 @@ cannot run code on this machine.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -179,14 +180,20 @@ def _unpickling_problem(path: str, text: str) -> str:
     return f"{path} is not a readable checkpoint (damaged, or not a PyTorch file): {reason}"
 
 
+# Plain attribute bags that real checkpoints carry (torchvision's references store their argparse
+# `args`); unpickling one sets attributes and runs nothing, so `weights_only` may accept it.
+SAFE_EXTRA_TYPES = [argparse.Namespace]
+
+
 def _load(path: str) -> Any:
     """Memory-map when the file allows it, so reading a large checkpoint's config costs little."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(SAFE_EXTRA_TYPES):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
@@ -251,3 +258,35 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             key = key.split(".", 1)[1]
         out[key] = value
     return out
+
+
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    """What `inspect` shows, as plain data (also its `--json`)."""
+    params = sum(v.numel() for k, v in loaded.state_dict.items() if not k.endswith(BUFFER_SUFFIXES))
+    config = loaded.config or {}
+    optim = config.get("optim", {}) if isinstance(config.get("optim"), Mapping) else {}
+    data = config.get("data", {}) if isinstance(config.get("data"), Mapping) else {}
+    return {
+        "path": loaded.path,
+        "format": loaded.kind,
+        "size_bytes": os.path.getsize(loaded.path),
+        "arch": loaded.arch,
+        "epoch": loaded.epoch,
+        "step": loaded.step,
+        "best_acc1": loaded.best_acc1,
+        "num_classes": len(loaded.class_names) if loaded.class_names else None,
+        "class_names": loaded.class_names,
+        "parameters": params,
+        "tensors": len(loaded.state_dict),
+        "resumable": loaded.optimizer is not None,
+        "ranks_with_random_state": len(loaded.rng_states or []),
+        "command": config.get("command"),
+        "data": "fake data" if data.get("fake") else data.get("path"),
+        "epochs": optim.get("epochs"),
+        "batch_size": optim.get("batch_size"),
+        "lr": optim.get("lr"),
+        "versions": loaded.versions,
+    }

@@ -78,6 +78,16 @@ def _stored_base(path: str, given: dict[str, Any], command: str | None) -> tuple
     return base, given
 
 
+def _recorded_arch(path: str, required: bool = False) -> dict[str, str]:
+    """{"arch": the architecture a checkpoint records}, or {} (an error when `required`)."""
+    from .checkpoint import read_checkpoint
+
+    arch = read_checkpoint(path).arch
+    if arch is None and required:
+        raise UserError(f"{path} does not record its architecture; pass --arch")
+    return {"arch": arch} if arch else {}
+
+
 def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
     ignore = {"resume", "checkpoint", "command", "quiet", "debug", "json"}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
@@ -176,6 +186,8 @@ def train(
         base = None
         if "resume" in given and not given.get("evaluate_only"):
             base, given = _stored_base(given["resume"], given, "train")
+        if "resume" in given and base is None and "arch" not in given:
+            given = {**given, **_recorded_arch(given["resume"])}
         cfg = build_config("train", given, base)
         if base is not None:
             _report_overrides(base, cfg, quiet)
@@ -395,13 +407,21 @@ def finetune(
         )
         given.setdefault("output_dir", os.path.abspath("."))
         if "weights" in given and "arch" not in given:
-            from .checkpoint import read_checkpoint
-
-            recorded = read_checkpoint(given["weights"]).arch
-            if recorded is None:
-                raise UserError(f"{weights} does not record its architecture; pass --arch")
-            given["arch"] = recorded
+            given.update(_recorded_arch(given["weights"], required=True))
         _launch(build_config("finetune", given))
+
+
+@app.command()
+def inspect(checkpoint: opt.AnyCheckpoint, json_output: opt.Json = False, debug: opt.Debug = False) -> None:
+    """What a checkpoint holds: format, arch, epoch and step, best top-1, classes, size, configuration, versions.
+
+    [dim]imagenet-cli inspect runs/r18/checkpoint.pth.tar[/dim]
+    """
+    with _errors(debug):
+        from .checkpoint import describe, read_checkpoint
+        from .reporting import print_inspection
+
+        print_inspection(describe(read_checkpoint(os.path.abspath(checkpoint))), json_output)
 
 
 def main() -> None:

@@ -63,7 +63,10 @@ class ClassFolder(datasets.ImageFolder):
         present = set(class_folders(directory))
         unknown = sorted(present - set(self._given_classes))
         if unknown:
-            raise UserError(f"{directory} has classes the model does not know: {', '.join(unknown[:5])}")
+            raise UserError(
+                f"{directory} has classes the model does not know: {', '.join(unknown[:5])}; to adapt a model to "
+                "these classes, use `imagenet-cli finetune --weights CHECKPOINT DATA`"
+            )
         return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
 
 

@@ -390,3 +390,8 @@ KeepEpochs = Annotated[
         rich_help_panel=RUN_PANEL,
     ),
 ]
+
+AnyCheckpoint = Annotated[
+    str,
+    typer.Argument(metavar="CHECKPOINT", help="Any checkpoint or weights file the tool can read."),
+]

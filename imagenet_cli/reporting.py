@@ -132,6 +132,27 @@ class ConsoleReporter(Reporter):
         self.console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
+def print_inspection(summary: dict[str, Any], as_json: bool) -> None:
+    """`inspect`: a two-column table, or the same facts as one JSON object."""
+    if as_json:
+        print(json.dumps(summary), flush=True)
+        return
+    table = Table(title=f"{summary['path']}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        if key == "path" or value is None:
+            continue
+        if key == "class_names":
+            value = ", ".join(value[:10]) + (f" … ({len(value)} in all)" if len(value) > 10 else "")
+        elif key == "versions":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif key in ("parameters", "size_bytes"):
+            value = f"{value:,}"
+        table.add_row(key.replace("_", " "), str(value))
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
 def make_reporter(is_main: bool, quiet: bool, to_stderr: bool) -> Reporter:
     """The main rank talks (to stderr when stdout is reserved for `--json`); every other rank is quiet."""
     if not is_main or quiet:
