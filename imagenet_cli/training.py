@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import data, distributed, engine, models, optim, randomness
-from .checkpoint import LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .control import StepControl
 from .distributed import DistContext
@@ -85,7 +85,7 @@ class Saver:
     ) -> None:
         self.cfg, self.ctx, self.parts, self.scheduler, self.class_names = cfg, ctx, parts, scheduler, class_names
         self.best_acc1 = best_acc1
-        self.path = os.path.join(cfg.output_dir, "checkpoint.pth.tar")
+        self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
         """(epoch, step) is where a resumed run continues. Returns the path on the main rank."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -99,6 +100,25 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return out
+
+
+class _RunsAShellCommand:
+    """Unpickling this would run `touch MARKER`: what a booby-trapped checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture()
+def booby_trapped_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint that would create a marker file if it were ever unpickled: (checkpoint, marker)."""
+    marker, path = tmp_path / "code-ran", tmp_path / "evil.pth.tar"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _RunsAShellCommand(marker)}, f, protocol=2)  # the protocol torch.save writes
+    return path, marker
 
 
 @pytest.fixture()

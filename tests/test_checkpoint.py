@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 
 import pytest
 import torch
@@ -70,16 +69,8 @@ def test_every_format_users_bring_gives_the_same_weights(make_checkpoint_file, p
         assert (loaded.epoch, loaded.best_acc1, loaded.arch, loaded.scheduler) == (5, 12.5, TINY_ARCH, None)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.pth.tar"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": Exploit()}, f, protocol=2)  # the protocol torch.save writes
+def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(booby_trapped_checkpoint):
+    path, marker = booby_trapped_checkpoint
     with pytest.raises(UserError, match="cannot be loaded safely"):
         read_checkpoint(str(path))
     assert not marker.exists()

@@ -7,8 +7,6 @@ model has, computed in this process. Files that cannot be used must say why, in 
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -183,16 +181,8 @@ def test_a_class_mismatch_points_to_finetune(trained_run, image_folder, tmp_path
     assert "predicts 10 classes but the data has 3" in counted and "imagenet-cli finetune --weights" in counted
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_by_the_cli(tmp_path):
-    marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.pth.tar"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": Payload()}, f, protocol=2)
+def test_a_checkpoint_that_would_run_code_is_refused_by_the_cli(booby_trapped_checkpoint):
+    path, marker = booby_trapped_checkpoint
     assert "could run code" in _one_line_error(run_cli("evaluate", str(path), "--arch", TINY_ARCH, "--fake-data"))
     assert not marker.exists()
 
