@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -251,13 +252,19 @@ def _find_state_dict(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, t
 
 
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys as a plain model names them, whatever wrappers the writer had (even nested ones)."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
+    """Keys as a plain model names them, whatever wrappers the writer had (even nested ones). The
+    per-module version metadata a state dict carries is renamed alike: some modules (MNASNet) need it."""
+    out: dict[str, torch.Tensor] = OrderedDict((_unwrapped(key), value) for key, value in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = OrderedDict((_unwrapped(key), value) for key, value in metadata.items())  # type: ignore[attr-defined]
     return out
+
+
+def _unwrapped(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1] if "." in key else ""
+    return key
 
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from . import options as opt
-from .config import RunConfig, build_config, changed_values
+from .config import RunConfig, build_config, changed_values, default_for
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, Preempted, UserError, one_line
 
 app = typer.Typer(
@@ -88,6 +88,18 @@ def _recorded_arch(path: str, required: bool = False) -> dict[str, str]:
     return {"arch": arch} if arch else {}
 
 
+def _input_size_of_weights(given: dict[str, Any]) -> dict[str, int]:
+    """Finetune at the resolution the starting weights were trained for: a checkpoint's own sizes when it
+    records them, else those of torchvision's weights for the arch (Inception v3: 299)."""
+    from .models import expected_input
+
+    if "weights" in given:
+        stored, _ = _stored_base(given["weights"], {}, None)
+        if stored is not None:
+            return {k: getattr(stored.data, k) for k in ("image_size", "val_crop_size", "val_resize_size")}
+    return expected_input(given.get("arch", default_for("finetune", "arch")))
+
+
 def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
     ignore = {"resume", "checkpoint", "command", "quiet", "debug", "json"}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
@@ -134,6 +146,11 @@ def train(
     save_every_steps: opt.SaveEverySteps = None,
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
+    norm_weight_decay: opt.NormWeightDecay = None,
+    bias_weight_decay: opt.BiasWeightDecay = None,
+    freeze_backbone: opt.FreezeBackbone = False,
+    backbone_lr_mult: opt.BackboneLrMult = None,
+    unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -179,6 +196,11 @@ def train(
             save_every_steps=save_every_steps,
             save_every_minutes=save_every_minutes,
             keep_epochs=keep_epochs,
+            norm_weight_decay=norm_weight_decay,
+            bias_weight_decay=bias_weight_decay,
+            freeze_backbone=freeze_backbone,
+            backbone_lr_mult=backbone_lr_mult,
+            unfreeze_at_epoch=unfreeze_at_epoch,
             quiet=quiet,
             debug=debug,
         )
@@ -360,6 +382,11 @@ def finetune(
     save_every_steps: opt.SaveEverySteps = None,
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
+    norm_weight_decay: opt.NormWeightDecay = None,
+    bias_weight_decay: opt.BiasWeightDecay = None,
+    freeze_backbone: opt.FreezeBackbone = False,
+    backbone_lr_mult: opt.BackboneLrMult = None,
+    unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -402,12 +429,19 @@ def finetune(
             save_every_steps=save_every_steps,
             save_every_minutes=save_every_minutes,
             keep_epochs=keep_epochs,
+            norm_weight_decay=norm_weight_decay,
+            bias_weight_decay=bias_weight_decay,
+            freeze_backbone=freeze_backbone,
+            backbone_lr_mult=backbone_lr_mult,
+            unfreeze_at_epoch=unfreeze_at_epoch,
             quiet=quiet,
             debug=debug,
         )
         given.setdefault("output_dir", os.path.abspath("."))
         if "weights" in given and "arch" not in given:
             given.update(_recorded_arch(given["weights"], required=True))
+        if not given.keys() & {"image_size", "val_crop_size", "val_resize_size"}:
+            given.update(_input_size_of_weights(given))
         _launch(build_config("finetune", given))
 
 

@@ -85,6 +85,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_step_size: int = 30
     lr_gamma: float = 0.1
+    norm_weight_decay: float | None = None  # None: --weight-decay
+    bias_weight_decay: float | None = None  # None: --weight-decay
+    # Transfer learning: the backbone is everything but the classifier head.
+    backbone_lr_mult: float = 1.0  # 0 freezes it
+    freeze_backbone: bool = False
+    unfreeze_at_epoch: int | None = None  # frozen before this epoch, trained from it on
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
@@ -95,6 +101,16 @@ class OptimConfig:
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         _check(self.lr_step_size > 0, f"--lr-step-size must be positive, got {self.lr_step_size}")
         _check(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        for flag, value in (
+            ("--norm-weight-decay", self.norm_weight_decay),
+            ("--bias-weight-decay", self.bias_weight_decay),
+        ):
+            _check(value is None or value >= 0, f"{flag} must be 0 or more, got {value}")
+        _check(self.backbone_lr_mult >= 0, f"--backbone-lr-mult must be 0 or more, got {self.backbone_lr_mult}")
+        _check(
+            self.unfreeze_at_epoch is None or self.unfreeze_at_epoch >= 0,
+            f"--unfreeze-at-epoch must be 0 or more, got {self.unfreeze_at_epoch}",
+        )
 
 
 @dataclass(frozen=True)

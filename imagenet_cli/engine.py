@@ -6,6 +6,7 @@ device and are read (a host sync) only at the print interval, not every step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class Metrics:
     acc5: float
     images: int
     seconds: float
+    per_class: tuple[tuple[int, int], ...] = ()  # evaluation: (top-1 correct, images) for each class
 
     @property
     def images_per_second(self) -> float:
@@ -84,6 +86,7 @@ class TrainParts:
     reporter: Reporter
     print_freq: int
     num_classes: int
+    frozen_norms: tuple[nn.Module, ...] = ()  # BatchNorm layers of a frozen backbone: kept in eval mode
 
 
 def train_one_epoch(
@@ -93,6 +96,8 @@ def train_one_epoch(
     already skips them). `after_step(step)` runs after each optimizer step, on every rank."""
     model, ctx, reporter, topk = parts.model, parts.ctx, parts.reporter, min(5, parts.num_classes)
     model.train()
+    for norm in parts.frozen_norms:
+        norm.eval()
     meter, since_print = Meter(ctx.device, topk), Meter(ctx.device, topk)
     start = last_print = time.perf_counter()
     total = first_step + len(loader)
@@ -136,6 +141,7 @@ def evaluate(
     net = unwrap(model)
     net.eval()
     meter = Meter(ctx.device, min(5, num_classes))
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=ctx.device)  # correct, images
     start = time.perf_counter()
     reporter.phase_start("val", epoch, len(loader))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # sums, not means, stay exact across uneven shards
@@ -143,12 +149,16 @@ def evaluate(
         images, targets = normalize(images), targets.to(ctx.device, non_blocking=True)
         logits = net(images)
         meter.add(logits, targets, loss_fn(logits, targets))
+        per_class[0].index_add_(0, targets, logits.argmax(dim=1).eq(targets).double())
+        per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
         if step % print_freq == 0 or step == len(loader):
             reporter.phase_update(step, meter.read(time.perf_counter() - start))
         else:
             reporter.phase_advance(step)
     all_reduce_sum(meter.sums, ctx)
-    result = meter.read(time.perf_counter() - start)
+    all_reduce_sum(per_class, ctx)
+    counts = tuple((int(c), int(n)) for c, n in per_class.t().tolist())
+    result = dataclasses.replace(meter.read(time.perf_counter() - start), per_class=counts)
     reporter.phase_end(result)
     return result
 
@@ -168,10 +178,12 @@ class EpochResult:
 class Hooks:
     """Where the worker persists and steers a run; the loop itself knows nothing of files or signals.
 
+    before_epoch(epoch, parts) -> parts: the parts to train this epoch with (unfreezing a backbone).
     after_step(epoch, step): after each optimizer step (mid-epoch saves, agreeing to stop).
     save(epoch, best_acc1, is_best) -> path written or None: after each epoch's validation.
     after_epoch(epoch): once the epoch is reported (stop there if a signal came during validation)."""
 
+    before_epoch: Callable[[int, TrainParts], TrainParts] = lambda _epoch, parts: parts
     after_step: Callable[[int, int], None] = _nothing
     save: Callable[[int, float, bool], str | None] = _nothing
     after_epoch: Callable[[int], None] = _nothing
@@ -194,9 +206,10 @@ def fit(
     very batch an uninterrupted run would have taken next."""
     sampler = train_data.sampler
     for epoch in range(start_epoch, epochs):
+        parts = hooks.before_epoch(epoch, parts)
         first_step = start_step if epoch == start_epoch else 0
         sampler.set_position(epoch, first_step * (train_data.batch_size or 1))  # type: ignore[attr-defined]
-        lr = parts.optimizer.param_groups[0]["lr"]
+        lr = max(group["lr"] for group in parts.optimizer.param_groups)  # the head's, when the backbone is slower
         train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
         scheduler.step()
         val = evaluate(

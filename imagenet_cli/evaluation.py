@@ -43,6 +43,7 @@ def evaluate_and_report(
     source: str,
 ) -> None:
     metrics = engine.evaluate(model, loader, data.Normalizer(ctx.device), ctx, reporter, 0, cfg.print_freq, num_classes)
+    class_names = getattr(loader.dataset, "classes", None) or [str(i) for i in range(num_classes)]
     if ctx.is_main:
         result = {
             "checkpoint": source,
@@ -53,5 +54,14 @@ def evaluate_and_report(
             "loss": metrics.loss,
             "images_per_second": metrics.images_per_second,
             "world_size": ctx.world_size,
+            "per_class": [
+                {
+                    "class": name,
+                    "images": images,
+                    "correct": correct,
+                    "acc1": 100 * correct / images if images else None,
+                }
+                for name, (correct, images) in zip(class_names, metrics.per_class, strict=True)
+            ],
         }
         reporter.evaluation(result, cfg.json)

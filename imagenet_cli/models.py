@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -85,10 +86,15 @@ def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int |
 def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, skip_head: bool) -> None:
     """Load weights, keeping the model's own new head when `skip_head`; any other mismatch means
     the weights belong to another architecture, which deserves a clear error, not a partial load."""
+    own = model.state_dict()
+    metadata = getattr(state_dict, "_metadata", None) or own._metadata  # type: ignore[attr-defined]
     if skip_head:
         heads = head_keys(arch)
-        state_dict = {k: v for k, v in state_dict.items() if k not in heads}
-    own = model.state_dict()
+        state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
+    else:
+        state_dict = OrderedDict(state_dict)
+    # Modules check their format version in this metadata; a file without it is taken to be current.
+    state_dict._metadata = metadata  # type: ignore[attr-defined]
     wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state_dict and not (skip_head and k in head_keys(arch))]
     unexpected = [k for k in state_dict if k not in own]
@@ -110,6 +116,19 @@ def pretrained_file(arch: str) -> tuple[str, str]:
         raise UserError(f"torchvision has no pretrained weights for {arch}") from exc
     url = weights.url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
+
+
+def expected_input(arch: str) -> dict[str, int]:
+    """The crop and resize sizes torchvision's weights for `arch` were evaluated with (Inception: 299
+    and 342), as data options; empty when the arch has no published weights."""
+    try:
+        preset = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    except (ValueError, AttributeError, TypeError):
+        return {}
+    crop, resize = getattr(preset, "crop_size", None), getattr(preset, "resize_size", None)
+    if not crop or not resize:
+        return {}
+    return {"image_size": int(crop[0]), "val_crop_size": int(crop[0]), "val_resize_size": int(resize[0])}
 
 
 def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:

@@ -10,15 +10,17 @@ import torch
 from torch import nn
 
 from .config import OptimConfig
+from .errors import UserError
+from .finetune import parameter_groups
 
 
 def build_criterion() -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def build_optimizer(model: nn.Module, arch: str, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, arch, cfg)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.StepLR:
@@ -37,21 +39,29 @@ def restore(
 ) -> None:
     """Continue a run at `epoch`. Loaded states are kept bit for bit unless the user changed the
     schedule's settings (`stored` differs from `cfg`), in which case the LR is recomputed from `cfg`:
-    a `--lr` on the command line is honoured, never silently replaced by the stored one."""
+    a `--lr` on the command line is honoured, never silently replaced by the stored one. Momentum and
+    weight decay always come from `cfg` (the groups as just built from it)."""
+    fresh = [{k: g[k] for k in ("momentum", "weight_decay", "lr_mult") if k in g} for g in optimizer.param_groups]
     if optimizer_state is not None:
-        optimizer.load_state_dict(dict(optimizer_state))
+        try:
+            optimizer.load_state_dict(dict(optimizer_state))
+        except ValueError as exc:
+            raise UserError(
+                f"the checkpoint's optimizer state does not fit this run ({exc}); "
+                "were --backbone-lr-mult or the weight-decay options changed?"
+            ) from exc
     if scheduler_state is not None:
         scheduler.load_state_dict(dict(scheduler_state))
     else:  # the reference script's older files have no scheduler: place the schedule at `epoch`
         scheduler.last_epoch = epoch
+    for group, settings in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(settings)
     schedule = (cfg.lr, cfg.lr_step_size, cfg.lr_gamma)
     changed = stored is None or schedule != (stored.lr, stored.lr_step_size, stored.lr_gamma)
     if optimizer_state is None or scheduler_state is None or changed:
         scheduler.step_size, scheduler.gamma = cfg.lr_step_size, cfg.lr_gamma
-        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
-        lr = cfg.lr * cfg.lr_gamma ** (scheduler.last_epoch // cfg.lr_step_size)
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = cfg.lr, lr
-        scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr() reports
-    for group in optimizer.param_groups:
-        group["momentum"], group["weight_decay"] = cfg.momentum, cfg.weight_decay
+        decay = cfg.lr_gamma ** (scheduler.last_epoch // cfg.lr_step_size)
+        scheduler.base_lrs = [cfg.lr * g.get("lr_mult", 1.0) for g in optimizer.param_groups]
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["initial_lr"], group["lr"] = base, base * decay
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports

@@ -395,3 +395,45 @@ AnyCheckpoint = Annotated[
     str,
     typer.Argument(metavar="CHECKPOINT", help="Any checkpoint or weights file the tool can read."),
 ]
+
+NormWeightDecay = Annotated[
+    float | None,
+    typer.Option(
+        "--norm-weight-decay",
+        help="Weight decay of normalisation layers (e.g. 0).",
+        show_default="--wd",
+        rich_help_panel=OPTIM_PANEL,
+    ),
+]
+BiasWeightDecay = Annotated[
+    float | None,
+    typer.Option(
+        "--bias-weight-decay", help="Weight decay of biases (e.g. 0).", show_default="--wd", rich_help_panel=OPTIM_PANEL
+    ),
+]
+FREEZE_PANEL = "Transfer learning"
+FreezeBackbone = Annotated[
+    bool,
+    typer.Option(
+        "--freeze-backbone",
+        help="Train only the classifier head; the backbone's BatchNorm statistics stay as loaded.",
+        rich_help_panel=FREEZE_PANEL,
+    ),
+]
+BackboneLrMult = Annotated[
+    float | None,
+    typer.Option(
+        "--backbone-lr-mult",
+        help="The backbone's LR as a fraction of the head's (0 freezes it).",
+        show_default="1.0",
+        rich_help_panel=FREEZE_PANEL,
+    ),
+]
+UnfreezeAtEpoch = Annotated[
+    int | None,
+    typer.Option(
+        "--unfreeze-at-epoch",
+        help="Train the head alone until this epoch, then everything.",
+        rich_help_panel=FREEZE_PANEL,
+    ),
+]

@@ -127,9 +127,25 @@ class ConsoleReporter(Reporter):
             f"{result['loss']:.4f}", f"{result['images_per_second']:,.0f}",
         )  # fmt: skip
         self.console.print(table)
+        self.console.print(_per_class_table(result["per_class"]))
 
     def _print(self, text: str) -> None:
         self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
+    """Per-class top-1, worst first; with many classes, the worst and best few."""
+    rows = sorted((r for r in rows if r["images"]), key=lambda r: (r["acc1"], r["class"]))
+    title = "Per-class top-1"
+    if len(rows) > shown:
+        rows = rows[: shown // 2] + rows[-shown // 2 :]
+        title += f" (the {shown // 2} worst and best classes)"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["class"], str(row["images"]), f"{row['acc1']:.1f}%")
+    return table
 
 
 def print_inspection(summary: dict[str, Any], as_json: bool) -> None:

@@ -7,12 +7,13 @@ never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 from torch import nn
 
-from . import data, distributed, engine, models, optim, randomness
+from . import data, distributed, engine, finetune, models, optim, randomness
 from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .control import StepControl
@@ -28,7 +29,11 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     if resumed and resumed.class_names and resumed.class_names != splits.class_names:
         raise UserError(f"the data's classes differ from those {cfg.resume} was trained on")
     num_classes = len(splits.class_names)
-    model = distributed.wrap_model(create_model(cfg, num_classes, resumed, reporter), ctx, cfg.dist.data_parallel)
+    plain = create_model(cfg, num_classes, resumed, reporter)
+    start_epoch = resumed.epoch if resumed and resumed.epoch is not None else cfg.optim.start_epoch
+    frozen = finetune.backbone_frozen_at(start_epoch, cfg.optim)
+    frozen_norms = finetune.freeze_backbone(plain, cfg.model.arch, frozen)
+    model = distributed.wrap_model(plain, ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     workers = data.resolve_workers(cfg.data.workers, ctx)
     val_loader = data.val_loader(splits.val, ctx, batch, workers)
@@ -36,9 +41,9 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         with data.releasing_workers(val_loader):
             evaluate_and_report(cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch)
         return
-    optimizer = optim.build_optimizer(model, cfg.optim)
+    optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim)
     scheduler = optim.build_scheduler(optimizer, cfg.optim)
-    start_epoch, start_step, best_acc1 = cfg.optim.start_epoch, 0, 0.0
+    start_step, best_acc1 = 0, 0.0
     if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     if resumed is not None:
@@ -59,11 +64,12 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         reporter,
         cfg.print_freq,
         num_classes,
+        frozen_norms,
     )
-    saver = Saver(cfg, ctx, parts, scheduler, splits.class_names, best_acc1)
+    saver = Saver(cfg, ctx, plain, optimizer, scheduler, splits.class_names, best_acc1)
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
-        hooks = _hooks(control, saver)
+        hooks = _hooks(cfg, control, saver, frozen)
         best_acc1 = engine.fit(
             parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
             epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
@@ -78,13 +84,15 @@ class Saver:
         self,
         cfg: RunConfig,
         ctx: DistContext,
-        parts: engine.TrainParts,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         class_names: list[str],
         best_acc1: float,
     ) -> None:
-        self.cfg, self.ctx, self.parts, self.scheduler, self.class_names = cfg, ctx, parts, scheduler, class_names
-        self.best_acc1 = best_acc1
+        """`model` is the plain module: DDP wrappers may be replaced during the run, it is not."""
+        self.cfg, self.ctx, self.model, self.optimizer, self.scheduler = cfg, ctx, model, optimizer, scheduler
+        self.class_names, self.best_acc1 = class_names, best_acc1
         self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
@@ -95,12 +103,12 @@ class Saver:
         path = None
         if self.ctx.is_main:
             checkpoint = make_checkpoint(
-                model_state=models.unwrap(self.parts.model).state_dict(),
+                model_state=self.model.state_dict(),
                 arch=self.cfg.model.arch,
                 epoch=epoch,
                 step=step,
                 best_acc1=self.best_acc1,
-                optimizer=self.parts.optimizer.state_dict(),
+                optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 config=self.cfg.to_dict(),
                 class_names=self.class_names,
@@ -111,8 +119,22 @@ class Saver:
         return path
 
 
-def _hooks(control: StepControl, saver: Saver) -> engine.Hooks:
-    """Mid-epoch saves and stops, agreed by all ranks at the same step."""
+def _hooks(cfg: RunConfig, control: StepControl, saver: Saver, frozen: bool) -> engine.Hooks:
+    """Unfreezing at its epoch; mid-epoch saves and stops, agreed by all ranks at the same step."""
+    state = {"frozen": frozen}
+
+    def before_epoch(epoch: int, parts: engine.TrainParts) -> engine.TrainParts:
+        wanted = finetune.backbone_frozen_at(epoch, cfg.optim)
+        if wanted == state["frozen"]:
+            return parts
+        state["frozen"] = wanted
+        plain = models.unwrap(parts.model)
+        norms = finetune.freeze_backbone(plain, cfg.model.arch, wanted)
+        parts.reporter.message(f"epoch {epoch}: {'freezing' if wanted else 'unfreezing'} the backbone")
+        # DDP fixes the set of parameters it synchronises when built: wrap again for the new set.
+        return dataclasses.replace(
+            parts, model=distributed.wrap_model(plain, parts.ctx, cfg.dist.data_parallel), frozen_norms=norms
+        )
 
     def stop(epoch: int, step: int) -> Preempted:
         where = f"epoch {epoch}, step {step}" if step else f"the end of epoch {epoch - 1}"
@@ -135,7 +157,7 @@ def _hooks(control: StepControl, saver: Saver) -> engine.Hooks:
         if control.at_epoch_end():
             raise stop(epoch + 1, 0)
 
-    return engine.Hooks(after_step=after_step, save=save, after_epoch=after_epoch)
+    return engine.Hooks(before_epoch=before_epoch, after_step=after_step, save=save, after_epoch=after_epoch)
 
 
 def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:

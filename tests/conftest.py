@@ -21,7 +21,11 @@ from PIL import Image
 # Small and fast on two CPU cores; has BatchNorm, so it exercises buffers under DDP.
 TINY_ARCH = "shufflenet_v2_x0_5"
 CLASSES = ("ants", "bees", "wasps")
-COLOURS = {"ants": (200, 40, 40), "bees": (40, 200, 40), "wasps": (40, 40, 200)}
+COLOURS = {
+    "ants": (200, 40, 40), "bees": (40, 200, 40), "wasps": (40, 40, 200),
+    "red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220),
+    "yellow": (220, 220, 30), "cyan": (30, 220, 220), "magenta": (220, 30, 220),
+}  # fmt: skip
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
 
