@@ -29,9 +29,15 @@ app = typer.Typer(
 )
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    """The options a user typed: None (absent) and False (an unset flag) are not given."""
-    given = {k: v for k, v in values.items() if v is not None and v is not False}
+# Command parameters whose option has another name in the configuration.
+_RENAMED = {"data": "path", "fake_data": "fake", "evaluate": "evaluate_only", "json_output": "json"}
+
+
+def _given(params: dict[str, Any], **renamed: str) -> dict[str, Any]:
+    """The options a user typed, by their configuration names: None (absent) and False (an unset flag)
+    are not given. Commands pass their `locals()`, so a new option is declared once, in the signature."""
+    names = {**_RENAMED, **renamed}
+    given = {names.get(k, k): v for k, v in params.items() if v is not None and v is not False}
     for key in ("path", "output_dir", "resume", "weights", "checkpoint"):
         if key in given:
             given[key] = os.path.abspath(given[key])
@@ -159,51 +165,7 @@ def train(
     [dim]imagenet-cli train --arch resnet18 --multiprocessing-distributed /data/imagenet[/dim]
     """
     with _errors(debug):
-        given = _given(
-            path=data,
-            fake=fake_data,
-            arch=arch,
-            workers=workers,
-            epochs=epochs,
-            start_epoch=start_epoch,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            lr_step_size=lr_step_size,
-            lr_gamma=lr_gamma,
-            print_freq=print_freq,
-            resume=resume,
-            evaluate_only=evaluate,
-            pretrained=pretrained,
-            world_size=world_size,
-            rank=rank,
-            dist_url=dist_url,
-            dist_backend=dist_backend,
-            seed=seed,
-            gpu=gpu,
-            no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed,
-            nproc_per_node=nproc_per_node,
-            data_parallel=data_parallel,
-            image_size=image_size,
-            val_resize_size=val_resize_size,
-            val_crop_size=val_crop_size,
-            num_classes=num_classes,
-            fake_train_images=fake_train_images,
-            fake_val_images=fake_val_images,
-            output_dir=output_dir,
-            save_every_steps=save_every_steps,
-            save_every_minutes=save_every_minutes,
-            keep_epochs=keep_epochs,
-            norm_weight_decay=norm_weight_decay,
-            bias_weight_decay=bias_weight_decay,
-            freeze_backbone=freeze_backbone,
-            backbone_lr_mult=backbone_lr_mult,
-            unfreeze_at_epoch=unfreeze_at_epoch,
-            quiet=quiet,
-            debug=debug,
-        )
+        given = _given(locals())
         given.setdefault("output_dir", os.path.abspath("."))
         base = None
         if "resume" in given and not given.get("evaluate_only"):
@@ -246,34 +208,12 @@ def evaluate(
 
     [dim]imagenet-cli evaluate checkpoint.pth.tar /data/imagenet --json[/dim]
     """
+    params = dict(locals())
     with _errors(debug):
         from .checkpoint import read_checkpoint
         from .config import ModelConfig
 
-        given = _given(
-            checkpoint=checkpoint,
-            path=data,
-            fake=fake_data,
-            workers=workers,
-            batch_size=batch_size,
-            image_size=image_size,
-            val_resize_size=val_resize_size,
-            val_crop_size=val_crop_size,
-            num_classes=num_classes,
-            fake_val_images=fake_val_images,
-            print_freq=print_freq,
-            world_size=world_size,
-            rank=rank,
-            dist_url=dist_url,
-            dist_backend=dist_backend,
-            gpu=gpu,
-            no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed,
-            nproc_per_node=nproc_per_node,
-            json=json_output,
-            quiet=quiet,
-            debug=debug,
-        )
+        given = _given(params)
         stored, given = _stored_base(given["checkpoint"], given, "evaluate")
         arch = arch or (stored.model.arch if stored else read_checkpoint(given["checkpoint"]).arch)
         if arch is None:
@@ -313,28 +253,7 @@ def resume(
     [dim]imagenet-cli resume runs/r18/checkpoint.pth.tar --epochs 100[/dim]
     """
     with _errors(debug):
-        given = _given(
-            resume=checkpoint,
-            path=data,
-            epochs=epochs,
-            lr=lr,
-            workers=workers,
-            print_freq=print_freq,
-            output_dir=output_dir,
-            world_size=world_size,
-            rank=rank,
-            dist_url=dist_url,
-            dist_backend=dist_backend,
-            gpu=gpu,
-            no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed,
-            nproc_per_node=nproc_per_node,
-            save_every_steps=save_every_steps,
-            save_every_minutes=save_every_minutes,
-            keep_epochs=keep_epochs,
-            quiet=quiet,
-            debug=debug,
-        )
+        given = _given(locals(), checkpoint="resume")
         given.setdefault("output_dir", os.path.dirname(given["resume"]))
         base, given = _stored_base(given["resume"], given, None)
         if base is None:
@@ -395,48 +314,7 @@ def finetune(
     [dim]imagenet-cli finetune --weights model_best.pth.tar --arch resnet18 /data/ants_and_bees[/dim]
     """
     with _errors(debug):
-        given = _given(
-            path=data,
-            fake=fake_data,
-            weights=weights,
-            pretrained=pretrained,
-            arch=arch,
-            workers=workers,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            lr_step_size=lr_step_size,
-            lr_gamma=lr_gamma,
-            print_freq=print_freq,
-            world_size=world_size,
-            rank=rank,
-            dist_url=dist_url,
-            dist_backend=dist_backend,
-            seed=seed,
-            gpu=gpu,
-            no_accel=no_accel,
-            multiprocessing_distributed=multiprocessing_distributed,
-            nproc_per_node=nproc_per_node,
-            image_size=image_size,
-            val_resize_size=val_resize_size,
-            val_crop_size=val_crop_size,
-            num_classes=num_classes,
-            fake_train_images=fake_train_images,
-            fake_val_images=fake_val_images,
-            output_dir=output_dir,
-            save_every_steps=save_every_steps,
-            save_every_minutes=save_every_minutes,
-            keep_epochs=keep_epochs,
-            norm_weight_decay=norm_weight_decay,
-            bias_weight_decay=bias_weight_decay,
-            freeze_backbone=freeze_backbone,
-            backbone_lr_mult=backbone_lr_mult,
-            unfreeze_at_epoch=unfreeze_at_epoch,
-            quiet=quiet,
-            debug=debug,
-        )
+        given = _given(locals())
         given.setdefault("output_dir", os.path.abspath("."))
         if "weights" in given and "arch" not in given:
             given.update(_recorded_arch(given["weights"], required=True))
