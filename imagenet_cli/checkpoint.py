@@ -50,6 +50,7 @@ class LoadedCheckpoint:
     class_names: list[str] | None = None
     rng_states: list[dict[str, Any]] | None = None
     versions: dict[str, str] | None = None
+    scaler: dict[str, Any] | None = None  # fp16's gradient scaler
 
 
 def make_checkpoint(
@@ -64,6 +65,7 @@ def make_checkpoint(
     class_names: list[str],
     step: int = 0,
     rng_states: list[dict[str, Any]] | None = None,
+    scaler: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """(`epoch`, `step`) is where training continues: after a finished epoch that is (next epoch, 0),
     as in the reference script; a mid-epoch save holds the epoch under way and the batches done in it.
@@ -84,6 +86,7 @@ def make_checkpoint(
         "config": dict(config),
         "class_names": list(class_names),
         "rng_states": list(rng_states or []),
+        "scaler": dict(scaler or {}),
         "versions": {
             "imagenet_cli": __version__,
             "torch": str(torch.__version__),
@@ -219,6 +222,7 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         class_names=list(raw["class_names"]) if isinstance(raw.get("class_names"), list) else None,
         rng_states=list(raw["rng_states"]) if isinstance(raw.get("rng_states"), list) else None,
         versions=_mapping(raw, "versions"),
+        scaler=_mapping(raw, "scaler"),
     )
 
 

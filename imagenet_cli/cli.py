@@ -31,13 +31,15 @@ app = typer.Typer(
 
 # Command parameters whose option has another name in the configuration.
 _RENAMED = {"data": "path", "fake_data": "fake", "evaluate": "evaluate_only", "json_output": "json"}
+# Flags with an explicit off switch (--no-channels-last): False is a choice, not an absence.
+_TRI_STATE = frozenset({"channels_last"})
 
 
 def _given(params: dict[str, Any], **renamed: str) -> dict[str, Any]:
     """The options a user typed, by their configuration names: None (absent) and False (an unset flag)
     are not given. Commands pass their `locals()`, so a new option is declared once, in the signature."""
     names = {**_RENAMED, **renamed}
-    given = {names.get(k, k): v for k, v in params.items() if v is not None and v is not False}
+    given = {names.get(k, k): v for k, v in params.items() if v is not None and (v is not False or k in _TRI_STATE)}
     for key in ("path", "output_dir", "resume", "weights", "checkpoint"):
         if key in given:
             given[key] = os.path.abspath(given[key])
@@ -157,6 +159,10 @@ def train(
     freeze_backbone: opt.FreezeBackbone = False,
     backbone_lr_mult: opt.BackboneLrMult = None,
     unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
+    prefetch_factor: opt.PrefetchFactor = None,
+    amp: opt.Amp = None,
+    channels_last: opt.ChannelsLast = None,
+    compile: opt.Compile = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -200,6 +206,9 @@ def evaluate(
     no_accel: opt.NoAccel = False,
     multiprocessing_distributed: opt.MultiProc = False,
     nproc_per_node: opt.NprocPerNode = None,
+    prefetch_factor: opt.PrefetchFactor = None,
+    amp: opt.Amp = None,
+    channels_last: opt.ChannelsLast = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
@@ -245,6 +254,10 @@ def resume(
     save_every_steps: opt.SaveEverySteps = None,
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
+    prefetch_factor: opt.PrefetchFactor = None,
+    amp: opt.Amp = None,
+    channels_last: opt.ChannelsLast = None,
+    compile: opt.Compile = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -306,6 +319,10 @@ def finetune(
     freeze_backbone: opt.FreezeBackbone = False,
     backbone_lr_mult: opt.BackboneLrMult = None,
     unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
+    prefetch_factor: opt.PrefetchFactor = None,
+    amp: opt.Amp = None,
+    channels_last: opt.ChannelsLast = None,
+    compile: opt.Compile = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -334,6 +351,56 @@ def inspect(checkpoint: opt.AnyCheckpoint, json_output: opt.Json = False, debug:
         from .reporting import print_inspection
 
         print_inspection(describe(read_checkpoint(os.path.abspath(checkpoint))), json_output)
+
+
+@app.command()
+def benchmark(
+    data: opt.BenchData = None,
+    arch: opt.BenchArch = "resnet50",
+    batch_size: opt.BenchBatch = 64,
+    image_size: opt.BenchImageSize = 224,
+    amp: opt.Amp = None,
+    channels_last: opt.ChannelsLast = None,
+    compile: opt.Compile = False,
+    steps: opt.BenchSteps = 10,
+    warmup: opt.BenchWarmup = 3,
+    images: opt.BenchImages = 256,
+    workers: opt.Workers = None,
+    only: opt.BenchOnly = None,
+    no_accel: opt.NoAccel = False,
+    json_output: opt.Json = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Images/s of training, the input pipeline and evaluation, each beside the reference script's way in the same run.
+
+    [dim]imagenet-cli benchmark --arch resnet50 -b 256[/dim]
+    """
+    with _errors(debug):
+        parts = tuple(only or ("train", "pipeline", "eval"))
+        unknown = sorted(set(parts) - {"train", "pipeline", "eval"})
+        if unknown:
+            raise UserError(f"--only takes train, pipeline or eval, not {', '.join(unknown)}")
+        if min(batch_size, steps, images) < 1 or warmup < 0 or image_size < 8:
+            raise UserError(
+                "--batch-size, --steps and --images must be positive, --warmup 0 or more, --image-size 8 or more"
+            )
+        if data is not None and not os.path.isdir(os.path.join(data, "train")):
+            raise UserError(f"{data} has no train/ folder of class folders to read")
+        from .benchmark import BenchmarkConfig, run
+        from .config import ComputeConfig
+        from .models import check_arch
+        from .reporting import print_benchmark
+
+        check_arch(arch)
+        compute_given = {k: v for k, v in {"amp": amp, "channels_last": channels_last}.items() if v is not None}
+        cfg = BenchmarkConfig(
+            arch=arch, batch_size=batch_size, image_size=image_size,
+            compute=ComputeConfig(**compute_given, compile=compile), steps=steps, warmup=warmup,
+            data=os.path.abspath(data) if data else None, images=images, workers=workers, parts=parts,
+            no_accel=no_accel,
+        )  # fmt: skip
+        progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
+        print_benchmark(run(cfg, progress), json_output)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from .errors import UserError
 
 COMMANDS = ("train", "evaluate", "finetune")
 BACKENDS = ("nccl", "gloo", "mpi", "ucc", "xccl")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
 FAKE_NUM_CLASSES = 10
 VAL_CROP_RATIO = 0.875  # 224 / 256, torchvision's and the reference's evaluation resize
@@ -38,6 +39,7 @@ class DataConfig:
     num_classes: int | None = None  # fake data's class count; real data: taken from the folders
     fake_train_images: int = 1000
     fake_val_images: int = 200
+    prefetch_factor: int = 4  # batches each loader worker prepares ahead
 
     def __post_init__(self) -> None:
         _check(self.fake or bool(self.path), "DATA is required (a directory with train/ and val/), or use --fake-data")
@@ -52,6 +54,7 @@ class DataConfig:
         _check(num_classes is None or num_classes >= 2, f"--num-classes must be at least 2, got {num_classes}")
         _check(self.fake_train_images > 0, "--fake-train-images must be positive")
         _check(self.fake_val_images > 0, "--fake-val-images must be positive")
+        _check(self.prefetch_factor >= 1, f"--prefetch-factor must be at least 1, got {self.prefetch_factor}")
         object.__setattr__(self, "image_size", image_size)
         object.__setattr__(self, "val_crop_size", crop)
         object.__setattr__(self, "val_resize_size", resize)
@@ -111,6 +114,18 @@ class OptimConfig:
             self.unfreeze_at_epoch is None or self.unfreeze_at_epoch >= 0,
             f"--unfreeze-at-epoch must be 0 or more, got {self.unfreeze_at_epoch}",
         )
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How the model runs on its device. The defaults are the fast settings that are safe there."""
+
+    amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, fp16 on older ones, none elsewhere
+    channels_last: bool | None = None  # None: on for convolutional models on CUDA
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
 
 
 @dataclass(frozen=True)
@@ -179,6 +194,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     output_dir: str = "."
     print_freq: int = 10
@@ -225,6 +241,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "optim": OptimConfig,
     "dist": DistConfig,
+    "compute": ComputeConfig,
     "save": SaveConfig,
     "model": ModelConfig,
 }

@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import datasets, transforms
+from torchvision import datasets
 
 from .config import DataConfig
 from .distributed import DistContext
 from .errors import UserError
+from .fakedata import DeviceBatches, FakeImages
+from .presets import TrainPreset, ValPreset
 from .randomness import PerSampleSeeded, mix_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,37 +29,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 
 
-class FakeImages(Dataset):
-    """Synthetic images whose class can be learnt: each class has its own colour under the noise.
-
-    Sample `i` is a pure function of (seed, i), so any worker or rank produces the same image, and a
-    short CPU run shows loss falling and accuracy rising, proving the whole pipeline works."""
-
-    def __init__(self, num_images: int, num_classes: int, image_size: int, seed: int) -> None:
-        self.num_images, self.num_classes, self.image_size, self.seed = num_images, num_classes, image_size, seed
-        palette = torch.Generator().manual_seed(1234 + num_classes)
-        self.colours = torch.randint(0, 256, (num_classes, 3, 1, 1), generator=palette, dtype=torch.int16)
-        self.classes = [f"class_{i}" for i in range(num_classes)]
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        label = int(torch.randint(0, self.num_classes, (1,), generator=g))
-        size = self.image_size
-        noise = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.int16)
-        image = (self.colours[label] + noise) // 2
-        return image.to(torch.uint8), label
-
-
 class ClassFolder(datasets.ImageFolder):
     """An ImageFolder whose label indices follow a given class list (train's, or a checkpoint's), so
-    a validation folder that lacks a class cannot shift every label after it."""
+    a validation folder that lacks a class cannot shift every label after it. Its transform gets the
+    file's path: the presets decide how to decode it."""
 
-    def __init__(self, root: str, classes: Sequence[str], transform: transforms.Compose) -> None:
+    def __init__(self, root: str, classes: Sequence[str], transform: Callable[[str], torch.Tensor]) -> None:
         self._given_classes = list(classes)
-        super().__init__(root, transform=transform, allow_empty=True)
+        super().__init__(root, transform=transform, loader=_path, allow_empty=True)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         present = set(class_folders(directory))
@@ -107,24 +86,8 @@ def _has_image(directory: str) -> bool:
     return False
 
 
-def train_transform(cfg: DataConfig) -> transforms.Compose:
-    return transforms.Compose(
-        [
-            transforms.RandomResizedCrop(cfg.image_size, antialias=True),
-            transforms.RandomHorizontalFlip(),
-            transforms.PILToTensor(),
-        ]
-    )
-
-
-def val_transform(cfg: DataConfig) -> transforms.Compose:
-    return transforms.Compose(
-        [
-            transforms.Resize(cfg.val_resize_size, antialias=True),
-            transforms.CenterCrop(cfg.val_crop_size),
-            transforms.PILToTensor(),
-        ]
-    )
+def _path(path: str) -> str:
+    return path
 
 
 def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None = None) -> DataSplits:
@@ -137,8 +100,10 @@ def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] |
     assert cfg.path is not None
     if class_names is None:
         class_names = class_folders(os.path.join(cfg.path, "train" if with_train else "val"))
-    train = ClassFolder(os.path.join(cfg.path, "train"), class_names, train_transform(cfg)) if with_train else None
-    val = ClassFolder(os.path.join(cfg.path, "val"), class_names, val_transform(cfg))
+    assert cfg.image_size and cfg.val_resize_size and cfg.val_crop_size
+    train_dir, val_dir = os.path.join(cfg.path, "train"), os.path.join(cfg.path, "val")
+    train = ClassFolder(train_dir, class_names, TrainPreset(cfg.image_size)) if with_train else None
+    val = ClassFolder(val_dir, class_names, ValPreset(cfg.val_resize_size, cfg.val_crop_size))
     return DataSplits(train, val, list(class_names))
 
 
@@ -181,7 +146,9 @@ class EpochSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def train_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, seed: int | None) -> DataLoader:
+def train_loader(
+    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, seed: int | None, prefetch: int = 2
+) -> DataLoader | DeviceBatches:
     """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
     sampler = EpochSampler(dataset, ctx, seed)
     if len(sampler) < batch_size:
@@ -189,13 +156,19 @@ def train_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: i
             f"each process gets {len(sampler)} training images per epoch, fewer than its batch of {batch_size}; "
             "lower --batch-size or use more data"
         )
+    if isinstance(dataset, FakeImages):
+        return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=True)
     source = PerSampleSeeded(dataset) if seed is not None else dataset
-    return _loader(source, sampler, batch_size, workers, ctx, drop_last=True)
+    return _loader(source, sampler, batch_size, workers, prefetch, ctx, drop_last=True)
 
 
-def val_loader(dataset: Dataset, ctx: DistContext, batch_size: int, workers: int) -> DataLoader:
-    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    return _loader(dataset, sampler, batch_size, workers, ctx, drop_last=False)
+def val_loader(
+    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2
+) -> DataLoader | DeviceBatches:
+    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    if isinstance(dataset, FakeImages):
+        return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=False)
+    return _loader(dataset, sampler, batch_size, workers, prefetch, ctx, drop_last=False)
 
 
 def _loader(
@@ -203,6 +176,7 @@ def _loader(
     sampler: Sampler[int],
     batch_size: int,
     workers: int,
+    prefetch: int,
     ctx: DistContext,
     drop_last: bool,
 ) -> DataLoader:
@@ -214,6 +188,7 @@ def _loader(
         pin_memory=ctx.device.type == "cuda",
         drop_last=drop_last,
         persistent_workers=workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None,
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
         multiprocessing_context=_WORKER_START if workers > 0 else None,
@@ -267,14 +242,14 @@ def default_workers(local_world_size: int) -> int:
 
 
 class Normalizer:
-    """uint8 batches to normalised float on the device: one fused pass over the batch instead of a
-    per-image float conversion on the CPU."""
+    """uint8 batches to normalised float on the device, in the model's memory layout: one batched pass
+    there instead of a float conversion and normalisation per image on the CPU."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.device, self.memory_format = device, memory_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        return (images.float() - self.mean) / self.std
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return (images.float() - self.mean) * self.scale

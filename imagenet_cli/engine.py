@@ -10,7 +10,8 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -87,6 +88,8 @@ class TrainParts:
     print_freq: int
     num_classes: int
     frozen_norms: tuple[nn.Module, ...] = ()  # BatchNorm layers of a frozen backbone: kept in eval mode
+    autocast: Callable[[], AbstractContextManager] = nullcontext  # mixed precision, or nothing
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
 
 
 def train_one_epoch(
@@ -104,11 +107,13 @@ def train_one_epoch(
     reporter.phase_start("train", epoch, total, first_step)
     for step, (images, targets) in enumerate(loader, start=first_step + 1):
         images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
-        logits, aux = split_outputs(model(images))
-        loss = parts.criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, targets) for a in aux)
+        with parts.autocast():
+            logits, aux = split_outputs(model(images))
+            loss = parts.criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, targets) for a in aux)
         parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parts.optimizer.step()
+        parts.scaler.scale(loss).backward()  # disabled (bf16, fp32): backward and step as they are
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
         for m in (meter, since_print):
             m.add(logits.detach(), targets, loss.detach() * targets.numel())
         if step % parts.print_freq == 0 or step == total:
@@ -134,6 +139,7 @@ def evaluate(
     epoch: int,
     print_freq: int,
     num_classes: int,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> Metrics:
     """Exact over the whole validation set, whatever the number of ranks: each rank sees a disjoint
     shard, runs the unwrapped model (no collectives, so uneven shards cannot hang), and the sums are
@@ -147,7 +153,9 @@ def evaluate(
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # sums, not means, stay exact across uneven shards
     for step, (images, targets) in enumerate(loader, start=1):
         images, targets = normalize(images), targets.to(ctx.device, non_blocking=True)
-        logits = net(images)
+        with autocast():
+            logits = net(images)
+        logits = logits.float()  # the loss and the metrics at full precision
         meter.add(logits, targets, loss_fn(logits, targets))
         per_class[0].index_add_(0, targets, logits.argmax(dim=1).eq(targets).double())
         per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
@@ -221,6 +229,7 @@ def fit(
             epoch,
             parts.print_freq,
             parts.num_classes,
+            parts.autocast,
         )
         is_best = val.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
         best_acc1 = max(val.acc1, best_acc1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data, distributed, engine, models
+from . import compute, data, distributed, engine, models
 from .checkpoint import read_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
@@ -26,11 +26,13 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
         )
     model = models.build_model(cfg.model.arch, num_classes)
     models.load_state(model, loaded.state_dict, cfg.model.arch, skip_head=False)
-    model = distributed.wrap_model(model, ctx, cfg.dist.data_parallel)
+    settings = compute.resolve(cfg.compute, ctx.device, model)
+    model = distributed.wrap_model(compute.place(model, settings), ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
-    loader = data.val_loader(splits.val, ctx, batch, data.resolve_workers(cfg.data.workers, ctx))
+    workers = data.resolve_workers(cfg.data.workers, ctx)
+    loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor)
     with data.releasing_workers(loader):
-        evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint)
+        evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint, settings)
 
 
 def evaluate_and_report(
@@ -41,8 +43,12 @@ def evaluate_and_report(
     reporter: Reporter,
     num_classes: int,
     source: str,
+    settings: compute.Compute,
 ) -> None:
-    metrics = engine.evaluate(model, loader, data.Normalizer(ctx.device), ctx, reporter, 0, cfg.print_freq, num_classes)
+    normalize = data.Normalizer(ctx.device, settings.memory_format)
+    metrics = engine.evaluate(
+        model, loader, normalize, ctx, reporter, 0, cfg.print_freq, num_classes, settings.autocast
+    )
     class_names = getattr(loader.dataset, "classes", None) or [str(i) for i in range(num_classes)]
     if ctx.is_main:
         result = {

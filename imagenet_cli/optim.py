@@ -18,9 +18,10 @@ def build_criterion() -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def build_optimizer(model: nn.Module, arch: str, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, arch: str, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD; `fused` (on CUDA) updates every parameter in one kernel instead of a loop of small ones."""
     groups = parameter_groups(model, arch, cfg)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.StepLR:

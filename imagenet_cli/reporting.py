@@ -169,6 +169,28 @@ def print_inspection(summary: dict[str, Any], as_json: bool) -> None:
     Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
+def print_benchmark(result: dict[str, Any], as_json: bool) -> None:
+    """`benchmark`: one row per measurement, ours beside the baseline and their ratio."""
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    machine = result["machine"]
+    title = (
+        f"{machine['device_name']} ({machine['device']}, {machine['cpu_cores']} CPU cores), "
+        f"torch {machine['torch']}" + (f"; ours: {result['compute']}" if "compute" in result else "")
+    )
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("part", "left"), ("what", "left"), ("ours img/s", "right"),
+                            ("baseline img/s", "right"), ("ours / baseline", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in result["results"]:
+        table.add_row(
+            row["part"], row["what"], f"{row['ours_images_per_second']:,.1f}",
+            f"{row['baseline_images_per_second']:,.1f}", f"{row['ratio']:.2f}x",
+        )  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
 def make_reporter(is_main: bool, quiet: bool, to_stderr: bool) -> Reporter:
     """The main rank talks (to stderr when stdout is reserved for `--json`); every other rank is quiet."""
     if not is_main or quiet:

@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from . import data, distributed, engine, finetune, models, optim, randomness
+from . import compute, data, distributed, engine, finetune, models, optim, randomness
 from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .control import StepControl
@@ -30,46 +30,56 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         raise UserError(f"the data's classes differ from those {cfg.resume} was trained on")
     num_classes = len(splits.class_names)
     plain = create_model(cfg, num_classes, resumed, reporter)
+    settings = compute.resolve(cfg.compute, ctx.device, plain)
+    plain = compute.place(plain, settings)
+    reporter.message(f"compute: {settings.describe()}")
     start_epoch = resumed.epoch if resumed and resumed.epoch is not None else cfg.optim.start_epoch
     frozen = finetune.backbone_frozen_at(start_epoch, cfg.optim)
     frozen_norms = finetune.freeze_backbone(plain, cfg.model.arch, frozen)
-    model = distributed.wrap_model(plain, ctx, cfg.dist.data_parallel)
+    model = wrap(plain, ctx, cfg, settings)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     workers = data.resolve_workers(cfg.data.workers, ctx)
-    val_loader = data.val_loader(splits.val, ctx, batch, workers)
+    val_loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor)
     if cfg.evaluate_only:
         with data.releasing_workers(val_loader):
-            evaluate_and_report(cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch)
+            evaluate_and_report(
+                cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch, settings
+            )
         return
-    optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim)
+    optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim, fused=ctx.device.type == "cuda")
     scheduler = optim.build_scheduler(optimizer, cfg.optim)
+    scaler = settings.grad_scaler()
     start_step, best_acc1 = 0, 0.0
     if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     if resumed is not None:
         start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, scheduler, reporter)
+        if resumed.scaler and scaler.is_enabled():
+            scaler.load_state_dict(resumed.scaler)
     if start_epoch >= cfg.optim.epochs:
         reporter.message(
             f"nothing to train: the run has done {start_epoch} of {cfg.optim.epochs} epochs (raise --epochs)"
         )
         return
     assert splits.train is not None
-    train_loader = data.train_loader(splits.train, ctx, batch, workers, cfg.seed)
+    train_loader = data.train_loader(splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor)
     parts = engine.TrainParts(
         model,
         optim.build_criterion(),
         optimizer,
-        data.Normalizer(ctx.device),
+        data.Normalizer(ctx.device, settings.memory_format),
         ctx,
         reporter,
         cfg.print_freq,
         num_classes,
         frozen_norms,
+        settings.autocast,
+        scaler,
     )
-    saver = Saver(cfg, ctx, plain, optimizer, scheduler, splits.class_names, best_acc1)
+    saver = Saver(cfg, ctx, plain, optimizer, scheduler, scaler, splits.class_names, best_acc1)
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
-        hooks = _hooks(cfg, control, saver, frozen)
+        hooks = _hooks(cfg, settings, control, saver, frozen)
         best_acc1 = engine.fit(
             parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
             epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
@@ -87,12 +97,13 @@ class Saver:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
         class_names: list[str],
         best_acc1: float,
     ) -> None:
         """`model` is the plain module: DDP wrappers may be replaced during the run, it is not."""
         self.cfg, self.ctx, self.model, self.optimizer, self.scheduler = cfg, ctx, model, optimizer, scheduler
-        self.class_names, self.best_acc1 = class_names, best_acc1
+        self.scaler, self.class_names, self.best_acc1 = scaler, class_names, best_acc1
         self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
@@ -113,13 +124,23 @@ class Saver:
                 config=self.cfg.to_dict(),
                 class_names=self.class_names,
                 rng_states=rng_states,  # type: ignore[arg-type]
+                scaler=self.scaler.state_dict(),
             )
             path = save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
         distributed.barrier(self.ctx)  # no rank may leave before the file is whole
         return path
 
 
-def _hooks(cfg: RunConfig, control: StepControl, saver: Saver, frozen: bool) -> engine.Hooks:
+def wrap(plain: nn.Module, ctx: DistContext, cfg: RunConfig, settings: compute.Compute) -> nn.Module:
+    """The module the training steps call: DDP (or DataParallel) around the plain one, compiled in
+    place when asked, so state dicts keep their plain keys."""
+    model = distributed.wrap_model(plain, ctx, cfg.dist.data_parallel)
+    if settings.compile:
+        model.compile()
+    return model
+
+
+def _hooks(cfg: RunConfig, settings: compute.Compute, control: StepControl, saver: Saver, frozen: bool) -> engine.Hooks:
     """Unfreezing at its epoch; mid-epoch saves and stops, agreed by all ranks at the same step."""
     state = {"frozen": frozen}
 
@@ -132,9 +153,7 @@ def _hooks(cfg: RunConfig, control: StepControl, saver: Saver, frozen: bool) -> 
         norms = finetune.freeze_backbone(plain, cfg.model.arch, wanted)
         parts.reporter.message(f"epoch {epoch}: {'freezing' if wanted else 'unfreezing'} the backbone")
         # DDP fixes the set of parameters it synchronises when built: wrap again for the new set.
-        return dataclasses.replace(
-            parts, model=distributed.wrap_model(plain, parts.ctx, cfg.dist.data_parallel), frozen_norms=norms
-        )
+        return dataclasses.replace(parts, model=wrap(plain, parts.ctx, cfg, settings), frozen_norms=norms)
 
     def stop(epoch: int, step: int) -> Preempted:
         where = f"epoch {epoch}, step {step}" if step else f"the end of epoch {epoch - 1}"

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -44,6 +45,15 @@ def write_image_folder(
                 pixels = ((colour * 3 + noise) // 4).to(torch.uint8).numpy()
                 Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.png")
     return root
+
+
+def write_photo(path: Path, width: int, height: int, seed: int = 0, mode: str = "RGB", **save: object) -> Path:
+    """A photograph-like picture (smooth colours, texture, grain) in any PIL mode and format."""
+    from imagenet_cli.benchmark import photo_like
+
+    image = photo_like(np.random.default_rng(seed), width, height)
+    image.convert(mode).save(path, **save)
+    return path
 
 
 @pytest.fixture(scope="session")

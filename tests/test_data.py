@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from imagenet_cli.config import build_config
-from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, check_data_dir
+from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, check_data_dir, train_loader
+from imagenet_cli.distributed import DistContext
 from imagenet_cli.errors import UserError
+from imagenet_cli.fakedata import DeviceBatches
 from imagenet_cli.randomness import mix_seed
 
 from .conftest import write_image_folder
@@ -21,6 +23,22 @@ def test_fake_images_are_a_pure_function_of_their_index():
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and 0 <= label < 10
     assert torch.equal(image, b[7][0]) and label == b[7][1]
     assert not torch.equal(image, FakeImages(50, 10, 32, seed=1)[7][0])
+
+
+def test_fake_batches_are_made_on_the_device_and_equal_the_images_one_by_one():
+    data = FakeImages(50, 10, 32, seed=0)
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"))
+    loader = train_loader(data, ctx, batch_size=8, workers=0, seed=3)
+    assert isinstance(loader, DeviceBatches) and len(loader) == 6  # 50 // 8: the last, partial batch is dropped
+    loader.sampler.set_position(epoch=2, samples_done=16)  # a resume two batches into epoch 2
+    batches = list(loader)
+    assert len(batches) == 4
+    order = [i for i, _seed in loader.sampler]
+    images, labels = batches[0]
+    assert images.dtype == torch.uint8 and images.device.type == "cpu"
+    for row, index in enumerate(order[:8]):
+        image, label = data[index]
+        assert torch.equal(images[row], image) and labels[row] == label
 
 
 def test_fake_images_carry_their_class_so_a_model_can_learn_it():

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 
-from .conftest import FAST_FAKE, TINY_ARCH, json_result, load, ok, run_cli
+from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli
 
 
 def test_help_lists_every_command_quickly():
     result = ok(run_cli("--help"))
-    for command in ("train", "evaluate", "resume", "finetune"):
+    for command in ("train", "evaluate", "resume", "finetune", "inspect", "benchmark"):
         assert command in result.stdout
+
+
+def test_help_does_not_import_torch():
+    """What makes `--help` answer in a fraction of a second: torch alone takes seconds to import."""
+    probe = (
+        "import sys\nfrom imagenet_cli.cli import main\nsys.argv = ['imagenet-cli', 'train', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch imported' if 'torch' in sys.modules else 'no torch')"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env())
+    assert result.stdout.strip().endswith("no torch")
 
 
 def test_train_evaluate_resume_finetune_round_trip(trained_run, image_folder, tmp_path):

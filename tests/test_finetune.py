@@ -142,24 +142,24 @@ def test_evaluate_reports_accuracy_per_class_by_name(trained_run, image_folder, 
 
 
 def test_finetuning_trained_weights_beats_training_from_scratch(tmp_path):
-    """Pretrain on six colours, then learn two related classes from 16 images in 4 steps."""
-    pretrain = write_image_folder(
-        tmp_path / "colours", {c: 40 for c in ("red", "green", "blue", "yellow", "cyan", "magenta")},
-        {c: 8 for c in ("red", "green", "blue", "yellow", "cyan", "magenta")}, size=32,
-    )  # fmt: skip
+    """Pretrain on six colours, then learn two of them from 16 images in 4 steps: the pretrained features
+    with a new head (the backbone frozen, as transfer learning on tiny data does) against every layer
+    trained from scratch, with the same steps, batch and LR."""
+    colours = ("red", "green", "blue", "yellow", "cyan", "magenta")
+    pretrain = write_image_folder(tmp_path / "colours", dict.fromkeys(colours, 40), dict.fromkeys(colours, 8), size=32)
     target = write_image_folder(tmp_path / "pair", {"red": 8, "yellow": 8}, {"red": 20, "yellow": 20}, size=32)
     common = ("-b", "8", "--epochs", "2", "--lr", "0.01", "-j", "0", "--seed", "0", "--image-size", "32")
     ok(run_cli("train", str(pretrain), "-a", "resnet18", "-b", "16", "--lr", "0.01", "--epochs", "4",
                "--image-size", "32", "-j", "0", "--seed", "0", "--output-dir", str(tmp_path / "pre")))  # fmt: skip
     ok(run_cli("finetune", str(target), "--weights", str(tmp_path / "pre" / "checkpoint.pth.tar"), *common,
-               "--output-dir", str(tmp_path / "tuned")))  # fmt: skip
+               "--freeze-backbone", "--output-dir", str(tmp_path / "tuned")))  # fmt: skip
     ok(run_cli("train", str(target), "-a", "resnet18", *common, "--output-dir", str(tmp_path / "scratch")))
     tuned, scratch = (
         json_result(run_cli("evaluate", str(tmp_path / name / "checkpoint.pth.tar"), "--json", "-j", "0"))
         for name in ("tuned", "scratch")
     )
-    assert tuned["loss"] < scratch["loss"] and tuned["acc1"] >= scratch["acc1"]
-    assert tuned["acc1"] > 75.0
+    assert tuned["loss"] < scratch["loss"] and tuned["acc1"] > scratch["acc1"]
+    assert tuned["acc1"] > 90.0
 
 
 def test_finetune_from_torchvisions_weights_in_the_local_cache(image_folder, tmp_path, monkeypatch):

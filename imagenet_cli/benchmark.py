@@ -1,0 +1,322 @@
+"""`imagenet-cli benchmark`: this tool's fast path against the reference script's habits, in one process.
+
+Every figure comes with its baseline, measured in the same run on the same machine:
+- train: images/s of training steps on synthetic data. Ours is the real training loop (`engine`) on
+  data made on the device; the baseline does what the reference's loop does: fp32, NCHW, a float batch
+  copied from the host, `loss.item()` and top-k read every step.
+- pipeline: images/s of the training input pipeline on JPEG files, per CPU core (one thread, no
+  workers) and in total (a DataLoader with N workers). Ours decodes to uint8 and normalises later on the
+  device; the baseline is PIL decoding, RandomResizedCrop, flip, `ToTensor` and `Normalize` per image.
+- eval: images/s of evaluation on synthetic data (autocast, channels-last vs fp32 NCHW with a sync).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from . import compute, data, engine, models
+from .config import ComputeConfig
+from .distributed import DistContext
+from .fakedata import DeviceBatches, FakeImages
+from .presets import TrainPreset
+from .reporting import Reporter
+
+PARTS = ("train", "pipeline", "eval")
+IMAGENET_LIKE = (500, 375)  # ImageNet's most common size; its JPEGs are about quality 90
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    arch: str = "resnet50"
+    batch_size: int = 64
+    image_size: int = 224
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    steps: int = 10
+    warmup: int = 3
+    data: str | None = None  # a dataset root (its train/ folder) for the pipeline; None: generated JPEGs
+    images: int = 256  # how many JPEGs the pipeline reads (and generates when there is no data)
+    workers: int | None = None  # None: the CPU cores available
+    parts: tuple[str, ...] = PARTS
+    no_accel: bool = False
+
+
+def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: None) -> dict[str, Any]:
+    """Measure each part asked for; returns plain data (the JSON output)."""
+    device = _device(cfg.no_accel)
+    torch.backends.cudnn.benchmark = True  # both sides: the comparison is about what we change
+    result: dict[str, Any] = {"machine": machine(device), "config": asdict(cfg), "results": []}
+    if "train" in cfg.parts or "eval" in cfg.parts:
+        settings = compute.resolve(cfg.compute, device, models.build_model(cfg.arch, 1000))
+        result["compute"] = settings.describe()
+        for part in ("train", "eval"):
+            if part in cfg.parts:
+                progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
+                result["results"].append(_model_throughput(part, cfg, settings))
+    if "pipeline" in cfg.parts:
+        result["results"].extend(_pipeline_throughput(cfg, progress))
+    return result
+
+
+def _model_throughput(part: str, cfg: BenchmarkConfig, settings: compute.Compute) -> dict[str, Any]:
+    runners = {
+        "ours": (train_ours if part == "train" else eval_ours)(cfg, settings),
+        "baseline": (train_reference if part == "train" else eval_reference)(cfg, settings.device),
+    }
+    rates = _interleaved(runners, cfg, settings.device)
+    return _row(part, f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px", rates["ours"], rates["baseline"])
+
+
+def _row(part: str, what: str, ours: float, baseline: float) -> dict[str, Any]:
+    return {
+        "part": part,
+        "what": what,
+        "ours_images_per_second": ours,
+        "baseline_images_per_second": baseline,
+        "ratio": ours / baseline if baseline else None,
+    }
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    import platform
+
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }
+
+
+def _device(no_accel: bool) -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() and not no_accel else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(
+    runners: dict[str, Callable[[int], None]], cfg: BenchmarkConfig, device: torch.device, rounds: int = 3
+) -> dict[str, float]:
+    """Images/s of each runner: `warmup` untimed steps first (autotuning, compilation, caches), then the
+    best of `rounds` timed rounds of `steps` steps, taken in turns so a busy machine slows both alike."""
+    for run_steps in runners.values():
+        run_steps(cfg.warmup)
+    best = dict.fromkeys(runners, 0.0)
+    for _ in range(rounds):
+        for name, run_steps in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            run_steps(cfg.steps)
+            _sync(device)
+            best[name] = max(best[name], cfg.batch_size * cfg.steps / (time.perf_counter() - start))
+    return best
+
+
+# -- model throughput: ours ------------------------------------------------------------------------------
+
+
+def _our_parts(cfg: BenchmarkConfig, settings: compute.Compute) -> tuple[engine.TrainParts, FakeImages]:
+    ctx = DistContext(0, 0, 1, 1, settings.device)
+    model = compute.place(models.build_model(cfg.arch, 1000), settings)
+    if settings.compile:
+        model.compile()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, fused=settings.device.type == "cuda" or None
+    )
+    parts = engine.TrainParts(
+        model, nn.CrossEntropyLoss(), optimizer, data.Normalizer(settings.device, settings.memory_format), ctx,
+        Reporter(), print_freq=10**9, num_classes=1000, autocast=settings.autocast, scaler=settings.grad_scaler(),
+    )  # fmt: skip
+    return parts, FakeImages(cfg.batch_size * (cfg.steps + cfg.warmup), 1000, cfg.image_size, seed=0)
+
+
+def _device_batches(images: FakeImages, steps: int, batch: int, device: torch.device) -> DeviceBatches:
+    return DeviceBatches(images, data.ShardSampler(steps * batch, 0, 1), batch, device, drop_last=True)
+
+
+def train_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Callable[[int], None]:
+    """The tool's own training loop, on data made on the device."""
+    parts, images = _our_parts(cfg, settings)
+
+    def steps(n: int) -> None:
+        if n:
+            engine.train_one_epoch(parts, _device_batches(images, n, cfg.batch_size, settings.device), epoch=0)
+
+    return steps
+
+
+def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Callable[[int], None]:
+    parts, images = _our_parts(cfg, settings)
+
+    def steps(n: int) -> None:
+        if n:
+            loader = _device_batches(images, n, cfg.batch_size, settings.device)
+            engine.evaluate(parts.model, loader, parts.normalize, parts.ctx, Reporter(), 0, 10**9, 1000, parts.autocast)
+
+    return steps
+
+
+# -- model throughput: the reference script's habits -------------------------------------------------------
+
+
+def _reference_batch(cfg: BenchmarkConfig, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = models.build_model(cfg.arch, 1000).to(device)
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)  # normalised floats, on the host
+    targets = torch.randint(0, 1000, (cfg.batch_size,))
+    if device.type == "cuda":  # its loader pins memory
+        images, targets = images.pin_memory(), targets.pin_memory()
+    return model, images, targets
+
+
+def train_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int], None]:
+    """A step as the reference's `train()` takes it: copy, fp32 forward, loss and top-k read on the host
+    (`loss.item()`, a sync), `zero_grad`, backward, step."""
+    model, images, targets = _reference_batch(cfg, device)
+    criterion = nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    model.train()
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            x, y = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            output = model(x)
+            loss = criterion(output[0] if isinstance(output, tuple) else output, y)
+            _reference_accuracy(output, y, loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return steps
+
+
+def eval_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int], None]:
+    model, images, targets = _reference_batch(cfg, device)
+    criterion = nn.CrossEntropyLoss().to(device)
+    model.eval()
+
+    @torch.no_grad()
+    def steps(n: int) -> None:
+        for _ in range(n):
+            x, y = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            output = model(x)
+            _reference_accuracy(output, y, criterion(output, y))
+
+    return steps
+
+
+def _reference_accuracy(output: Any, targets: torch.Tensor, loss: torch.Tensor) -> None:
+    """The reference's meters: top-1/top-5 and the loss, each read to the host every step."""
+    logits = output[0] if isinstance(output, tuple) else output
+    with torch.no_grad():
+        correct = logits.topk(5, 1).indices.t().eq(targets.view(1, -1))
+        for k in (1, 5):
+            correct[:k].reshape(-1).float().sum().item()
+    loss.item()
+
+
+# -- input pipeline ------------------------------------------------------------------------------------------
+
+
+def reference_train_transform(size: int) -> transforms.Compose:
+    normalize = transforms.Normalize(mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
+    return transforms.Compose(
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+    )
+
+
+def _pipeline_throughput(cfg: BenchmarkConfig, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
+        root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
+        files = [path for path, _ in datasets.ImageFolder(root).samples][: cfg.images]
+        source = cfg.data or f"{len(files)} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
+        progress(f"pipeline: {source}")
+        ours, reference = TrainPreset(cfg.image_size), reference_train_transform(cfg.image_size)
+        per_core = _per_core(files, ours, lambda path: reference(reference_loader(path)))
+        workers = cfg.workers or data.default_workers(1)
+        what = f"{cfg.image_size}px crops of {source}"
+        total_ours = _loader_rate(data.ClassFolder(root, data.class_folders(root), ours), cfg, workers)
+        total_ref = _loader_rate(datasets.ImageFolder(root, transform=reference), cfg, workers)
+        return [
+            _row("pipeline, per core", what, *per_core),
+            _row(f"pipeline, {workers} workers", what, total_ours, total_ref),
+        ]
+
+
+def reference_loader(path: str) -> Image.Image:
+    """The reference's (ImageFolder's) loader: PIL, converted to RGB."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+def _per_core(files: list[str], ours: Callable[[str], Any], reference: Callable[[str], Any]) -> tuple[float, float]:
+    """Best of three interleaved passes each, on one thread: a busy machine slows both alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = {"ours": 0.0, "reference": 0.0}
+        for _ in range(3):
+            for name, fn in (("ours", ours), ("reference", reference)):
+                start = time.perf_counter()
+                for path in files:
+                    fn(path)
+                best[name] = max(best[name], len(files) / (time.perf_counter() - start))
+        return best["ours"], best["reference"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader_rate(dataset: Any, cfg: BenchmarkConfig, workers: int) -> float:
+    """Images/s through a DataLoader with `workers` workers: the better of two passes after a first."""
+    subset = torch.utils.data.Subset(dataset, range(min(cfg.images, len(dataset))))
+    loader = DataLoader(subset, batch_size=32, num_workers=workers, persistent_workers=workers > 0, shuffle=True)
+    best = 0.0
+    for timed in (False, True, True):  # the first pass starts the workers
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        if timed:
+            best = max(best, len(subset) / (time.perf_counter() - start))
+    return best
+
+
+def write_imagenet_like(root: str, count: int, classes: int = 4, seed: int = 0) -> str:
+    """`count` JPEGs of ImageNet's usual size and quality under `root/train/CLASS/`; returns train/."""
+    rng = np.random.default_rng(seed)
+    train = os.path.join(root, "train")
+    for i in range(count):
+        folder = os.path.join(train, f"class_{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        photo_like(rng, *IMAGENET_LIKE).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+    return train
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Smooth colour fields, texture and grain: compresses and decodes like a photograph, not like noise."""
+    base = _upsampled(rng.integers(0, 256, (6, 8, 3)), width, height)
+    texture = _upsampled(rng.normal(128, 40, (max(1, height // 4), max(1, width // 4), 3)), width, height) - 128
+    grain = rng.normal(0, 6, (height, width, 1))
+    pixels = np.clip(base + texture + grain, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def _upsampled(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    small = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+    return np.asarray(small.resize((width, height), Image.BICUBIC)).astype(np.float32)

@@ -1,0 +1,94 @@
+"""How the model runs: fast settings chosen per device, and the same predictions as the plain fp32 path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from imagenet_cli import compute, models
+from imagenet_cli.checkpoint import read_checkpoint
+from imagenet_cli.config import ComputeConfig, build_config
+from imagenet_cli.data import Normalizer
+from imagenet_cli.distributed import DistContext
+from imagenet_cli.errors import UserError
+from imagenet_cli.fakedata import FakeImages
+from imagenet_cli.training import wrap
+
+from .conftest import FAST_FAKE, TINY_ARCH, load, ok, run_cli
+
+CPU = torch.device("cpu")
+
+
+def test_the_cpu_default_is_plain_fp32_nchw():
+    """bf16 without hardware support and channels-last were both slower on CPUs (see compute.py)."""
+    settings = compute.resolve(ComputeConfig(), CPU, models.build_model("resnet18", 10))
+    assert settings.amp_dtype is None and not settings.channels_last and not settings.compile
+    assert settings.describe() == "fp32, NCHW"
+    assert compute.default_amp(CPU) == "none"
+
+
+@pytest.mark.parametrize(("arch", "convolutional"), [("resnet50", True), ("convnext_tiny", True),
+                         ("mobilenet_v3_small", True), ("vit_b_16", False), ("swin_t", False)])  # fmt: skip
+def test_channels_last_is_for_convolutional_networks(arch, convolutional):
+    with torch.device("meta"):
+        model = models.build_model(arch, 10)
+    assert compute.is_convolutional(model) is convolutional
+
+
+def test_explicit_choices_override_the_defaults():
+    settings = compute.resolve(ComputeConfig(amp="bf16", channels_last=True), CPU, nn.Linear(2, 2))
+    assert settings.amp_dtype == torch.bfloat16 and settings.memory_format == torch.channels_last
+    assert settings.describe() == "bf16 autocast, channels-last"
+    assert compute.resolve(ComputeConfig(amp="fp16"), CPU, nn.Linear(2, 2)).grad_scaler().is_enabled()
+    assert not compute.resolve(ComputeConfig(amp="bf16"), CPU, nn.Linear(2, 2)).grad_scaler().is_enabled()
+    with pytest.raises(UserError, match="--amp must be one of auto, none, bf16, fp16"):
+        ComputeConfig(amp="fp8")
+
+
+def _trained_model(run_dir) -> nn.Module:
+    loaded = read_checkpoint(str(run_dir / "checkpoint.pth.tar"))
+    model = models.build_model(TINY_ARCH, 10)
+    models.load_state(model, loaded.state_dict, TINY_ARCH, skip_head=False)
+    return model.eval()
+
+
+def _logits(model: nn.Module, images: torch.Tensor, **choices: object) -> torch.Tensor:
+    settings = compute.resolve(ComputeConfig(**choices), CPU, model)  # type: ignore[arg-type]
+    placed = compute.place(model, settings)
+    with torch.no_grad(), settings.autocast():
+        return placed(Normalizer(CPU, settings.memory_format)(images)).float()
+
+
+def test_channels_last_and_bf16_give_the_predictions_of_the_plain_path(trained_run):
+    images, _ = FakeImages(32, 10, 32, seed=1).batch(torch.arange(32))
+    model = _trained_model(trained_run)
+    plain = _logits(model, images, amp="none", channels_last=False)
+    assert torch.allclose(_logits(model, images, amp="none", channels_last=True), plain, atol=1e-4, rtol=1e-4)
+    bf16 = _logits(model, images, amp="bf16", channels_last=True)
+    assert (bf16.argmax(1) == plain.argmax(1)).float().mean() >= 0.95
+    assert (bf16.softmax(1) - plain.softmax(1)).abs().max() < 0.05
+
+
+def test_fp16_training_scales_its_loss_and_the_scaler_survives_a_resume(tmp_path):
+    common = (*FAST_FAKE, "-a", TINY_ARCH, "-b", "16", "--seed", "0", "--output-dir", str(tmp_path))
+    first = ok(run_cli("train", *common, "--epochs", "1", "--amp", "fp16"))
+    assert "compute: fp16 autocast, NCHW" in first.stdout
+    saved = load(tmp_path / "checkpoint.pth.tar")
+    assert saved["scaler"]["scale"] > 0 and saved["config"]["compute"]["amp"] == "fp16"
+    resumed = ok(run_cli("resume", str(tmp_path / "checkpoint.pth.tar"), "--epochs", "2", "-j", "0"))
+    assert "compute: fp16 autocast, NCHW" in resumed.stdout
+    assert load(tmp_path / "checkpoint.pth.tar")["epoch"] == 2
+
+
+def test_compiling_keeps_the_plain_parameter_names_and_the_outputs():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    images = torch.randn(2, 3, 8, 8)
+    eager = plain(images).detach()
+    cfg = build_config("train", {"fake": True, "compile": True})
+    settings = compute.resolve(cfg.compute, CPU, plain)
+    model = wrap(plain, DistContext(0, 0, 1, 1, CPU), cfg, settings)
+    assert torch.allclose(model(images), eager, atol=1e-5)
+    assert list(model.state_dict()) == list(plain.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias",
+        "1.running_mean", "1.running_var", "1.num_batches_tracked", "4.weight", "4.bias"]  # fmt: skip

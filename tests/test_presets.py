@@ -1,0 +1,96 @@
+"""The uint8 input pipeline: any picture to 3 channels, the reference's pictures, smaller decodes of big JPEGs."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from imagenet_cli import models, presets
+from imagenet_cli.checkpoint import read_checkpoint
+from imagenet_cli.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from imagenet_cli.presets import TrainPreset, ValPreset
+
+from .conftest import write_photo
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [("RGB", "jpg"), ("L", "jpg"), ("CMYK", "jpg"), ("RGB", "png"), ("RGBA", "png"), ("P", "png"), ("LA", "png"),
+     ("I;16", "png"), ("RGB", "bmp"), ("RGB", "webp")],
+)  # fmt: skip
+def test_every_colour_mode_and_format_reaches_the_model_as_three_uint8_channels(tmp_path, mode, suffix):
+    path = str(write_photo(tmp_path / f"picture.{suffix}", 90, 60, mode=mode))
+    for preset in (TrainPreset(32), ValPreset(37, 32)):
+        image = preset(path)
+        assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)
+    image = ValPreset(40, 32)(str(path))
+    assert image.float().mean().item() == pytest.approx(128, abs=1)  # PIL's convert("RGB") would give 255
+
+
+def test_validation_crops_match_the_reference_pil_pipeline(tmp_path):
+    path = str(write_photo(tmp_path / "photo.jpg", 160, 120, quality=90))
+    ours = ValPreset(73, 64)(path).float()
+    with Image.open(path) as image:
+        reference = transforms.Compose([transforms.Resize(73), transforms.CenterCrop(64), transforms.PILToTensor()])(
+            image.convert("RGB")
+        )
+    difference = (ours - reference.float()).abs()
+    assert difference.mean() < 1.5 and difference.max() < 40  # grey levels: two antialiasing kernels, one picture
+
+
+@pytest.mark.parametrize(("width", "height"), [(500, 375), (375, 500), (64, 64), (1000, 40)])
+def test_random_crops_follow_random_resized_crop(width, height):
+    random.seed(0)
+    torch.manual_seed(0)
+    ours = [presets.random_crop_box(width, height) for _ in range(2000)]
+    theirs = [transforms.RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
+              for _ in range(2000)]  # fmt: skip
+    for top, left, h, w in ours:
+        assert 0 <= top <= height - h and 0 <= left <= width - w and h > 0 and w > 0
+    area = [h * w / (width * height) for _, _, h, w in ours]
+    assert np.mean(area) == pytest.approx(np.mean([h * w / (width * height) for _, _, h, w in theirs]), abs=0.03)
+    if width == height:  # no fallback there: every crop obeys the scale and ratio ranges (up to rounding)
+        assert min(area) >= 0.07 and all(math.log(w / h) <= math.log(4 / 3) + 0.05 for _, _, h, w in ours)
+
+
+def test_large_jpegs_are_decoded_smaller_when_the_crop_allows_it(tmp_path, monkeypatch):
+    path = str(write_photo(tmp_path / "big.jpg", 1600, 1200, quality=90))
+    encoded, header = presets.read_encoded(path)
+    assert presets.dct_reduction(header, 1200, 256) == 4 and presets.dct_reduction(header, 1200, 224) == 4
+    assert presets.dct_reduction(header, 500, 256) == 1
+    assert presets.decode_rgb(encoded, header, 4).shape == (3, 300, 400)
+    reduced = ValPreset(256, 224)(path).float()
+    monkeypatch.setattr(presets, "REDUCE_FROM_PIXELS", 10**12)  # decode at full size instead
+    full = ValPreset(256, 224)(path).float()
+    assert (reduced - full).abs().mean() < 2.0
+
+
+def test_the_uint8_pipeline_predicts_what_the_reference_pipeline_predicts(trained_run, image_folder):
+    """The same trained model, fed by each pipeline: same classes, near-identical probabilities."""
+    loaded = read_checkpoint(str(trained_run / "checkpoint.pth.tar"))
+    arch = loaded.arch
+    model = models.build_model(arch, 10)
+    models.load_state(model, loaded.state_dict, arch, skip_head=False)
+    model.eval()
+    reference = transforms.Compose(
+        [transforms.Resize(37), transforms.CenterCrop(32), transforms.ToTensor(),
+         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )  # fmt: skip
+    files = sorted(str(p) for p in (image_folder / "val").rglob("*.png"))
+    ours = Normalizer(torch.device("cpu"))(torch.stack([ValPreset(37, 32)(f) for f in files]))
+    theirs = torch.stack([reference(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        p_ours, p_theirs = model(ours).softmax(1), model(theirs).softmax(1)
+    assert torch.equal(p_ours.argmax(1), p_theirs.argmax(1))
+    assert (p_ours - p_theirs).abs().max() < 0.05
