@@ -7,10 +7,12 @@ checkpoints in each format users bring, free TCP ports for real process groups.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,15 +79,46 @@ def cli_env(**extra: str) -> dict[str, str]:
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m imagenet_cli ARGS` exactly as a user's shell would."""
-    return subprocess.run(
-        [sys.executable, "-m", "imagenet_cli", *args],
-        cwd=cwd,
-        env=env or cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run the real entry point (`imagenet-cli ARGS`, i.e. `imagenet_cli.cli.main`) in a new process, as a
+    user's shell would. The process is forked from a server that has imported torch and torchvision
+    once: every test would otherwise pay their five-second import. Ranks it spawns start from scratch."""
+    with tempfile.TemporaryDirectory() as captured:
+        out, err = os.path.join(captured, "stdout"), os.path.join(captured, "stderr")
+        child = _PREIMPORTED.Process(target=_cli_process, args=(list(args), env or cli_env(), cwd, out, err))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["imagenet-cli", *args], timeout)
+        with open(out) as stdout, open(err) as stderr:
+            return subprocess.CompletedProcess(["imagenet-cli", *args], child.exitcode, stdout.read(), stderr.read())
+
+
+_PREIMPORTED = multiprocessing.get_context("forkserver")
+_PREIMPORTED.set_forkserver_preload(["imagenet_cli.launch", "imagenet_cli.benchmark", "tests.conftest"])
+
+
+def _cli_process(argv: list[str], env: dict[str, str], cwd: Path | None, out: str, err: str) -> None:
+    """The child: the test's environment, directory and output files, then the console script's `main`."""
+    from imagenet_cli.cli import main
+
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = ["imagenet-cli", *argv]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
