@@ -57,7 +57,7 @@ def resolve(cfg: ComputeConfig, device: torch.device, model: nn.Module) -> Compu
         raise UserError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --amp fp16")
     channels_last = cfg.channels_last
     if channels_last is None:
-        channels_last = device.type == "cuda" and is_convolutional(model)
+        channels_last = device.type in ("cuda", "cpu") and is_convolutional(model)
     return Compute(device, AMP_DTYPES.get(amp), channels_last, cfg.compile)
 
 

@@ -121,7 +121,7 @@ class ComputeConfig:
     """How the model runs on its device. The defaults are the fast settings that are safe there."""
 
     amp: str = "auto"  # auto: bf16 on CUDA GPUs that have it, fp16 on older ones, none elsewhere
-    channels_last: bool | None = None  # None: on for convolutional models on CUDA
+    channels_last: bool | None = None  # None: on for convolutional models (CUDA and CPU)
     compile: bool = False
 
     def __post_init__(self) -> None:

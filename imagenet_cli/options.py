@@ -452,8 +452,8 @@ ChannelsLast = Annotated[
     bool | None,
     typer.Option(
         "--channels-last/--no-channels-last",
-        help="NHWC memory layout for the model and its input (faster convolutions on tensor cores).",
-        show_default="on for convolutional models on CUDA",
+        help="NHWC memory layout for the model and its input (faster convolutions on tensor cores and oneDNN).",
+        show_default="on for convolutional models on CUDA and CPU",
         rich_help_panel=SPEED_PANEL,
     ),
 ]

@@ -12,7 +12,7 @@ def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_w
         run_cli("benchmark", str(image_folder), "-a", TINY_ARCH, "-b", "4", "--image-size", "32", "--steps", "1",
                 "--warmup", "1", "--images", "12", "-j", "1", "--json")
     )  # fmt: skip
-    assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, NCHW"
+    assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, channels-last"
     parts = [row["part"] for row in result["results"]]
     assert parts == ["train", "eval", "pipeline, per core", "pipeline, 1 workers"]
     for row in result["results"]:
