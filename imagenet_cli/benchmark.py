@@ -26,11 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from . import compute, data, engine, models
+from . import compute, data, engine, models, shards, sources
 from .config import ComputeConfig
 from .distributed import DistContext
 from .fakedata import DeviceBatches, FakeImages
-from .presets import TrainPreset
+from .presets import TrainPreset, read_bytes
 from .reporting import Reporter
 
 PARTS = ("train", "pipeline", "eval")
@@ -249,15 +249,23 @@ def _pipeline_throughput(cfg: BenchmarkConfig, progress: Callable[[str], None]) 
         source = cfg.data or f"{len(files)} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
         progress(f"pipeline: {source}")
         ours, reference = TrainPreset(cfg.image_size), reference_train_transform(cfg.image_size)
-        per_core = _per_core(files, ours, lambda path: reference(reference_loader(path)))
+        per_core = _per_core(files, lambda path: ours(read_bytes(path)), lambda path: reference(reference_loader(path)))
         workers = cfg.workers or data.default_workers(1)
         what = f"{cfg.image_size}px crops of {source}"
-        total_ours = _loader_rate(data.ClassFolder(root, data.class_folders(root), ours), cfg, workers)
+        folder = sources.ClassFolder(root, sources.class_folders(root), ours)
+        total_ours = _loader_rate(folder, cfg, workers)
         total_ref = _loader_rate(datasets.ImageFolder(root, transform=reference), cfg, workers)
+        samples = folder.samples[: cfg.images]
+        size = sum(os.path.getsize(path) for path, _ in samples) // (4 * max(1, workers)) + 1  # shards for all workers
+        packed = shards.make_shards({"val": samples}, folder.classes, f"{scratch}/shards", size)
+        stream = shards.ShardStream(shards.read_index(f"{scratch}/shards").splits["val"], ours, training=False)
+        progress(f"pipeline: the same images from {len(packed['splits']['val'])} tar shard(s)")
         return [
             _row("pipeline, per core", what, *per_core),
             _row(f"pipeline, {workers} workers", what, total_ours, total_ref),
-        ]
+            _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files",
+                 _loader_rate(stream, cfg, workers), total_ours),
+        ]  # fmt: skip
 
 
 def reference_loader(path: str) -> Image.Image:
@@ -285,8 +293,11 @@ def _per_core(files: list[str], ours: Callable[[str], Any], reference: Callable[
 
 def _loader_rate(dataset: Any, cfg: BenchmarkConfig, workers: int) -> float:
     """Images/s through a DataLoader with `workers` workers: the better of two passes after a first."""
-    subset = torch.utils.data.Subset(dataset, range(min(cfg.images, len(dataset))))
-    loader = DataLoader(subset, batch_size=32, num_workers=workers, persistent_workers=workers > 0, shuffle=True)
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # a stream: already cut to the images, in order
+        subset, shuffle = dataset, False
+    else:
+        subset, shuffle = torch.utils.data.Subset(dataset, range(min(cfg.images, len(dataset)))), True
+    loader = DataLoader(subset, batch_size=32, num_workers=workers, persistent_workers=workers > 0, shuffle=shuffle)
     best = 0.0
     for timed in (False, True, True):  # the first pass starts the workers
         start = time.perf_counter()

@@ -30,7 +30,13 @@ app = typer.Typer(
 
 
 # Command parameters whose option has another name in the configuration.
-_RENAMED = {"data": "path", "fake_data": "fake", "evaluate": "evaluate_only", "json_output": "json"}
+_RENAMED = {
+    "data": "path",
+    "data_root": "path",
+    "fake_data": "fake",
+    "evaluate": "evaluate_only",
+    "json_output": "json",
+}
 # Flags with an explicit off switch (--no-channels-last): False is a choice, not an absence.
 _TRI_STATE = frozenset({"channels_last"})
 
@@ -39,8 +45,10 @@ def _given(params: dict[str, Any], **renamed: str) -> dict[str, Any]:
     """The options a user typed, by their configuration names: None (absent) and False (an unset flag)
     are not given. Commands pass their `locals()`, so a new option is declared once, in the signature."""
     names = {**_RENAMED, **renamed}
+    if params.get("data") and params.get("data_root") and params["data"] != params["data_root"]:
+        raise UserError("DATA was given twice (as an argument and as --data); give it once")
     given = {names.get(k, k): v for k, v in params.items() if v is not None and (v is not False or k in _TRI_STATE)}
-    for key in ("path", "output_dir", "resume", "weights", "checkpoint"):
+    for key in ("path", "output_dir", "resume", "weights", "checkpoint", "train_manifest", "val_manifest"):
         if key in given:
             given[key] = os.path.abspath(given[key])
     return given
@@ -159,6 +167,13 @@ def train(
     freeze_backbone: opt.FreezeBackbone = False,
     backbone_lr_mult: opt.BackboneLrMult = None,
     unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
+    data_format: opt.DataFormat = None,
+    dataset: opt.Dataset = None,
+    data_root: opt.DataRoot = None,
+    train_manifest: opt.TrainManifest = None,
+    val_manifest: opt.ValManifest = None,
+    download: opt.Download = False,
+    shuffle_buffer: opt.ShuffleBuffer = None,
     prefetch_factor: opt.PrefetchFactor = None,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
@@ -206,6 +221,11 @@ def evaluate(
     no_accel: opt.NoAccel = False,
     multiprocessing_distributed: opt.MultiProc = False,
     nproc_per_node: opt.NprocPerNode = None,
+    data_format: opt.DataFormat = None,
+    dataset: opt.Dataset = None,
+    data_root: opt.DataRoot = None,
+    val_manifest: opt.ValManifest = None,
+    download: opt.Download = False,
     prefetch_factor: opt.PrefetchFactor = None,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
@@ -319,6 +339,13 @@ def finetune(
     freeze_backbone: opt.FreezeBackbone = False,
     backbone_lr_mult: opt.BackboneLrMult = None,
     unfreeze_at_epoch: opt.UnfreezeAtEpoch = None,
+    data_format: opt.DataFormat = None,
+    dataset: opt.Dataset = None,
+    data_root: opt.DataRoot = None,
+    train_manifest: opt.TrainManifest = None,
+    val_manifest: opt.ValManifest = None,
+    download: opt.Download = False,
+    shuffle_buffer: opt.ShuffleBuffer = None,
     prefetch_factor: opt.PrefetchFactor = None,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
@@ -401,6 +428,41 @@ def benchmark(
         )  # fmt: skip
         progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
         print_benchmark(run(cfg, progress), json_output)
+
+
+@app.command("make-shards")
+def make_shards(
+    data: opt.SourceDir,
+    out: opt.ShardsOut,
+    shard_size: opt.ShardSize = "1GB",
+    data_format: opt.DataFormat = None,
+    train_manifest: opt.TrainManifest = None,
+    val_manifest: opt.ValManifest = None,
+    debug: opt.Debug = False,
+) -> None:
+    """Pack a dataset (class folders or CSV manifests) into tar shards, for fast sequential reading on clusters.
+
+    [dim]imagenet-cli make-shards /data/imagenet /data/imagenet-shards --shard-size 1GB[/dim]
+    """
+    params = dict(locals())
+    with _errors(debug):
+        from . import shards, sources
+        from .config import DataConfig
+
+        given = _given(params)
+        size = shards.parse_size(shard_size)
+        cfg = DataConfig(**{k: v for k, v in given.items() if k not in ("out", "shard_size", "debug")})
+        if sources.data_format(cfg) not in ("imagefolder", "csv"):
+            raise UserError("make-shards reads class folders (train/, val/) or CSV manifests (train.csv, val.csv)")
+        sources.check(cfg, ("train", "val"))
+        splits = sources.open_splits(cfg, with_train=True, class_names=None)
+        assert splits.train is not None
+        samples = {"train": list(splits.train.samples), "val": list(splits.val.samples)}  # type: ignore[attr-defined]
+        index = shards.make_shards(samples, splits.class_names, os.path.abspath(out), size)
+        for split, written in index["splits"].items():
+            count = sum(shard["samples"] for shard in written)
+            typer.echo(f"{split}: {count} samples in {len(written)} shard(s)")
+        typer.echo(f"wrote {os.path.join(os.path.abspath(out), 'shards.json')}; train with `imagenet-cli train {out}`")
 
 
 def main() -> None:

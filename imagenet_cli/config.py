@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UserError
+from .formats import FORMATS, lookup
 
 COMMANDS = ("train", "evaluate", "finetune")
 BACKENDS = ("nccl", "gloo", "mpi", "ucc", "xccl")
@@ -30,23 +31,48 @@ def _check(condition: bool, message: str) -> None:
 class DataConfig:
     """Where images come from and the shapes they arrive in."""
 
-    path: str | None = None
+    path: str | None = None  # the dataset root (DATA)
     fake: bool = False
+    data_format: str = "auto"  # imagefolder, csv, torchvision, webdataset; auto: recognised from DATA
+    dataset: str | None = None  # a torchvision dataset by name, read from DATA (--dataset cifar10)
+    train_manifest: str | None = None  # CSV of path,label rows; default DATA/train.csv
+    val_manifest: str | None = None  # default DATA/val.csv
+    download: bool = False  # let torchvision download --dataset (never needed when the files are there)
+    shuffle_buffer: int = 2000  # samples a sharded stream shuffles among
     workers: int | None = None  # None: the CPU cores available to each process
-    image_size: int | None = None  # training crop; None: 224, or 64 for fake data
-    val_resize_size: int | None = None  # None: val_crop_size / 0.875
+    image_size: int | None = None  # training crop; None: 224, a --dataset's own size, or 64 for fake data
+    val_resize_size: int | None = None  # None: val_crop_size / 0.875 (no resize at a --dataset's own size)
     val_crop_size: int | None = None  # None: image_size
-    num_classes: int | None = None  # fake data's class count; real data: taken from the folders
+    num_classes: int | None = None  # fake data's class count; real data: taken from the data
     fake_train_images: int = 1000
     fake_val_images: int = 200
     prefetch_factor: int = 4  # batches each loader worker prepares ahead
 
     def __post_init__(self) -> None:
-        _check(self.fake or bool(self.path), "DATA is required (a directory with train/ and val/), or use --fake-data")
+        manifests = bool(self.train_manifest or self.val_manifest)
+        _check(
+            self.fake or bool(self.path) or manifests,
+            "DATA is required (a directory with train/ and val/, CSV manifests, shards or a --dataset root), "
+            "or use --fake-data",
+        )
+        _check(
+            self.data_format in FORMATS, f"--data-format must be one of {', '.join(FORMATS)}, got {self.data_format!r}"
+        )
+        native = None
+        if self.dataset:
+            _check(
+                self.data_format in ("auto", "torchvision"),
+                f"--dataset reads a torchvision dataset; it cannot be combined with --data-format {self.data_format}",
+            )
+            native = lookup(self.dataset).native_size
+            object.__setattr__(self, "data_format", "torchvision")
+        _check(
+            self.data_format != "torchvision" or bool(self.dataset), "--data-format torchvision needs --dataset NAME"
+        )
         _check(self.workers is None or self.workers >= 0, f"--workers must be 0 or more, got {self.workers}")
-        image_size = self.image_size or (FAKE_IMAGE_SIZE if self.fake else 224)
+        image_size = self.image_size or native or (FAKE_IMAGE_SIZE if self.fake else 224)
         crop = self.val_crop_size or image_size
-        resize = self.val_resize_size or round(crop / VAL_CROP_RATIO)
+        resize = self.val_resize_size or (crop if crop == native else round(crop / VAL_CROP_RATIO))
         num_classes = self.num_classes or (FAKE_NUM_CLASSES if self.fake else None)
         for name, value in (("--image-size", image_size), ("--val-crop-size", crop), ("--val-resize-size", resize)):
             _check(value >= 8, f"{name} must be at least 8 pixels, got {value}")
@@ -55,6 +81,7 @@ class DataConfig:
         _check(self.fake_train_images > 0, "--fake-train-images must be positive")
         _check(self.fake_val_images > 0, "--fake-val-images must be positive")
         _check(self.prefetch_factor >= 1, f"--prefetch-factor must be at least 1, got {self.prefetch_factor}")
+        _check(self.shuffle_buffer >= 0, f"--shuffle-buffer must be 0 or more, got {self.shuffle_buffer}")
         object.__setattr__(self, "image_size", image_size)
         object.__setattr__(self, "val_crop_size", crop)
         object.__setattr__(self, "val_resize_size", resize)
@@ -256,6 +283,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 0.01, "batch_size": 32,
 # Values resolved from another option: a new value of the option re-derives them.
 _DERIVED = {
     "fake": ("image_size", "val_crop_size", "val_resize_size", "num_classes"),
+    "dataset": ("image_size", "val_crop_size", "val_resize_size"),
     "image_size": ("val_crop_size", "val_resize_size"),
     "val_crop_size": ("val_resize_size",),
 }

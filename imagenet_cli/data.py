@@ -9,102 +9,33 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import datasets
 
+from . import sources
 from .config import DataConfig
 from .distributed import DistContext
 from .errors import UserError
 from .fakedata import DeviceBatches, FakeImages
-from .presets import TrainPreset, ValPreset
 from .randomness import PerSampleSeeded, mix_seed
+from .shards import ShardStream
+from .sources import DataSplits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
-
-
-class ClassFolder(datasets.ImageFolder):
-    """An ImageFolder whose label indices follow a given class list (train's, or a checkpoint's), so
-    a validation folder that lacks a class cannot shift every label after it. Its transform gets the
-    file's path: the presets decide how to decode it."""
-
-    def __init__(self, root: str, classes: Sequence[str], transform: Callable[[str], torch.Tensor]) -> None:
-        self._given_classes = list(classes)
-        super().__init__(root, transform=transform, loader=_path, allow_empty=True)
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        present = set(class_folders(directory))
-        unknown = sorted(present - set(self._given_classes))
-        if unknown:
-            raise UserError(
-                f"{directory} has classes the model does not know: {', '.join(unknown[:5])}; to adapt a model to "
-                "these classes, use `imagenet-cli finetune --weights CHECKPOINT DATA`"
-            )
-        return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    train: Dataset | None
-    val: Dataset
-    class_names: list[str]
-
-
-def class_folders(directory: str) -> list[str]:
-    """Class names as ImageFolder sees them, minus hidden folders such as `.ipynb_checkpoints`."""
-    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-
-
-def check_data_dir(path: str, splits: Sequence[str]) -> None:
-    """Fail before any process starts, with a message naming what is missing."""
-    if not os.path.isdir(path):
-        raise UserError(f"data directory not found: {path}")
-    for split in splits:
-        split_dir = os.path.join(path, split)
-        if not os.path.isdir(split_dir):
-            raise UserError(
-                f"{path} has no {split}/ folder; expected {split}/CLASS_NAME/IMAGE files, as ImageNet is laid out"
-            )
-        classes = class_folders(split_dir)
-        if not classes:
-            raise UserError(f"{split_dir} has no class folders; expected {split}/CLASS_NAME/IMAGE files")
-        empty = [c for c in classes if not _has_image(os.path.join(split_dir, c))]
-        if empty:
-            raise UserError(f"{split_dir} has class folders without images: {', '.join(empty[:5])}")
-
-
-def _has_image(directory: str) -> bool:
-    for _root, _dirs, files in os.walk(directory, followlinks=True):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-            return True
-    return False
-
-
-def _path(path: str) -> str:
-    return path
 
 
 def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None = None) -> DataSplits:
     """The train and val datasets; `class_names` (a checkpoint's) fixes the label order when given."""
     if cfg.fake:
-        assert cfg.num_classes is not None
+        assert cfg.num_classes is not None and cfg.val_crop_size and cfg.image_size
         val = FakeImages(cfg.fake_val_images, cfg.num_classes, cfg.val_crop_size, seed=1)
         train = FakeImages(cfg.fake_train_images, cfg.num_classes, cfg.image_size, seed=0) if with_train else None
         return DataSplits(train, val, list(val.classes))
-    assert cfg.path is not None
-    if class_names is None:
-        class_names = class_folders(os.path.join(cfg.path, "train" if with_train else "val"))
-    assert cfg.image_size and cfg.val_resize_size and cfg.val_crop_size
-    train_dir, val_dir = os.path.join(cfg.path, "train"), os.path.join(cfg.path, "val")
-    train = ClassFolder(train_dir, class_names, TrainPreset(cfg.image_size)) if with_train else None
-    val = ClassFolder(val_dir, class_names, ValPreset(cfg.val_resize_size, cfg.val_crop_size))
-    return DataSplits(train, val, list(class_names))
+    return sources.open_splits(cfg, with_train, class_names)
 
 
 class ShardSampler(Sampler[int]):
@@ -126,8 +57,8 @@ class EpochSampler(DistributedSampler):
     epoch), resumable at any batch. When seeded, each index comes with its own augmentation seed, so the
     data a run sees is a pure function of (seed, epoch, position), wherever it resumed."""
 
-    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int | None) -> None:
-        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed or 0)
+    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int | None, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed or 0)
         self.per_sample_seeds = seed is not None
         self.skip = 0
 
@@ -147,10 +78,24 @@ class EpochSampler(DistributedSampler):
 
 
 def train_loader(
-    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, seed: int | None, prefetch: int = 2
+    dataset: Dataset,
+    ctx: DistContext,
+    batch_size: int,
+    workers: int,
+    seed: int | None,
+    prefetch: int = 2,
+    shuffle: bool = True,
 ) -> DataLoader | DeviceBatches:
     """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
-    sampler = EpochSampler(dataset, ctx, seed)
+    if isinstance(dataset, ShardStream):
+        dataset.place(ctx.rank, ctx.world_size, batch_size, seed, shuffle)
+        if dataset.batches_per_rank() < 1:
+            raise UserError(
+                f"the shards hold {dataset.total} training samples, too few for a batch of {batch_size} on each of "
+                f"{ctx.world_size} process(es); lower --batch-size or use more data"
+            )
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
+    sampler = EpochSampler(dataset, ctx, seed, shuffle)
     if len(sampler) < batch_size:
         raise UserError(
             f"each process gets {len(sampler)} training images per epoch, fewer than its batch of {batch_size}; "
@@ -165,6 +110,9 @@ def train_loader(
 def val_loader(
     dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2
 ) -> DataLoader | DeviceBatches:
+    if isinstance(dataset, ShardStream):
+        dataset.place(ctx.rank, ctx.world_size, batch_size, None)
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
     if isinstance(dataset, FakeImages):
         return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=False)
@@ -173,7 +121,7 @@ def val_loader(
 
 def _loader(
     dataset: Dataset,
-    sampler: Sampler[int],
+    sampler: Sampler[int] | None,
     batch_size: int,
     workers: int,
     prefetch: int,
@@ -187,7 +135,8 @@ def _loader(
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
         drop_last=drop_last,
-        persistent_workers=workers > 0,
+        # A stream's workers must start anew each epoch to learn the epoch and position set in this process.
+        persistent_workers=workers > 0 and not isinstance(dataset, ShardStream),
         prefetch_factor=prefetch if workers > 0 else None,
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
@@ -221,6 +170,12 @@ def _leave_signals_to_the_main_process(_worker_id: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
         if sig is not None:
             signal.signal(sig, signal.SIG_IGN)
+
+
+def set_position(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int) -> None:
+    """Where the next epoch's iterator starts: the epoch's shuffle, after `samples_done` of this rank's samples."""
+    target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
+    target.set_position(epoch, samples_done)  # type: ignore[union-attr]
 
 
 def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import Normalizer
+from .data import Normalizer, set_position
 from .distributed import DistContext, all_reduce_sum
 from .models import unwrap
 from .reporting import Reporter
@@ -212,11 +212,10 @@ def fit(
     """Train from (`start_epoch`, `start_step`) to `epochs`, validating after each epoch; returns the best
     top-1. The sampler's position is set explicitly each epoch, so a mid-epoch resume continues with the
     very batch an uninterrupted run would have taken next."""
-    sampler = train_data.sampler
     for epoch in range(start_epoch, epochs):
         parts = hooks.before_epoch(epoch, parts)
         first_step = start_step if epoch == start_epoch else 0
-        sampler.set_position(epoch, first_step * (train_data.batch_size or 1))  # type: ignore[attr-defined]
+        set_position(train_data, epoch, first_step * (train_data.batch_size or 1))
         lr = max(group["lr"] for group in parts.optimizer.param_groups)  # the head's, when the backbone is slower
         train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
         scheduler.step()

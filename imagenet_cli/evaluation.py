@@ -32,7 +32,7 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
     workers = data.resolve_workers(cfg.data.workers, ctx)
     loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor)
     with data.releasing_workers(loader):
-        evaluate_and_report(cfg, model, loader, ctx, reporter, num_classes, cfg.checkpoint, settings)
+        evaluate_and_report(cfg, model, loader, ctx, reporter, splits.class_names, cfg.checkpoint, settings)
 
 
 def evaluate_and_report(
@@ -41,15 +41,14 @@ def evaluate_and_report(
     loader: DataLoader,
     ctx: DistContext,
     reporter: Reporter,
-    num_classes: int,
+    class_names: list[str],
     source: str,
     settings: compute.Compute,
 ) -> None:
     normalize = data.Normalizer(ctx.device, settings.memory_format)
     metrics = engine.evaluate(
-        model, loader, normalize, ctx, reporter, 0, cfg.print_freq, num_classes, settings.autocast
+        model, loader, normalize, ctx, reporter, 0, cfg.print_freq, len(class_names), settings.autocast
     )
-    class_names = getattr(loader.dataset, "classes", None) or [str(i) for i in range(num_classes)]
     if ctx.is_main:
         result = {
             "checkpoint": source,

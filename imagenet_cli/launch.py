@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import data, distributed, worker
+from . import distributed, sources, worker
 from .config import RunConfig
 from .control import STOP_SIGNALS
 from .distributed import Topology
@@ -47,7 +47,7 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
     if not cfg.data.fake:
         assert cfg.data.path is not None
         needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
-        data.check_data_dir(cfg.data.path, ("train", "val") if needs_train else ("val",))
+        sources.check(cfg.data, ("train", "val") if needs_train else ("val",))
     weights = None if cfg.resume else cfg.model.weights  # a resumed finetune no longer needs its start
     for label, path in (("--resume", cfg.resume), ("--weights", weights), ("checkpoint", cfg.checkpoint)):
         if path and not os.path.isfile(path):

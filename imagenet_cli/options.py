@@ -24,7 +24,8 @@ DataDir = Annotated[
     str | None,
     typer.Argument(
         metavar="DATA",
-        help="Dataset root holding train/ and val/ class folders (ImageNet layout). Not needed with --fake-data.",
+        help="Dataset root: train/ and val/ class folders (ImageNet layout), train.csv and val.csv manifests, "
+        "tar shards (make-shards), or the root of a --dataset. Not needed with --fake-data.",
     ),
 ]
 FakeData = Annotated[
@@ -501,4 +502,67 @@ BenchOnly = Annotated[
         show_default="all three",
         rich_help_panel=RUN_PANEL,
     ),
+]
+
+DataFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--data-format",
+        help="How DATA is stored: imagefolder (train/ and val/ class folders), csv (train.csv, val.csv), "
+        "torchvision (with --dataset), webdataset (tar shards).",
+        show_default="recognised from DATA",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+Dataset = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="A torchvision dataset read from DATA (its root): cifar10, cifar100, mnist, fashion-mnist, kmnist, "
+        "svhn, stl10, imagenette.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+DataRoot = Annotated[
+    str | None, typer.Option("--data", help="DATA, given as an option.", show_default=False, rich_help_panel=DATA_PANEL)
+]
+TrainManifest = Annotated[
+    str | None,
+    typer.Option(
+        "--train-manifest",
+        help="CSV of the training images: a header, then path,label rows (paths relative to the CSV).",
+        show_default="DATA/train.csv",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ValManifest = Annotated[
+    str | None,
+    typer.Option(
+        "--val-manifest", help="CSV of the validation images.", show_default="DATA/val.csv", rich_help_panel=DATA_PANEL
+    ),
+]
+Download = Annotated[
+    bool,
+    typer.Option(
+        "--download",
+        help="Let torchvision download --dataset into DATA (never needed when the files are there).",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ShuffleBuffer = Annotated[
+    int | None,
+    typer.Option(
+        "--shuffle-buffer",
+        help="Samples a sharded stream shuffles among (per loader worker).",
+        show_default=_d("shuffle_buffer"),
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+ShardsOut = Annotated[str, typer.Argument(metavar="OUT", help="Folder for the shards and their index, shards.json.")]
+ShardSize = Annotated[
+    str,
+    typer.Option("--shard-size", help="About this many bytes per shard: 1GB, 500MB, 64KB.", rich_help_panel=DATA_PANEL),
+]
+SourceDir = Annotated[
+    str, typer.Argument(metavar="DATA", help="A dataset of train/ and val/ class folders, or train.csv and val.csv.")
 ]

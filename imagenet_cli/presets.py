@@ -31,14 +31,18 @@ DCT_SCALES = (8, 4, 2)  # the reductions libjpeg decodes directly
 REDUCE_FROM_PIXELS = 1_000_000
 
 
+# What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
+Sample = torch.Tensor | Image.Image
+
+
 class TrainPreset:
     """Random resized crop and horizontal flip; returns a uint8 (3, size, size) tensor."""
 
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def __call__(self, path: str) -> torch.Tensor:
-        encoded, header = read_encoded(path)
+    def __call__(self, sample: Sample) -> torch.Tensor:
+        encoded, header = open_sample(sample)
         full_width = header.width
         top, left, height, width = random_crop_box(*header.size)
         pixels = decode_rgb(encoded, header, dct_reduction(header, min(width, height), self.size))
@@ -55,10 +59,28 @@ class ValPreset:
     def __init__(self, resize_size: int, crop_size: int) -> None:
         self.resize_size, self.crop_size = resize_size, crop_size
 
-    def __call__(self, path: str) -> torch.Tensor:
-        encoded, header = read_encoded(path)
+    def __call__(self, sample: Sample) -> torch.Tensor:
+        encoded, header = open_sample(sample)
         pixels = decode_rgb(encoded, header, dct_reduction(header, min(header.size), self.resize_size))
         return F.center_crop(F.resize(pixels, [self.resize_size], antialias=True), [self.crop_size])
+
+
+class PadCropPreset:
+    """For pictures already at training size (CIFAR's 32 px, MNIST's 28): pad, random crop back, flip;
+    the classic small-image augmentation, instead of blowing 32 px up to 224."""
+
+    def __init__(self, size: int, padding: int) -> None:
+        self.size, self.padding = size, padding
+
+    def __call__(self, sample: Sample) -> torch.Tensor:
+        encoded, header = open_sample(sample)
+        pixels = decode_rgb(encoded, header)
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = F.resize(pixels, [self.size, self.size], antialias=True)
+        padded = F.pad(pixels, [self.padding])
+        top, left = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
+        image = F.crop(padded, top, left, self.size, self.size)
+        return image.flip(-1) if random.random() < 0.5 else image
 
 
 def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -83,11 +105,17 @@ def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def read_encoded(path: str) -> tuple[torch.Tensor, Image.Image]:
-    """The file's bytes, read once whichever decoder runs, and PIL's lazy view of them (the header
-    is parsed, nothing is decoded yet)."""
-    encoded = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    return encoded, Image.open(io.BytesIO(encoded.numpy()))
+def read_bytes(path: str) -> torch.Tensor:
+    """A file's bytes, read once whichever decoder runs: the loader of every file-based source."""
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+
+
+def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
+    """The encoded bytes (None for a picture already in memory) and PIL's lazy view of the picture: for
+    bytes, the header is parsed and nothing is decoded yet."""
+    if isinstance(sample, Image.Image):
+        return None, sample
+    return sample, Image.open(io.BytesIO(sample.numpy()))
 
 
 def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> int:
@@ -100,11 +128,11 @@ def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> in
     return next((s for s in DCT_SCALES if source_side // s >= target_side), 1)
 
 
-def decode_rgb(encoded: torch.Tensor, header: Image.Image, reduce: int = 1) -> torch.Tensor:
+def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 1) -> torch.Tensor:
     """Pixels as uint8 (3, H, W) whatever the file's colour mode, laid out channels-last in memory:
     torch's vectorised uint8 resize needs that layout, and crops of it stay views. PIL decodes when the
     DCT can reduce (torchvision's decoder cannot) or the format is one torchvision does not read."""
-    if reduce == 1 and decode_image is not None:
+    if reduce == 1 and encoded is not None and decode_image is not None:
         try:
             chw = decode_image(encoded, mode=ImageReadMode.RGB)
         except RuntimeError:

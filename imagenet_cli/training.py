@@ -43,7 +43,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     if cfg.evaluate_only:
         with data.releasing_workers(val_loader):
             evaluate_and_report(
-                cfg, model, val_loader, ctx, reporter, num_classes, cfg.resume or cfg.model.arch, settings
+                cfg, model, val_loader, ctx, reporter, splits.class_names, cfg.resume or cfg.model.arch, settings
             )
         return
     optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim, fused=ctx.device.type == "cuda")

@@ -58,6 +58,36 @@ def write_photo(path: Path, width: int, height: int, seed: int = 0, mode: str = 
     return path
 
 
+def write_manifests(folder_root: Path, manifest_root: Path) -> Path:
+    """train.csv and val.csv listing an image folder's files (paths relative to the manifests) by class name."""
+    manifest_root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        rows = ["path,label"]
+        for image in sorted((folder_root / split).rglob("*.png")):
+            rows.append(f"{os.path.relpath(image, manifest_root)},{image.parent.name}")
+        (manifest_root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return manifest_root
+
+
+def write_mnist(root: Path, train: int = 40, test: int = 12) -> Path:
+    """A torchvision MNIST root in MNIST's own on-disk format (idx files), with learnable digits:
+    each class is a bright square at its own place."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count, dtype=np.uint8) % 10
+        images = np.zeros((count, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), 5)
+            images[i, 4 + row * 12 : 12 + row * 12, 2 + col * 5 : 6 + col * 5] = 255
+        header = np.array([0x803, count, 28, 28], dtype=">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([0x801, count], dtype=">i4").tobytes() + labels.tobytes()
+        )
+    return root
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes; 13 validation images, so 2 or 3 ranks get uneven shards."""

@@ -14,7 +14,7 @@ def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_w
     )  # fmt: skip
     assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, channels-last"
     parts = [row["part"] for row in result["results"]]
-    assert parts == ["train", "eval", "pipeline, per core", "pipeline, 1 workers"]
+    assert parts == ["train", "eval", "pipeline, per core", "pipeline, 1 workers", "shards vs files, 1 workers"]
     for row in result["results"]:
         ours, baseline = row["ours_images_per_second"], row["baseline_images_per_second"]
         assert ours > 0 and baseline > 0 and row["ratio"] == pytest.approx(ours / baseline)

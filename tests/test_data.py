@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from imagenet_cli.config import build_config
-from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, check_data_dir, train_loader
+from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, train_loader
 from imagenet_cli.distributed import DistContext
 from imagenet_cli.errors import UserError
 from imagenet_cli.fakedata import DeviceBatches
 from imagenet_cli.randomness import mix_seed
+from imagenet_cli.sources import check_folders
 
 from .conftest import write_image_folder
 
@@ -83,14 +84,14 @@ def test_hidden_folders_are_not_classes(tmp_path):
 
 def test_data_directory_problems_are_named(tmp_path):
     with pytest.raises(UserError, match="data directory not found"):
-        check_data_dir(str(tmp_path / "missing"), ("train", "val"))
+        check_folders(str(tmp_path / "missing"), ("train", "val"))
     root = write_image_folder(tmp_path / "d", {"ants": 1}, {"ants": 1})
     shutil.rmtree(root / "val")
     with pytest.raises(UserError, match="has no val/ folder"):
-        check_data_dir(str(root), ("train", "val"))
+        check_folders(str(root), ("train", "val"))
     (root / "train" / "empty_class").mkdir()
     with pytest.raises(UserError, match="class folders without images: empty_class"):
-        check_data_dir(str(root), ("train",))
+        check_folders(str(root), ("train",))
 
 
 def test_normalisation_happens_on_the_device_in_float():

@@ -14,7 +14,7 @@ from torchvision import transforms
 from imagenet_cli import models, presets
 from imagenet_cli.checkpoint import read_checkpoint
 from imagenet_cli.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-from imagenet_cli.presets import TrainPreset, ValPreset
+from imagenet_cli.presets import PadCropPreset, TrainPreset, ValPreset
 
 from .conftest import write_photo
 
@@ -25,22 +25,37 @@ from .conftest import write_photo
      ("I;16", "png"), ("RGB", "bmp"), ("RGB", "webp")],
 )  # fmt: skip
 def test_every_colour_mode_and_format_reaches_the_model_as_three_uint8_channels(tmp_path, mode, suffix):
-    path = str(write_photo(tmp_path / f"picture.{suffix}", 90, 60, mode=mode))
-    for preset in (TrainPreset(32), ValPreset(37, 32)):
-        image = preset(path)
+    encoded = presets.read_bytes(str(write_photo(tmp_path / f"picture.{suffix}", 90, 60, mode=mode)))
+    for preset in (TrainPreset(32), ValPreset(37, 32), PadCropPreset(32, 4)):
+        image = preset(encoded)
         assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+
+
+def test_pictures_already_in_memory_go_through_the_same_presets():
+    picture = Image.new("L", (28, 28), 200)  # what MNIST's dataset hands out
+    for preset in (TrainPreset(24), ValPreset(28, 24), PadCropPreset(28, 4)):
+        image = preset(picture)
+        assert image.dtype == torch.uint8 and image.shape[0] == 3
+
+
+def test_small_pictures_are_padded_and_cropped_not_blown_up():
+    picture = Image.new("RGB", (32, 32), (10, 200, 30))
+    image = PadCropPreset(32, 4)(picture)
+    assert image.shape == (3, 32, 32)
+    inside = image[:, 4:-4, 4:-4]  # whatever the offset, the centre is the picture, unscaled
+    assert torch.equal(inside[:, 0, 0], torch.tensor([10, 200, 30], dtype=torch.uint8))
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     path = tmp_path / "grey16.png"
     Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)
-    image = ValPreset(40, 32)(str(path))
+    image = ValPreset(40, 32)(presets.read_bytes(str(path)))
     assert image.float().mean().item() == pytest.approx(128, abs=1)  # PIL's convert("RGB") would give 255
 
 
 def test_validation_crops_match_the_reference_pil_pipeline(tmp_path):
     path = str(write_photo(tmp_path / "photo.jpg", 160, 120, quality=90))
-    ours = ValPreset(73, 64)(path).float()
+    ours = ValPreset(73, 64)(presets.read_bytes(path)).float()
     with Image.open(path) as image:
         reference = transforms.Compose([transforms.Resize(73), transforms.CenterCrop(64), transforms.PILToTensor()])(
             image.convert("RGB")
@@ -66,13 +81,13 @@ def test_random_crops_follow_random_resized_crop(width, height):
 
 def test_large_jpegs_are_decoded_smaller_when_the_crop_allows_it(tmp_path, monkeypatch):
     path = str(write_photo(tmp_path / "big.jpg", 1600, 1200, quality=90))
-    encoded, header = presets.read_encoded(path)
+    encoded, header = presets.open_sample(presets.read_bytes(path))
     assert presets.dct_reduction(header, 1200, 256) == 4 and presets.dct_reduction(header, 1200, 224) == 4
     assert presets.dct_reduction(header, 500, 256) == 1
     assert presets.decode_rgb(encoded, header, 4).shape == (3, 300, 400)
-    reduced = ValPreset(256, 224)(path).float()
+    reduced = ValPreset(256, 224)(presets.read_bytes(path)).float()
     monkeypatch.setattr(presets, "REDUCE_FROM_PIXELS", 10**12)  # decode at full size instead
-    full = ValPreset(256, 224)(path).float()
+    full = ValPreset(256, 224)(presets.read_bytes(path)).float()
     assert (reduced - full).abs().mean() < 2.0
 
 
@@ -88,7 +103,7 @@ def test_the_uint8_pipeline_predicts_what_the_reference_pipeline_predicts(traine
          transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     )  # fmt: skip
     files = sorted(str(p) for p in (image_folder / "val").rglob("*.png"))
-    ours = Normalizer(torch.device("cpu"))(torch.stack([ValPreset(37, 32)(f) for f in files]))
+    ours = Normalizer(torch.device("cpu"))(torch.stack([ValPreset(37, 32)(presets.read_bytes(f)) for f in files]))
     theirs = torch.stack([reference(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
         p_ours, p_theirs = model(ours).softmax(1), model(theirs).softmax(1)

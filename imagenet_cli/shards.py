@@ -1,0 +1,388 @@
+"""Sharded tar streams (the WebDataset layout) for clusters, where millions of small files on NFS are slow.
+
+A shard is a plain tar file; a sample is the group of consecutive members that share a key
+(`00001234.jpg`, `00001234.cls`). `make-shards` writes `train-NNNNNN.tar`, `val-NNNNNN.tar` and an index,
+`shards.json`, with the class names and the samples per shard; its keys are the samples' positions in
+the source dataset, so a sample gets the same augmentation seed as it would from the folders.
+
+How an epoch is read: the shards are shuffled per epoch (when shuffling), dealt to ranks and to each
+rank's loader workers, read sequentially, and shuffled within a buffer. Every rank takes the same number
+of batches, `samples // world_size // batch`, cycling through its shards if they run short, so no rank
+waits for another at the end of an epoch. Exactness: with `--seed` and the same ranks and workers, an
+epoch and a mid-epoch resume see exactly the same samples in the same order; with other counts, a resumed
+epoch continues with the right number of batches but not the same ones. A sample may be seen twice or not
+at all in one epoch when shards are dealt unevenly; validation reads every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from . import formats
+from .config import DataConfig
+from .errors import UserError
+from .randomness import mix_seed
+
+INDEX_FORMAT = "imagenet-cli shards 1"
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    samples: int
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    classes: list[str]
+    splits: dict[str, list[Shard]]
+
+
+def read_index(root: str) -> ShardIndex:
+    """`shards.json` when present; otherwise the tar files are scanned (their headers and labels)."""
+    index_path = os.path.join(root, formats.SHARD_INDEX)
+    if not os.path.isfile(index_path):
+        return _scan(root)
+    try:
+        with open(index_path) as f:
+            raw = json.load(f)
+        splits = {
+            split: [Shard(os.path.join(root, s["file"]), int(s["samples"])) for s in entries]
+            for split, entries in raw["splits"].items()
+        }
+        return ShardIndex(list(raw["classes"]), splits)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
+
+
+def _scan(root: str) -> ShardIndex:
+    """Shards without an index: `train*`/`val*` by name, labels from their `.cls` members."""
+    if not os.path.isdir(root):
+        raise UserError(f"data directory not found: {root}")
+    splits: dict[str, list[Shard]] = {"train": [], "val": []}
+    top = -1
+    for name in sorted(os.listdir(root)):
+        split = next((s for s in splits if name.startswith(s) and name.endswith(".tar")), None)
+        if split is None:
+            continue
+        path, count = os.path.join(root, name), 0
+        for _key, fields in _samples(path):
+            count += 1
+            top = max(top, _label(fields, path))
+        splits[split].append(Shard(path, count))
+    if not splits["val"]:
+        raise UserError(f"{root} has no val*.tar shards (nor a {formats.SHARD_INDEX}); see `imagenet-cli make-shards`")
+    return ShardIndex([str(i) for i in range(top + 1)], splits)
+
+
+def open_splits(
+    cfg: DataConfig,
+    with_train: bool,
+    class_names: Sequence[str] | None,
+    train_preset: Callable[[Any], torch.Tensor],
+    val_preset: Callable[[Any], torch.Tensor],
+) -> Any:
+    from .sources import DataSplits
+
+    index = read_index(cfg.path or "")
+    if class_names is not None and list(class_names) != index.classes:
+        raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
+    if with_train and not index.splits.get("train"):
+        raise UserError(f"{cfg.path} has no training shards")
+    train = ShardStream(index.splits["train"], train_preset, shuffle_buffer=cfg.shuffle_buffer) if with_train else None
+    val = ShardStream(index.splits["val"], val_preset, training=False)
+    for stream in (train, val):
+        if stream is not None:
+            stream.classes = index.classes
+    return DataSplits(train, val, index.classes)
+
+
+class ShardStream(IterableDataset):
+    """One split's samples, streamed from its shards. `place` (rank, world size, batch, seed) is set by the
+    loader; `set_position` before each epoch's iterator (workers are started anew each epoch)."""
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        transform: Callable[[Any], torch.Tensor],
+        training: bool = True,
+        shuffle_buffer: int = 0,
+    ) -> None:
+        self.shards, self.transform, self.training = list(shards), transform, training
+        self.shuffle_buffer, self.shuffle = shuffle_buffer, training
+        self.classes: list[str] = []
+        self.rank, self.world_size, self.batch_size, self.seed = 0, 1, 1, None
+        self.epoch, self.skip = 0, 0
+
+    def place(self, rank: int, world_size: int, batch_size: int, seed: int | None, shuffle: bool = True) -> None:
+        self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
+        self.shuffle = shuffle and self.training
+
+    def set_position(self, epoch: int, samples_done: int = 0) -> None:
+        self.epoch, self.skip = epoch, samples_done
+
+    @property
+    def total(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def batches_per_rank(self) -> int:
+        return self.total // self.world_size // self.batch_size
+
+    def __len__(self) -> int:
+        """This rank's samples in an epoch: whole batches when training, every sample of its share in
+        validation."""
+        if self.training:
+            return self.batches_per_rank() * self.batch_size
+        if len(self.shards) >= self.world_size:
+            return sum(s.samples for s in self.shards[self.rank :: self.world_size])
+        return len(range(self.rank, self.total, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if not self.training:
+            slot = self._my_slot(worker, workers)
+            for key, fields in self._slots_samples(slot, self.world_size * workers):
+                yield self._decoded(key, fields)
+            return
+        # Batch k of this rank's epoch is logical worker k % workers's. The loader collects batches from its
+        # workers round-robin starting with worker 0, so after `done` batches worker 0 plays `done % workers`.
+        done = self.skip // self.batch_size
+        worker = (worker + done) % workers
+        slot = self._my_slot(worker, workers)
+        batches = self.batches_per_rank()
+        mine = batches // workers + (worker < batches % workers)
+        skipped = -(-(done - worker) // workers) if done > worker else 0
+        stream = self._shuffled(self._cycled(slot, self.world_size * workers), slot)
+        for i, (key, fields) in enumerate(stream):
+            if i >= mine * self.batch_size:
+                return
+            if i >= skipped * self.batch_size:
+                yield self._decoded(key, fields)
+
+    def _my_slot(self, worker: int, workers: int) -> int:
+        return self.rank * workers + worker
+
+    def _shard_order(self) -> list[Shard]:
+        if not self.shuffle:
+            return self.shards
+        order = list(self.shards)
+        # The same order on every rank, seeded or not: ranks deal shards from it without talking.
+        random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
+        return order
+
+    def _slots_samples(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+        """The samples of `slot`: whole shards when there are enough to deal, else every `slots`-th sample
+        of them all."""
+        order = self._shard_order()
+        if len(order) >= slots:
+            for shard in order[slot::slots]:
+                yield from _numbered(shard)
+            return
+        position = 0
+        for shard in order:
+            for sample in _numbered(shard):
+                if position % slots == slot:
+                    yield sample
+                position += 1
+
+    def _cycled(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+        while True:
+            empty = True
+            for sample in self._slots_samples(slot, slots):
+                empty = False
+                yield sample
+            if empty:
+                return
+
+    def _shuffled(
+        self, samples: Iterator[tuple[int, dict[str, bytes]]], slot: int
+    ) -> Iterator[tuple[int, dict[str, bytes]]]:
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        seed = self.seed if self.seed is not None else random.getrandbits(62)  # loader workers seed `random`
+        rng = random.Random(mix_seed(seed, self.epoch, slot))
+        buffer: list[tuple[int, dict[str, bytes]]] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decoded(self, key: int, fields: dict[str, bytes]) -> tuple[torch.Tensor, int]:
+        """The preset applied under the sample's own seed when the run is seeded, as for folders."""
+        suffix = next((s for s in IMAGE_SUFFIXES if s in fields), None)
+        if suffix is None:
+            raise UserError(f"sample {key} in the shards has no image (found {', '.join(fields)})")
+        encoded = torch.frombuffer(bytearray(fields[suffix]), dtype=torch.uint8)
+        label = int(fields["cls"])
+        if self.seed is None:
+            return self.transform(encoded), label
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            sample_seed = mix_seed(self.seed, self.epoch, key)
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                return self.transform(encoded), label
+            finally:
+                random.setstate(state)
+
+
+def _numbered(shard: Shard) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(position key, fields) of a shard's samples: our keys are sample positions; others are numbered
+    from the shard's name and the order within it."""
+    base = mix_seed(zlib.crc32(os.path.basename(shard.path).encode()))
+    for position, (key, fields) in enumerate(_samples(shard.path)):
+        yield (int(key) if key.isdigit() else base + position), fields
+
+
+def _samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Read a tar file front to back, grouping consecutive members by key."""
+    key, fields = None, {}
+    for name, data in _members(path):
+        member_key, _, suffix = os.path.basename(name).partition(".")
+        if key is not None and member_key != key:
+            yield key, fields
+            fields = {}
+        key = member_key
+        fields[suffix.lower()] = data
+    if key is not None:
+        yield key, fields
+
+
+def _members(path: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of a tar file's regular files, in order. The headers are parsed here, not by `tarfile`,
+    whose general reader costs about ten times more per member (a tenth of a millisecond per sample);
+    GNU long names and pax paths are understood, other entries skipped, and a damaged header refused."""
+    long_name = None
+    try:
+        with open(path, "rb", buffering=1 << 20) as f:
+            while len(header := f.read(512)) == 512 and header.strip(b"\0"):
+                kind, size = header[156:157], _header_size(header, path)
+                data = f.read(size)
+                f.read(-size % 512)
+                if len(data) < size:
+                    raise UserError(f"shard {path} is truncated")
+                if kind in (b"L", b"x"):  # the next member's name: GNU long name, or a pax path record
+                    long_name = data.rstrip(b"\0").decode() if kind == b"L" else _pax_path(data) or long_name
+                elif kind in (b"0", b"\0", b"7"):
+                    yield long_name or _header_name(header), data
+                    long_name = None
+    except OSError as exc:
+        raise UserError(f"cannot read shard {path}: {exc}") from exc
+
+
+def _header_size(header: bytes, path: str) -> int:
+    stored = header[148:156].replace(b"\0", b" ").strip()
+    if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's own 8 spaces
+        raise UserError(f"shard {path} has a damaged tar header")
+    if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
+        return int.from_bytes(header[125:136], "big")
+    return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+
+
+def _header_name(header: bytes) -> str:
+    name = header[:100].rstrip(b"\0").decode()
+    prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _pax_path(records: bytes) -> str | None:
+    for line in records.decode(errors="replace").splitlines():
+        _length, _, entry = line.partition(" ")
+        if entry.startswith("path="):
+            return entry[5:]
+    return None
+
+
+def _label(fields: dict[str, bytes], path: str) -> int:
+    try:
+        return int(fields["cls"])
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"a sample in {path} has no integer .cls label") from exc
+
+
+# -- writing shards -------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """`1GB`, `500MB`, `64KiB`, `1000000` to bytes (decimal units, and binary ones with an i)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text.lower())
+    if not match:
+        raise UserError(f"--shard-size: cannot read {text!r}; write e.g. 1GB, 500MB or a number of bytes")
+    number, unit, binary = match.groups()
+    power = " kmgt".index(unit or " ")
+    size = int(float(number) * (1024 if binary else 1000) ** power)
+    if size < 1:
+        raise UserError("--shard-size must be positive")
+    return size
+
+
+def make_shards(
+    samples_by_split: dict[str, list[tuple[str, int]]], classes: list[str], out: str, shard_size: int
+) -> dict[str, Any]:
+    """Write each split's (path, label) samples, in order, into tar shards of about `shard_size` bytes,
+    each written to a temporary name and renamed when whole; then the index. Returns the index."""
+    os.makedirs(out, exist_ok=True)
+    index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": classes, "splits": {}}
+    for split, samples in samples_by_split.items():
+        index["splits"][split] = _write_split(split, samples, out, shard_size)
+    tmp = os.path.join(out, formats.SHARD_INDEX + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(index, f, indent=1)
+    os.replace(tmp, os.path.join(out, formats.SHARD_INDEX))
+    return index
+
+
+def _write_split(split: str, samples: list[tuple[str, int]], out: str, shard_size: int) -> list[dict[str, Any]]:
+    written = []
+    for number, chunk in enumerate(_chunks(samples, shard_size)):
+        name = f"{split}-{number:06d}.tar"
+        with tarfile.open(os.path.join(out, name + ".tmp"), mode="w") as tar:
+            for position, path, label in chunk:
+                suffix = os.path.splitext(path)[1].lower().lstrip(".") or "jpg"
+                with open(path, "rb") as f:
+                    _add(tar, f"{position:08d}.{suffix}", f.read())
+                _add(tar, f"{position:08d}.cls", str(label).encode())
+        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+        written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
+    return written
+
+
+def _chunks(samples: list[tuple[str, int]], shard_size: int) -> Iterator[list[tuple[int, str, int]]]:
+    """Consecutive samples, numbered by position, in groups of about `shard_size` bytes."""
+    chunk: list[tuple[int, str, int]] = []
+    size = 0
+    for position, (path, label) in enumerate(samples):
+        if chunk and size >= shard_size:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((position, path, label))
+        size += os.path.getsize(path) + 1536  # with the two members' tar headers
+    if chunk:
+        yield chunk
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
