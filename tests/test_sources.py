@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from imagenet_cli import shards
 from imagenet_cli.config import build_config
@@ -66,21 +67,26 @@ def test_the_same_pictures_make_the_same_batches_as_folders_csv_or_shards(three_
 
 
 def _identified(dataset) -> None:
-    """Make a dataset's samples identify themselves: the CRC of their bytes instead of pixels."""
-    dataset.transform = lambda encoded: torch.tensor(zlib.crc32(encoded.numpy().tobytes()))
+    """Make a dataset's samples identify themselves: the CRC of their bytes (or pixels) instead of pixels."""
+    dataset.transform = lambda sample: torch.tensor(
+        zlib.crc32(sample.tobytes() if isinstance(sample, Image.Image) else sample.numpy().tobytes())
+    )
 
 
-@pytest.mark.parametrize("kind", ["imagefolder", "csv"])
-def test_two_ranks_with_two_workers_see_every_sample_of_an_epoch_exactly_once(three_formats, kind):
+@pytest.mark.parametrize("kind", ["imagefolder", "csv", "torchvision"])
+def test_two_ranks_with_two_workers_see_every_sample_of_an_epoch_exactly_once(three_formats, kind, tmp_path):
+    given = {"path": str(write_mnist(tmp_path)), "dataset": "mnist"} if kind == "torchvision" else {}
+    cfg = build_config("train", {"path": str(three_formats.get(kind, "")), "image_size": 32, **given}).data
     seen = []
     for rank in (0, 1):
-        splits = build_splits(_config(three_formats[kind]), with_train=True)
+        splits = build_splits(cfg, with_train=True)
         _identified(splits.train)
         loader = train_loader(splits.train, _ctx(rank, 2), batch_size=4, workers=2, seed=None)
         loader.sampler.set_position(epoch=3)
         seen += [int(crc) for crcs, _ in loader for crc in crcs]
-    everything = build_splits(_config(three_formats[kind]), with_train=True).train
+    everything = build_splits(cfg, with_train=True).train
     _identified(everything)
+    assert len(seen) == len(everything) and len(set(seen)) == len(seen)
     assert sorted(seen) == sorted(int(everything[i][0]) for i in range(len(everything)))
 
 
