@@ -47,6 +47,7 @@ class DataConfig:
     fake_train_images: int = 1000
     fake_val_images: int = 200
     prefetch_factor: int = 4  # batches each loader worker prepares ahead
+    decode_on_device: bool = False  # JPEGs decoded by the training device (nvJPEG), not the loader workers
 
     def __post_init__(self) -> None:
         manifests = bool(self.train_manifest or self.val_manifest)

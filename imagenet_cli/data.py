@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from . import sources
+from . import presets, sources
 from .config import DataConfig
 from .distributed import DistContext
 from .errors import UserError
@@ -138,6 +138,7 @@ def _loader(
         # A stream's workers must start anew each epoch to learn the epoch and position set in this process.
         persistent_workers=workers > 0 and not isinstance(dataset, ShardStream),
         prefetch_factor=prefetch if workers > 0 else None,
+        collate_fn=presets.collate,  # default collation, unless JPEGs wait for the device to decode them
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
         multiprocessing_context=_WORKER_START if workers > 0 else None,
@@ -205,6 +206,8 @@ class Normalizer:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.scale = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | presets.DeferredBatch) -> torch.Tensor:
+        if isinstance(images, presets.DeferredBatch):  # --decode-on-device
+            images = images.decode(self.device)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return (images.float() - self.mean) * self.scale

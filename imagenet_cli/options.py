@@ -466,6 +466,15 @@ Compile = Annotated[
         rich_help_panel=SPEED_PANEL,
     ),
 ]
+DecodeOnDevice = Annotated[
+    bool,
+    typer.Option(
+        "--decode-on-device",
+        help="Decode JPEGs on the training device (nvJPEG on CUDA, batched), not in the loader workers: "
+        "for machines with few CPU cores per GPU.",
+        rich_help_panel=SPEED_PANEL,
+    ),
+]
 PrefetchFactor = Annotated[
     int | None,
     typer.Option(

@@ -11,19 +11,22 @@ Random choices use Python's generator, which a seeded run sets per sample and lo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
+from torch.utils.data import default_collate
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
-    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 except ImportError:  # pragma: no cover
-    decode_image = None
+    decode_image = decode_jpeg = None
 
 CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's area range, as in the reference and torchvision's recipes
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -35,52 +38,170 @@ REDUCE_FROM_PIXELS = 1_000_000
 Sample = torch.Tensor | Image.Image
 
 
-class TrainPreset:
-    """Random resized crop and horizontal flip; returns a uint8 (3, size, size) tensor."""
+@dataclass(frozen=True)
+class CropPlan:
+    """A training crop, chosen from the picture's size before any pixel is decoded: the box, the output
+    size, the flip. It applies to pixels on any device (worker CPUs, or the GPU after nvJPEG)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    size: int
+    flip: bool
+
+    def reduction(self, header: Image.Image) -> int:
+        return dct_reduction(header, min(self.width, self.height), self.size)
+
+    def scaled(self, scale: float) -> CropPlan:
+        """The same crop on a picture decoded at `scale` of its size."""
+        if scale == 1:
+            return self
+        top, left = int(self.top * scale), int(self.left * scale)
+        height, width = max(1, int(self.height * scale)), max(1, int(self.width * scale))
+        return dataclasses.replace(self, top=top, left=left, height=height, width=width)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        size = [self.size, self.size]
+        image = F.resized_crop(pixels, self.top, self.left, self.height, self.width, size, antialias=True)
+        return image.flip(-1) if self.flip else image
+
+
+@dataclass(frozen=True)
+class CentrePlan:
+    """Resize the shorter side, then crop the centre: the evaluation view."""
+
+    resize: int
+    crop: int
+
+    def reduction(self, header: Image.Image) -> int:
+        return dct_reduction(header, min(header.size), self.resize)
+
+    def scaled(self, scale: float) -> CentrePlan:
+        return self
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.center_crop(F.resize(pixels, [self.resize], antialias=True), [self.crop])
+
+
+@dataclass(frozen=True)
+class PadCropPlan:
+    """Pad, crop back to size at an offset, maybe flip: for pictures already at training size."""
+
+    size: int
+    padding: int
+    top: int
+    left: int
+    flip: bool
+
+    def reduction(self, header: Image.Image) -> int:
+        return 1
+
+    def scaled(self, scale: float) -> PadCropPlan:
+        return self
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = F.resize(pixels, [self.size, self.size], antialias=True)
+        image = F.crop(F.pad(pixels, [self.padding]), self.top, self.left, self.size, self.size)
+        return image.flip(-1) if self.flip else image
+
+
+Plan = CropPlan | CentrePlan | PadCropPlan
+
+
+class Preset:
+    """Sample to uint8 (3, H, W) tensor: plan from the header, decode (reduced when the plan allows), apply."""
+
+    def plan(self, width: int, height: int) -> Plan:
+        raise NotImplementedError
+
+    def __call__(self, sample: Sample) -> torch.Tensor:
+        encoded, header = open_sample(sample)
+        full_width, plan = header.width, self.plan(*header.size)
+        pixels = decode_rgb(encoded, header, plan.reduction(header))
+        return plan.scaled(pixels.shape[-1] / full_width)(pixels)  # < 1 when the DCT reduced the picture
+
+
+class TrainPreset(Preset):
+    """Random resized crop and horizontal flip."""
 
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def __call__(self, sample: Sample) -> torch.Tensor:
-        encoded, header = open_sample(sample)
-        full_width = header.width
-        top, left, height, width = random_crop_box(*header.size)
-        pixels = decode_rgb(encoded, header, dct_reduction(header, min(width, height), self.size))
-        scale = pixels.shape[-1] / full_width  # < 1 when the DCT reduced the image
-        top, left = int(top * scale), int(left * scale)
-        height, width = max(1, int(height * scale)), max(1, int(width * scale))
-        image = F.resized_crop(pixels, top, left, height, width, [self.size, self.size], antialias=True)
-        return image.flip(-1) if random.random() < 0.5 else image
+    def plan(self, width: int, height: int) -> CropPlan:
+        return CropPlan(*random_crop_box(width, height), size=self.size, flip=random.random() < 0.5)
 
 
-class ValPreset:
-    """Resize the shorter side to `resize_size`, centre crop `crop_size`; returns a uint8 tensor."""
+class ValPreset(Preset):
+    """Resize the shorter side to `resize_size`, centre crop `crop_size`."""
 
     def __init__(self, resize_size: int, crop_size: int) -> None:
         self.resize_size, self.crop_size = resize_size, crop_size
 
-    def __call__(self, sample: Sample) -> torch.Tensor:
-        encoded, header = open_sample(sample)
-        pixels = decode_rgb(encoded, header, dct_reduction(header, min(header.size), self.resize_size))
-        return F.center_crop(F.resize(pixels, [self.resize_size], antialias=True), [self.crop_size])
+    def plan(self, width: int, height: int) -> CentrePlan:
+        return CentrePlan(self.resize_size, self.crop_size)
 
 
-class PadCropPreset:
+class PadCropPreset(Preset):
     """For pictures already at training size (CIFAR's 32 px, MNIST's 28): pad, random crop back, flip;
     the classic small-image augmentation, instead of blowing 32 px up to 224."""
 
     def __init__(self, size: int, padding: int) -> None:
         self.size, self.padding = size, padding
 
-    def __call__(self, sample: Sample) -> torch.Tensor:
+    def plan(self, width: int, height: int) -> PadCropPlan:
+        offsets = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
+        return PadCropPlan(self.size, self.padding, *offsets, flip=random.random() < 0.5)
+
+
+# -- decoding on the training device ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A JPEG whose decoding waits for the training device: the bytes and the plan made in the worker."""
+
+    encoded: torch.Tensor
+    plan: Plan
+
+
+class DeviceDecoded:
+    """A preset whose JPEGs are decoded on the device (nvJPEG on CUDA, batched) instead of in the loader
+    workers: the workers only read files and make the random choices. Other formats decode as usual."""
+
+    def __init__(self, preset: Preset) -> None:
+        self.preset = preset
+
+    def __call__(self, sample: Sample) -> torch.Tensor | Deferred:
         encoded, header = open_sample(sample)
-        pixels = decode_rgb(encoded, header)
-        if pixels.shape[-2:] != (self.size, self.size):
-            pixels = F.resize(pixels, [self.size, self.size], antialias=True)
-        padded = F.pad(pixels, [self.padding])
-        top, left = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
-        image = F.crop(padded, top, left, self.size, self.size)
-        return image.flip(-1) if random.random() < 0.5 else image
+        if encoded is None or header.format != "JPEG":
+            return self.preset(sample)
+        return Deferred(encoded, self.preset.plan(*header.size))
+
+
+class DeferredBatch:
+    """A batch of deferred JPEGs (and pictures the workers decoded), made whole on the device."""
+
+    def __init__(self, items: list[torch.Tensor | Deferred]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def decode(self, device: torch.device) -> torch.Tensor:
+        """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`."""
+        deferred = [item for item in self.items if isinstance(item, Deferred)]
+        decoded = decode_jpeg([item.encoded for item in deferred], mode=ImageReadMode.RGB, device=device)
+        planned = iter([item.plan(pixels) for item, pixels in zip(deferred, decoded, strict=True)])
+        return torch.stack([next(planned) if isinstance(item, Deferred) else item.to(device) for item in self.items])
+
+
+def collate(batch: list[tuple[torch.Tensor | Deferred, int]]) -> tuple[torch.Tensor | DeferredBatch, torch.Tensor]:
+    """DataLoader's collation, keeping deferred JPEGs as a list for the device to decode."""
+    if not any(isinstance(image, Deferred) for image, _ in batch):
+        return default_collate(batch)
+    return DeferredBatch([image for image, _ in batch]), torch.tensor([label for _, label in batch])
 
 
 def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:

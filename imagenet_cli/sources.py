@@ -20,7 +20,7 @@ from torchvision import datasets
 from . import formats, shards
 from .config import DataConfig
 from .errors import UserError
-from .presets import PadCropPreset, TrainPreset, ValPreset, read_bytes
+from .presets import DeviceDecoded, PadCropPreset, Preset, TrainPreset, ValPreset, read_bytes
 
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 Transform = Callable[[Any], torch.Tensor]
@@ -64,13 +64,17 @@ def open_splits(
 
 def presets_for(cfg: DataConfig) -> tuple[Transform, Transform]:
     """RandomResizedCrop training crops; for a torchvision dataset of small pictures trained at their own
-    size, pad-and-crop instead (the recipe those datasets are known by)."""
+    size, pad-and-crop instead (the recipe those datasets are known by). With `--decode-on-device` the
+    workers leave JPEGs encoded for the device."""
     assert cfg.image_size and cfg.val_resize_size and cfg.val_crop_size
     native = formats.lookup(cfg.dataset).native_size if cfg.dataset else None
-    train: Transform = TrainPreset(cfg.image_size)
+    train: Preset = TrainPreset(cfg.image_size)
     if native is not None and native == cfg.image_size and native <= 64:
         train = PadCropPreset(cfg.image_size, padding=cfg.image_size // 8)
-    return train, ValPreset(cfg.val_resize_size, cfg.val_crop_size)
+    val = ValPreset(cfg.val_resize_size, cfg.val_crop_size)
+    if cfg.decode_on_device:
+        return DeviceDecoded(train), DeviceDecoded(val)
+    return train, val
 
 
 def check(cfg: DataConfig, splits: Sequence[str]) -> None:

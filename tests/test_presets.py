@@ -13,7 +13,9 @@ from torchvision import transforms
 
 from imagenet_cli import models, presets
 from imagenet_cli.checkpoint import read_checkpoint
-from imagenet_cli.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from imagenet_cli.config import build_config
+from imagenet_cli.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer, build_splits, train_loader
+from imagenet_cli.distributed import DistContext
 from imagenet_cli.presets import PadCropPreset, TrainPreset, ValPreset
 
 from .conftest import write_photo
@@ -109,3 +111,26 @@ def test_the_uint8_pipeline_predicts_what_the_reference_pipeline_predicts(traine
         p_ours, p_theirs = model(ours).softmax(1), model(theirs).softmax(1)
     assert torch.equal(p_ours.argmax(1), p_theirs.argmax(1))
     assert (p_ours - p_theirs).abs().max() < 0.05
+
+
+def test_decoding_on_the_device_gives_the_batches_the_workers_would(tmp_path):
+    """The workers only plan (the same seeded crops and flips); the device decodes JPEGs in a batch. On a
+    CPU the "device" path runs the same decoder, so only the resize kernel's rounding may differ."""
+    for split, count in (("train", 6), ("val", 3)):
+        for i in range(count):
+            folder = tmp_path / split / ("cats" if i % 2 else "dogs")
+            folder.mkdir(parents=True, exist_ok=True)
+            suffix = "png" if i == 2 else "jpg"  # not every file is a JPEG: those decode in the workers
+            write_photo(folder / f"{i}.{suffix}", 80, 60, seed=i)
+    batches = {}
+    for on_device in (False, True):
+        cfg = build_config("train", {"path": str(tmp_path), "image_size": 32, "decode_on_device": on_device}).data
+        splits = build_splits(cfg, with_train=True)
+        ctx = DistContext(0, 0, 1, 1, torch.device("cpu"))
+        loader = train_loader(splits.train, ctx, batch_size=3, workers=2, seed=0)
+        loader.sampler.set_position(epoch=0)
+        normalize = Normalizer(ctx.device)
+        batches[on_device] = [(normalize(images), labels) for images, labels in loader]
+    for (ours, labels), (theirs, their_labels) in zip(batches[True], batches[False], strict=True):
+        assert torch.equal(labels, their_labels) and ours.shape == theirs.shape == (3, 3, 32, 32)
+        assert (ours - theirs).abs().mean() < 0.01 and (ours - theirs).abs().max() < 0.1
