@@ -8,14 +8,17 @@ Every figure comes with its baseline, measured in the same run on the same machi
   workers) and in total (a DataLoader with N workers). Ours decodes to uint8 and normalises later on the
   device; the baseline is PIL decoding, RandomResizedCrop, flip, `ToTensor` and `Normalize` per image.
 - eval: images/s of evaluation on synthetic data (autocast, channels-last vs fp32 NCHW with a sync).
+- e2e: images/s of training from the JPEG files, where loader workers and the model share the machine:
+  everything above together, against the reference's loop fed by its own pipeline.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,14 +29,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from . import compute, data, engine, models, shards, sources
+from . import compute, data, engine, models, presets, shards, sources
 from .config import ComputeConfig
 from .distributed import DistContext
+from .errors import UserError
 from .fakedata import DeviceBatches, FakeImages
 from .presets import TrainPreset, read_bytes
 from .reporting import Reporter
 
-PARTS = ("train", "pipeline", "eval")
+PARTS = ("train", "eval", "pipeline", "e2e")
 IMAGENET_LIKE = (500, 375)  # ImageNet's most common size; its JPEGs are about quality 90
 
 
@@ -57,15 +61,24 @@ def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: No
     device = _device(cfg.no_accel)
     torch.backends.cudnn.benchmark = True  # both sides: the comparison is about what we change
     result: dict[str, Any] = {"machine": machine(device), "config": asdict(cfg), "results": []}
-    if "train" in cfg.parts or "eval" in cfg.parts:
-        settings = compute.resolve(cfg.compute, device, models.build_model(cfg.arch, 1000))
+    settings = compute.resolve(cfg.compute, device, models.build_model(cfg.arch, 1000))
+    if {"train", "eval", "e2e"} & set(cfg.parts):
         result["compute"] = settings.describe()
-        for part in ("train", "eval"):
-            if part in cfg.parts:
-                progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
-                result["results"].append(_model_throughput(part, cfg, settings))
-    if "pipeline" in cfg.parts:
-        result["results"].extend(_pipeline_throughput(cfg, progress))
+    for part in ("train", "eval"):
+        if part in cfg.parts:
+            progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
+            result["results"].append(_model_throughput(part, cfg, settings))
+    if not {"pipeline", "e2e"} & set(cfg.parts):
+        return result
+    with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
+        root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
+        source = cfg.data or f"{cfg.images} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
+        if "pipeline" in cfg.parts:
+            progress(f"pipeline: {source}")
+            result["results"].extend(_pipeline_throughput(cfg, root, source, scratch, progress))
+        if "e2e" in cfg.parts:
+            progress(f"e2e: {cfg.arch} trained from {source}")
+            result["results"].append(_e2e_throughput(cfg, settings, root, source))
     return result
 
 
@@ -242,30 +255,105 @@ def reference_train_transform(size: int) -> transforms.Compose:
     )
 
 
-def _pipeline_throughput(cfg: BenchmarkConfig, progress: Callable[[str], None]) -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
-        root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
-        files = [path for path, _ in datasets.ImageFolder(root).samples][: cfg.images]
-        source = cfg.data or f"{len(files)} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
-        progress(f"pipeline: {source}")
-        ours, reference = TrainPreset(cfg.image_size), reference_train_transform(cfg.image_size)
-        per_core = _per_core(files, lambda path: ours(read_bytes(path)), lambda path: reference(reference_loader(path)))
-        workers = cfg.workers or data.default_workers(1)
-        what = f"{cfg.image_size}px crops of {source}"
-        folder = sources.ClassFolder(root, sources.class_folders(root), ours)
-        total_ours = _loader_rate(folder, cfg, workers)
-        total_ref = _loader_rate(datasets.ImageFolder(root, transform=reference), cfg, workers)
-        samples = folder.samples[: cfg.images]
-        size = sum(os.path.getsize(path) for path, _ in samples) // (4 * max(1, workers)) + 1  # shards for all workers
-        packed = shards.make_shards({"val": samples}, folder.classes, f"{scratch}/shards", size)
-        stream = shards.ShardStream(shards.read_index(f"{scratch}/shards").splits["val"], ours, training=False)
-        progress(f"pipeline: the same images from {len(packed['splits']['val'])} tar shard(s)")
-        return [
-            _row("pipeline, per core", what, *per_core),
-            _row(f"pipeline, {workers} workers", what, total_ours, total_ref),
-            _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files",
-                 _loader_rate(stream, cfg, workers), total_ours),
-        ]  # fmt: skip
+def _pipeline_throughput(
+    cfg: BenchmarkConfig, root: str, source: str, scratch: str, progress: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    files = [path for path, _ in datasets.ImageFolder(root).samples][: cfg.images]
+    ours, reference = TrainPreset(cfg.image_size), reference_train_transform(cfg.image_size)
+    per_core = _per_core(files, lambda path: ours(read_bytes(path)), lambda path: reference(reference_loader(path)))
+    workers = cfg.workers or data.default_workers(1)
+    what = f"{cfg.image_size}px crops of {source}"
+    folder = sources.ClassFolder(root, sources.class_folders(root), ours)
+    total_ours = _loader_rate(folder, cfg, workers)
+    total_ref = _loader_rate(datasets.ImageFolder(root, transform=reference), cfg, workers)
+    samples = folder.samples[: cfg.images]
+    size = sum(os.path.getsize(path) for path, _ in samples) // (4 * max(1, workers)) + 1  # shards for all workers
+    packed = shards.make_shards({"val": samples}, folder.classes, f"{scratch}/shards", size)
+    stream = shards.ShardStream(shards.read_index(f"{scratch}/shards").splits["val"], ours, training=False)
+    progress(f"pipeline: the same images from {len(packed['splits']['val'])} tar shard(s)")
+    return [
+        _row("pipeline, per core", what, *per_core),
+        _row(f"pipeline, {workers} workers", what, total_ours, total_ref),
+        _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files",
+             _loader_rate(stream, cfg, workers), total_ours),
+    ]  # fmt: skip
+
+
+def _e2e_throughput(cfg: BenchmarkConfig, settings: compute.Compute, root: str, source: str) -> dict[str, Any]:
+    workers = cfg.workers or data.default_workers(1)
+    if len(sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))) < cfg.batch_size:
+        raise UserError(
+            f"e2e needs at least one batch of images: --images {cfg.images} < --batch-size {cfg.batch_size}"
+        )
+    runners = {
+        "ours": e2e_ours(cfg, settings, root, workers),
+        "baseline": e2e_reference(cfg, settings.device, root, workers),
+    }
+    rates = _interleaved(runners, cfg, settings.device)
+    what = f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px from {source}"
+    return _row(f"e2e: train from files, {workers} workers", what, rates["ours"], rates["baseline"])
+
+
+class _Steps:
+    """The next `count` batches of an endless loader, as a loader of their own (what the engine iterates)."""
+
+    def __init__(self, batches: Iterator[Any], count: int) -> None:
+        self.batches, self.count = batches, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(self.batches, self.count)
+
+
+def _endless(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def _file_loader(dataset: Any, cfg: BenchmarkConfig, workers: int, device: torch.device, prefetch: int) -> DataLoader:
+    """Persistent workers on both sides, so short epochs over a few images do not measure worker start-up."""
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
+        pin_memory=device.type == "cuda", collate_fn=presets.collate,
+    )  # fmt: skip
+
+
+def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, root: str, workers: int) -> Callable[[int], None]:
+    """The tool's training loop fed by its own pipeline (uint8 presets, device-side normalisation)."""
+    parts, _ = _our_parts(cfg, settings)
+    folder = sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))
+    batches = _endless(_file_loader(folder, cfg, workers, settings.device, prefetch=4))
+
+    def steps(n: int) -> None:
+        if n:
+            engine.train_one_epoch(parts, _Steps(batches, n), epoch=0)  # type: ignore[arg-type]
+
+    return steps
+
+
+def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Callable[[int], None]:
+    """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
+    model, _, _ = _reference_batch(cfg, device)
+    criterion = nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
+    batches = _endless(_file_loader(images, cfg, workers, device, prefetch=2))
+    model.train()
+
+    def steps(n: int) -> None:
+        for x, y in itertools.islice(batches, n):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            output = model(x)
+            loss = criterion(output[0] if isinstance(output, tuple) else output, y)
+            _reference_accuracy(output, y, loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return steps
 
 
 def reference_loader(path: str) -> Image.Image:

@@ -401,15 +401,15 @@ def benchmark(
     json_output: opt.Json = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Images/s of training, the input pipeline and evaluation, each beside the reference script's way in the same run.
+    """Images/s of training, evaluation, the input pipeline and training from files, each beside the reference script's way.
 
     [dim]imagenet-cli benchmark --arch resnet50 -b 256[/dim]
     """
     with _errors(debug):
-        parts = tuple(only or ("train", "pipeline", "eval"))
-        unknown = sorted(set(parts) - {"train", "pipeline", "eval"})
+        parts = tuple(only or ("train", "eval", "pipeline", "e2e"))
+        unknown = sorted(set(parts) - {"train", "eval", "pipeline", "e2e"})
         if unknown:
-            raise UserError(f"--only takes train, pipeline or eval, not {', '.join(unknown)}")
+            raise UserError(f"--only takes train, eval, pipeline or e2e, not {', '.join(unknown)}")
         if min(batch_size, steps, images) < 1 or warmup < 0 or image_size < 8:
             raise UserError(
                 "--batch-size, --steps and --images must be positive, --warmup 0 or more, --image-size 8 or more"

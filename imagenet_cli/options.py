@@ -507,8 +507,8 @@ BenchOnly = Annotated[
     list[str] | None,
     typer.Option(
         "--only",
-        help="Measure only this part: train, pipeline or eval (repeatable).",
-        show_default="all three",
+        help="Measure only this part: train, eval, pipeline or e2e (repeatable).",
+        show_default="all four",
         rich_help_panel=RUN_PANEL,
     ),
 ]

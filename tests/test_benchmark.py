@@ -14,7 +14,10 @@ def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_w
     )  # fmt: skip
     assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, channels-last"
     parts = [row["part"] for row in result["results"]]
-    assert parts == ["train", "eval", "pipeline, per core", "pipeline, 1 workers", "shards vs files, 1 workers"]
+    assert parts == [
+        "train", "eval", "pipeline, per core", "pipeline, 1 workers", "shards vs files, 1 workers",
+        "e2e: train from files, 1 workers",
+    ]  # fmt: skip
     for row in result["results"]:
         ours, baseline = row["ours_images_per_second"], row["baseline_images_per_second"]
         assert ours > 0 and baseline > 0 and row["ratio"] == pytest.approx(ours / baseline)
@@ -29,7 +32,7 @@ def test_benchmark_generates_imagenet_like_jpegs_when_given_no_data():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--only", "everything"), "--only takes train, pipeline or eval"), (("--steps", "0"), "must be positive"),
+    [(("--only", "everything"), "--only takes train, eval, pipeline or e2e"), (("--steps", "0"), "must be positive"),
      (("/nonexistent",), "has no train/ folder"), (("-a", "resnet19"), "unknown architecture 'resnet19'")],
 )  # fmt: skip
 def test_benchmark_refuses_bad_input_in_one_line(args, message):
