@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from . import compute, data, engine, models, presets, shards, sources
+from . import compute, data, engine, models, shards, sources, unreadable
 from .config import ComputeConfig
 from .distributed import DistContext
 from .errors import UserError
@@ -317,7 +317,7 @@ def _file_loader(dataset: Any, cfg: BenchmarkConfig, workers: int, device: torch
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=workers,
         persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
-        pin_memory=device.type == "cuda", collate_fn=presets.collate,
+        pin_memory=device.type == "cuda", collate_fn=unreadable.collate,
     )  # fmt: skip
 
 

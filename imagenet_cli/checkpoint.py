@@ -9,6 +9,8 @@ cannot run code on this machine.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import os
 import pickle
 import re
@@ -99,15 +101,17 @@ def save_checkpoint(
     checkpoint: Mapping[str, Any], output_dir: str, is_best: bool, keep_epochs: int | None = None
 ) -> str:
     """Write `checkpoint.pth.tar` (and `model_best.pth.tar` when best, and a per-epoch copy when keeping
-    the last `keep_epochs`) so that a crash at any moment leaves the previous files whole."""
+    the last `keep_epochs`) so that a crash at any moment leaves the previous files whole. Each file gets
+    a `.sha256` beside it (`sha256sum -c` reads it), which loading verifies."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CHECKPOINT_NAME)
-    atomic_write(path, lambda f: torch.save(dict(checkpoint), f))
-    if is_best:
-        atomic_write(os.path.join(output_dir, BEST_NAME), lambda f: _copy_into(path, f))
+    digest = write_with_checksum(path, lambda f: torch.save(dict(checkpoint), f))
+    copies = [BEST_NAME] if is_best else []
     if keep_epochs and checkpoint.get("step", 0) == 0:
-        finished = int(checkpoint["epoch"]) - 1
-        atomic_write(os.path.join(output_dir, EPOCH_COPY.format(finished)), lambda f: _copy_into(path, f))
+        copies.append(EPOCH_COPY.format(int(checkpoint["epoch"]) - 1))
+    for name in copies:
+        write_with_checksum(os.path.join(output_dir, name), lambda f: _copy_into(path, f), digest)
+    if keep_epochs:
         _prune_epoch_copies(output_dir, keep_epochs)
     return path
 
@@ -116,7 +120,82 @@ def _prune_epoch_copies(output_dir: str, keep: int) -> None:
     pattern = re.compile(r"checkpoint_epoch_(\d+)\.pth\.tar$")
     numbered = sorted((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name)))
     for _, name in numbered[:-keep]:
-        os.unlink(os.path.join(output_dir, name))
+        for doomed in (name, name + CHECKSUM_SUFFIX):
+            if os.path.exists(os.path.join(output_dir, doomed)):
+                os.unlink(os.path.join(output_dir, doomed))
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class _Hashing:
+    """A file wrapper that hashes what passes through it on the way to the disk (no second read)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def write_with_checksum(path: str, write: Callable[[Any], None], digest: str | None = None) -> str:
+    """`atomic_write`, then the file's sha256 beside it (also atomically). Returns the digest."""
+
+    def hashed(f: Any) -> None:
+        nonlocal digest
+        wrapper = _Hashing(f)
+        write(wrapper)
+        digest = wrapper.sha.hexdigest() if digest is None else digest
+
+    atomic_write(path, hashed)
+    assert digest is not None
+    line = f"{digest}  {os.path.basename(path)}\n"
+    atomic_write(path + CHECKSUM_SUFFIX, lambda f: f.write(line.encode()))
+    return digest
+
+
+def verify_checksum(path: str) -> None:
+    """Refuse a file whose content no longer matches the sha256 written beside it (a damaged disk, a copy
+    cut short): loading it would give silently wrong weights. Files without one are not checked."""
+    sidecar = path + CHECKSUM_SUFFIX
+    if not os.path.isfile(sidecar):
+        return
+    with open(sidecar) as f:
+        expected = f.read().split(maxsplit=1)[0] if os.path.getsize(sidecar) else ""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    if sha.hexdigest() != expected:
+        raise UserError(
+            f"{path} does not match its checksum in {os.path.basename(sidecar)}: the file is damaged; "
+            "use an earlier checkpoint (`--resume auto` picks the newest intact one)"
+        )
+
+
+def find_resumable(output_dir: str) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint of this tool in `output_dir` (by epoch and step), and
+    the problems of the files passed over: what `--resume auto` continues from; None starts afresh."""
+    if not os.path.isdir(output_dir):
+        return None, []
+    candidates, problems = [], []
+    for name in sorted(os.listdir(output_dir)):
+        if not name.endswith(".pth.tar"):
+            continue
+        path = os.path.join(output_dir, name)
+        try:
+            loaded = read_checkpoint(path)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        if loaded.kind.startswith("imagenet-cli") and loaded.optimizer is not None and loaded.epoch is not None:
+            preference = {CHECKPOINT_NAME: 2, BEST_NAME: 0}.get(name, 1)  # equal states: the canonical file
+            candidates.append(((loaded.epoch, loaded.step, preference), path))
+    return (max(candidates)[1] if candidates else None), problems
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
@@ -164,6 +243,7 @@ def read_checkpoint(path: str) -> LoadedCheckpoint:
     DataParallel/DDP/compiled models' and plain state dicts, without executing pickled code."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    _verified(path, os.path.getmtime(path), os.path.getsize(path))
     try:
         raw = _load(path)
     except pickle.UnpicklingError as exc:
@@ -173,6 +253,12 @@ def read_checkpoint(path: str) -> LoadedCheckpoint:
     if not isinstance(raw, Mapping):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint or state dict")
     return _interpret(path, raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _verified(path: str, _mtime: float, _size: int) -> None:
+    """Checksums are verified once per file version per process (a command reads a file several times)."""
+    verify_checksum(path)
 
 
 def _unpickling_problem(path: str, text: str) -> str:

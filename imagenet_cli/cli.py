@@ -49,7 +49,7 @@ def _given(params: dict[str, Any], **renamed: str) -> dict[str, Any]:
         raise UserError("DATA was given twice (as an argument and as --data); give it once")
     given = {names.get(k, k): v for k, v in params.items() if v is not None and (v is not False or k in _TRI_STATE)}
     for key in ("path", "output_dir", "resume", "weights", "checkpoint", "train_manifest", "val_manifest"):
-        if key in given:
+        if key in given and not (key == "resume" and given[key] == "auto"):
             given[key] = os.path.abspath(given[key])
     return given
 
@@ -116,6 +116,23 @@ def _input_size_of_weights(given: dict[str, Any]) -> dict[str, int]:
     return expected_input(given.get("arch", default_for("finetune", "arch")))
 
 
+def _resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """`--resume auto`: what a restarted job (torchrun --max-restarts, SLURM --requeue) runs every time."""
+    from .checkpoint import find_resumable
+
+    latest, skipped = find_resumable(given["output_dir"])
+    for problem in skipped:
+        typer.echo(f"--resume auto: passing over {problem}", err=True)
+    rest = {k: v for k, v in given.items() if k != "resume"}
+    if latest is None:
+        if not quiet:
+            typer.echo(f"--resume auto: no checkpoint in {given['output_dir']}; starting fresh", err=True)
+        return rest
+    if not quiet:
+        typer.echo(f"--resume auto: continuing from {latest}", err=True)
+    return {**rest, "resume": latest}
+
+
 def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
     ignore = {"resume", "checkpoint", "command", "quiet", "debug", "json"}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
@@ -129,6 +146,8 @@ def train(
     data: opt.DataDir = None,
     arch: opt.Arch = None,
     workers: opt.Workers = None,
+    skip_bad_images: opt.SkipBadImages = False,
+    max_bad_images: opt.MaxBadImages = None,
     epochs: opt.epochs("train") = None,
     start_epoch: opt.StartEpoch = None,
     batch_size: opt.batch("train") = None,
@@ -145,6 +164,7 @@ def train(
     rank: opt.Rank = None,
     dist_url: opt.DistUrl = None,
     dist_backend: opt.DistBackend = None,
+    dist_timeout: opt.DistTimeout = None,
     seed: opt.Seed = None,
     gpu: opt.Gpu = None,
     no_accel: opt.NoAccel = False,
@@ -162,6 +182,7 @@ def train(
     save_every_steps: opt.SaveEverySteps = None,
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
+    grad_clip: opt.GradClip = None,
     norm_weight_decay: opt.NormWeightDecay = None,
     bias_weight_decay: opt.BiasWeightDecay = None,
     freeze_backbone: opt.FreezeBackbone = False,
@@ -189,6 +210,8 @@ def train(
     with _errors(debug):
         given = _given(locals())
         given.setdefault("output_dir", os.path.abspath("."))
+        if resume == "auto":
+            given = _resume_auto(given, quiet)
         base = None
         if "resume" in given and not given.get("evaluate_only"):
             base, given = _stored_base(given["resume"], given, "train")
@@ -207,6 +230,8 @@ def evaluate(
     arch: opt.RecordedArch = None,
     batch_size: opt.batch("evaluate") = None,
     workers: opt.Workers = None,
+    skip_bad_images: opt.SkipBadImages = False,
+    max_bad_images: opt.MaxBadImages = None,
     image_size: opt.ImageSize = None,
     val_resize_size: opt.ValResize = None,
     val_crop_size: opt.ValCrop = None,
@@ -218,6 +243,7 @@ def evaluate(
     rank: opt.Rank = None,
     dist_url: opt.DistUrl = None,
     dist_backend: opt.DistBackend = None,
+    dist_timeout: opt.DistTimeout = None,
     gpu: opt.Gpu = None,
     no_accel: opt.NoAccel = False,
     multiprocessing_distributed: opt.MultiProc = False,
@@ -262,13 +288,17 @@ def resume(
     data: opt.MovedDataDir = None,
     epochs: opt.epochs("train") = None,
     lr: opt.lr("train") = None,
+    grad_clip: opt.GradClip = None,
     workers: opt.Workers = None,
+    skip_bad_images: opt.SkipBadImages = False,
+    max_bad_images: opt.MaxBadImages = None,
     print_freq: opt.PrintFreq = None,
     output_dir: opt.ResumeOutputDir = None,
     world_size: opt.WorldSize = None,
     rank: opt.Rank = None,
     dist_url: opt.DistUrl = None,
     dist_backend: opt.DistBackend = None,
+    dist_timeout: opt.DistTimeout = None,
     gpu: opt.Gpu = None,
     no_accel: opt.NoAccel = False,
     multiprocessing_distributed: opt.MultiProc = False,
@@ -308,6 +338,8 @@ def finetune(
     pretrained: opt.Pretrained = False,
     arch: opt.WeightsArch = None,
     workers: opt.Workers = None,
+    skip_bad_images: opt.SkipBadImages = False,
+    max_bad_images: opt.MaxBadImages = None,
     epochs: opt.epochs("finetune") = None,
     batch_size: opt.batch("finetune") = None,
     lr: opt.lr("finetune") = None,
@@ -320,6 +352,7 @@ def finetune(
     rank: opt.Rank = None,
     dist_url: opt.DistUrl = None,
     dist_backend: opt.DistBackend = None,
+    dist_timeout: opt.DistTimeout = None,
     seed: opt.Seed = None,
     gpu: opt.Gpu = None,
     no_accel: opt.NoAccel = False,
@@ -336,6 +369,7 @@ def finetune(
     save_every_steps: opt.SaveEverySteps = None,
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
+    grad_clip: opt.GradClip = None,
     norm_weight_decay: opt.NormWeightDecay = None,
     bias_weight_decay: opt.BiasWeightDecay = None,
     freeze_backbone: opt.FreezeBackbone = False,

@@ -39,9 +39,12 @@ class Compute:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (a disabled scaler
-        passes `backward` and `step` straight through)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        """fp16 gradients underflow without loss scaling. bf16 and fp32 need none, but get a scaler fixed
+        at 1 all the same: it skips, on the device, any update whose gradients are not finite (with fused
+        optimizers, without a host sync), so a NaN never reaches the weights."""
+        if self.amp_dtype == torch.float16:
+            return torch.amp.GradScaler(self.device.type)
+        return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30)
 
     def describe(self) -> str:
         parts = [f"{_amp_name(self.amp_dtype)} autocast" if self.amp_dtype else "fp32"]

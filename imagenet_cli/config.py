@@ -48,6 +48,8 @@ class DataConfig:
     fake_val_images: int = 200
     prefetch_factor: int = 4  # batches each loader worker prepares ahead
     decode_on_device: bool = False  # JPEGs decoded by the training device (nvJPEG), not the loader workers
+    skip_bad_images: bool = False  # an unreadable file: warn and use the next one (default: stop, naming it)
+    max_bad_images: int = 100  # ... but stop past this many on a rank
 
     def __post_init__(self) -> None:
         manifests = bool(self.train_manifest or self.val_manifest)
@@ -82,6 +84,7 @@ class DataConfig:
         _check(self.fake_train_images > 0, "--fake-train-images must be positive")
         _check(self.fake_val_images > 0, "--fake-val-images must be positive")
         _check(self.prefetch_factor >= 1, f"--prefetch-factor must be at least 1, got {self.prefetch_factor}")
+        _check(self.max_bad_images >= 0, f"--max-bad-images must be 0 or more, got {self.max_bad_images}")
         _check(self.shuffle_buffer >= 0, f"--shuffle-buffer must be 0 or more, got {self.shuffle_buffer}")
         object.__setattr__(self, "image_size", image_size)
         object.__setattr__(self, "val_crop_size", crop)
@@ -116,6 +119,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_step_size: int = 30
     lr_gamma: float = 0.1
+    grad_clip: float | None = None  # max norm of all gradients together; None: no clipping
     norm_weight_decay: float | None = None  # None: --weight-decay
     bias_weight_decay: float | None = None  # None: --weight-decay
     # Transfer learning: the backbone is everything but the classifier head.
@@ -137,6 +141,7 @@ class OptimConfig:
             ("--bias-weight-decay", self.bias_weight_decay),
         ):
             _check(value is None or value >= 0, f"{flag} must be 0 or more, got {value}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
         _check(self.backbone_lr_mult >= 0, f"--backbone-lr-mult must be 0 or more, got {self.backbone_lr_mult}")
         _check(
             self.unfreeze_at_epoch is None or self.unfreeze_at_epoch >= 0,
@@ -187,8 +192,10 @@ class DistConfig:
     gpu: int | None = None
     no_accel: bool = False
     data_parallel: bool = False
+    dist_timeout: float = 600.0  # seconds: joining the run, and any one collective
 
     def __post_init__(self) -> None:
+        _check(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")
         _check(self.world_size >= 1, f"--world-size must be at least 1, got {self.world_size}")
         _check(
             0 <= self.rank < self.world_size,

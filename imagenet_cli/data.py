@@ -23,6 +23,7 @@ from .fakedata import DeviceBatches, FakeImages
 from .randomness import PerSampleSeeded, mix_seed
 from .shards import ShardStream
 from .sources import DataSplits
+from .unreadable import Guarded, collate
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,10 +86,11 @@ def train_loader(
     seed: int | None,
     prefetch: int = 2,
     shuffle: bool = True,
+    skip_bad: bool = False,
 ) -> DataLoader | DeviceBatches:
     """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
     if isinstance(dataset, ShardStream):
-        dataset.place(ctx.rank, ctx.world_size, batch_size, seed, shuffle)
+        dataset.place(ctx.rank, ctx.world_size, batch_size, seed, shuffle, skip_bad)
         if dataset.batches_per_rank() < 1:
             raise UserError(
                 f"the shards hold {dataset.total} training samples, too few for a batch of {batch_size} on each of "
@@ -103,20 +105,21 @@ def train_loader(
         )
     if isinstance(dataset, FakeImages):
         return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=True)
-    source = PerSampleSeeded(dataset) if seed is not None else dataset
+    guarded = Guarded(dataset, skip_bad)
+    source = PerSampleSeeded(guarded) if seed is not None else guarded
     return _loader(source, sampler, batch_size, workers, prefetch, ctx, drop_last=True)
 
 
 def val_loader(
-    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2
+    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2, skip_bad: bool = False
 ) -> DataLoader | DeviceBatches:
     if isinstance(dataset, ShardStream):
-        dataset.place(ctx.rank, ctx.world_size, batch_size, None)
+        dataset.place(ctx.rank, ctx.world_size, batch_size, None, skip_bad=skip_bad)
         return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
     if isinstance(dataset, FakeImages):
         return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=False)
-    return _loader(dataset, sampler, batch_size, workers, prefetch, ctx, drop_last=False)
+    return _loader(Guarded(dataset, skip_bad), sampler, batch_size, workers, prefetch, ctx, drop_last=False)
 
 
 def _loader(
@@ -138,7 +141,7 @@ def _loader(
         # A stream's workers must start anew each epoch to learn the epoch and position set in this process.
         persistent_workers=workers > 0 and not isinstance(dataset, ShardStream),
         prefetch_factor=prefetch if workers > 0 else None,
-        collate_fn=presets.collate,  # default collation, unless JPEGs wait for the device to decode them
+        collate_fn=collate,  # also carries deferred JPEGs and the names of unreadable files
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
         multiprocessing_context=_WORKER_START if workers > 0 else None,

@@ -6,9 +6,13 @@ a `DistContext` value and never asks torch.distributed or os.environ who it is.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import DistConfig
-from .errors import UserError
+from .errors import RunFailed, UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
@@ -94,15 +98,43 @@ def plan(cfg: DistConfig, env: dict[str, str] | None = None) -> Topology:
         if cfg.world_size > 1 and not cfg.dist_url:
             raise UserError("a run over several nodes needs --dist-url tcp://HOST:PORT naming node 0")
         init = cfg.dist_url or f"tcp://127.0.0.1:{free_port()}"
+        if cfg.rank == 0:
+            init = _rendezvous_port_checked(init, movable=cfg.world_size == 1)
         return Topology("spawn", world_size, nproc, node_rank=cfg.rank, init_method=init, source="spawned")
     if cfg.world_size > 1:
         if not cfg.dist_url:
             raise UserError("--world-size > 1 without --multiprocessing-distributed needs --dist-url tcp://HOST:PORT")
+        if cfg.rank == 0:
+            _rendezvous_port_checked(cfg.dist_url, movable=False)
         return Topology(
             "external", cfg.world_size, 1, node_rank=cfg.rank, init_method=cfg.dist_url,
             external_rank=cfg.rank, external_local_rank=cfg.gpu or 0,
         )  # fmt: skip
     return Topology("single", 1, 1)
+
+
+def _rendezvous_port_checked(url: str, movable: bool) -> str:
+    """The rendezvous URL, checked before any process starts: rank 0 serves it, so its port must be free
+    here. A run confined to this machine moves to a free port; one that other nodes join cannot."""
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", url)
+    if not match:
+        return url
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+        return url
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            return url  # not an address of this machine: nothing to check here
+    if movable:
+        moved = f"tcp://{host}:{free_port()}"
+        print(f"--dist-url {url}: port {port} is in use; this single-machine run uses {moved}", file=sys.stderr)
+        return moved
+    raise UserError(
+        f"--dist-url {url}: port {port} is already in use on this machine (another run?); "
+        "choose a free port, the same on every node"
+    )
 
 
 def _slurm_topology(cfg: DistConfig, env: dict[str, str]) -> Topology:
@@ -169,14 +201,37 @@ def setup(cfg: DistConfig, topology: Topology, local_index: int) -> DistContext:
     backend = None
     if topology.world_size > 1:
         backend = cfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(
-            backend=backend,
-            init_method=topology.init_method,
-            world_size=topology.world_size,
-            rank=rank,
-            timeout=timedelta(minutes=30),
-        )
+        with _rendezvous_errors(topology, cfg.dist_timeout, rank):
+            dist.init_process_group(
+                backend=backend,
+                init_method=topology.init_method,
+                world_size=topology.world_size,
+                rank=rank,
+                timeout=timedelta(seconds=cfg.dist_timeout),
+            )
     return DistContext(rank, local_rank, topology.world_size, topology.nproc_per_node, device, backend)
+
+
+@contextmanager
+def _rendezvous_errors(topology: Topology, timeout: float, rank: int) -> Iterator[None]:
+    """torch's rendezvous failures, as what happened and what to check."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:  # DistStoreError and DistNetworkError are RuntimeErrors
+        text = str(exc)
+        joined = re.search(r"(\d+)/(\d+) clients joined", text)
+        if joined:
+            raise RunFailed(
+                f"only {joined.group(1)} of {joined.group(2)} processes joined within --dist-timeout {timeout:g}s; "
+                f"start every rank (check --world-size, --rank and the node count) and let all reach "
+                f"{topology.init_method}"
+            ) from exc
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            raise RunFailed(
+                f"rank {rank} could not reach the rendezvous {topology.init_method} within --dist-timeout "
+                f"{timeout:g}s: is rank 0 running, and is its host and port reachable from here?"
+            ) from exc
+        raise
 
 
 def teardown() -> None:
@@ -202,6 +257,12 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     single-process ones."""
     if ctx.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

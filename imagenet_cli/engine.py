@@ -18,9 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import Normalizer, set_position
-from .distributed import DistContext, all_reduce_sum
+from .distributed import DistContext, all_reduce_min, all_reduce_sum
+from .errors import RunFailed
+from .faults import Fault
 from .models import unwrap
 from .reporting import Reporter
+from .unreadable import BadImages
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3 / GoogLeNet auxiliary classifiers, as in their papers' recipes
 
@@ -75,6 +78,39 @@ def _nothing(*_args: object) -> None:
     return None
 
 
+class FiniteGuard:
+    """Watches the loss for NaN and infinity without a host sync per step: the first bad step is kept on
+    the device. `check` agrees over all ranks (one reduction) and stops them together, at the same step,
+    before anything is saved. The step itself never changes the weights: the grad scaler skips updates
+    whose gradients are not finite."""
+
+    NONE = 2**62
+
+    def __init__(self, advice: str = "") -> None:
+        self.advice = advice
+        self.first: torch.Tensor | None = None
+
+    def observe(self, loss: torch.Tensor, ctx: DistContext, epoch: int, step: int) -> None:
+        if self.first is None:
+            self.first = torch.full((), self.NONE, dtype=torch.int64, device=loss.device)
+        where = (epoch * 10**9 + step) * ctx.world_size + ctx.rank
+        bad = ~torch.isfinite(loss.detach()) & (self.first == self.NONE)
+        self.first = torch.where(bad, torch.full_like(self.first, where), self.first)
+
+    def check(self, ctx: DistContext) -> None:
+        if self.first is None:
+            return
+        first = all_reduce_min(self.first.clone(), ctx)
+        if int(first) < self.NONE:
+            place, rank = divmod(int(first), ctx.world_size)
+            epoch, step = divmod(place, 10**9)
+            on_rank = f" on rank {rank}" if ctx.distributed else ""
+            raise RunFailed(
+                f"the loss became NaN or infinite at epoch {epoch}, step {step}{on_rank}; training stopped "
+                f"without letting it change the weights or the saved checkpoints. {self.advice}".strip()
+            )
+
+
 @dataclass(frozen=True)
 class TrainParts:
     """What every training step uses, built once by the worker."""
@@ -90,6 +126,10 @@ class TrainParts:
     frozen_norms: tuple[nn.Module, ...] = ()  # BatchNorm layers of a frozen backbone: kept in eval mode
     autocast: Callable[[], AbstractContextManager] = nullcontext  # mixed precision, or nothing
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
+    grad_clip: float | None = None  # max norm of all gradients together
+    guard: FiniteGuard = field(default_factory=FiniteGuard)
+    fault: Fault = field(default_factory=Fault)  # what the fault-injection tests ask for; nothing otherwise
+    bad_images: BadImages = field(default_factory=BadImages)  # stop at an unreadable file, or skip it
 
 
 def train_one_epoch(
@@ -105,18 +145,26 @@ def train_one_epoch(
     start = last_print = time.perf_counter()
     total = first_step + len(loader)
     reporter.phase_start("train", epoch, total, first_step)
-    for step, (images, targets) in enumerate(loader, start=first_step + 1):
+    for step, batch in enumerate(loader, start=first_step + 1):
+        images, targets = parts.bad_images.unpack(batch)
         images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
         with parts.autocast():
             logits, aux = split_outputs(model(images))
             loss = parts.criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, targets) for a in aux)
+        loss = parts.fault.apply(loss, ctx.rank, epoch, step)
+        parts.guard.observe(loss, ctx, epoch, step)
         parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()  # disabled (bf16, fp32): backward and step as they are
-        parts.scaler.step(parts.optimizer)
+        parts.scaler.scale(loss).backward()
+        if parts.grad_clip is not None:
+            parts.scaler.unscale_(parts.optimizer)
+            params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, parts.grad_clip, foreach=True)
+        parts.scaler.step(parts.optimizer)  # skipped on the device when gradients are not finite
         parts.scaler.update()
         for m in (meter, since_print):
             m.add(logits.detach(), targets, loss.detach() * targets.numel())
         if step % parts.print_freq == 0 or step == total:
+            parts.guard.check(ctx)
             now = time.perf_counter()
             reporter.phase_update(step, since_print.read(now - last_print))
             since_print, last_print = Meter(ctx.device, topk), now
@@ -140,6 +188,7 @@ def evaluate(
     print_freq: int,
     num_classes: int,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    bad_images: BadImages | None = None,
 ) -> Metrics:
     """Exact over the whole validation set, whatever the number of ranks: each rank sees a disjoint
     shard, runs the unwrapped model (no collectives, so uneven shards cannot hang), and the sums are
@@ -151,7 +200,9 @@ def evaluate(
     start = time.perf_counter()
     reporter.phase_start("val", epoch, len(loader))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # sums, not means, stay exact across uneven shards
-    for step, (images, targets) in enumerate(loader, start=1):
+    bad_images = bad_images or BadImages()
+    for step, batch in enumerate(loader, start=1):
+        images, targets = bad_images.unpack(batch)
         images, targets = normalize(images), targets.to(ctx.device, non_blocking=True)
         with autocast():
             logits = net(images)
@@ -229,6 +280,7 @@ def fit(
             parts.print_freq,
             parts.num_classes,
             parts.autocast,
+            parts.bad_images,
         )
         is_best = val.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
         best_acc1 = max(val.acc1, best_acc1)

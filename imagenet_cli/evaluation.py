@@ -11,6 +11,7 @@ from .config import RunConfig
 from .distributed import DistContext
 from .errors import UserError
 from .reporting import Reporter
+from .unreadable import BadImages
 
 
 def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
@@ -30,7 +31,7 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
     model = distributed.wrap_model(compute.place(model, settings), ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     workers = data.resolve_workers(cfg.data.workers, ctx)
-    loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor)
+    loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor, cfg.data.skip_bad_images)
     with data.releasing_workers(loader):
         evaluate_and_report(cfg, model, loader, ctx, reporter, splits.class_names, cfg.checkpoint, settings)
 
@@ -47,8 +48,9 @@ def evaluate_and_report(
 ) -> None:
     normalize = data.Normalizer(ctx.device, settings.memory_format)
     metrics = engine.evaluate(
-        model, loader, normalize, ctx, reporter, 0, cfg.print_freq, len(class_names), settings.autocast
-    )
+        model, loader, normalize, ctx, reporter, 0, cfg.print_freq, len(class_names), settings.autocast,
+        BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank),
+    )  # fmt: skip
     if ctx.is_main:
         result = {
             "checkpoint": source,

@@ -44,8 +44,8 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
             f"--batch-size {cfg.optim.batch_size} is the total over {world} processes and must divide evenly "
             f"(each process would get {cfg.optim.batch_size / world:g})"
         )
+    _check_flags(cfg, topology)
     if not cfg.data.fake:
-        assert cfg.data.path is not None
         needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
         sources.check(cfg.data, ("train", "val") if needs_train else ("val",))
     weights = None if cfg.resume else cfg.model.weights  # a resumed finetune no longer needs its start
@@ -54,6 +54,23 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
             raise UserError(f"{label}: file not found: {path}")
     if cfg.command != "evaluate" and not cfg.evaluate_only:
         _check_writable(cfg.output_dir)
+
+
+def _check_flags(cfg: RunConfig, topology: Topology) -> None:
+    """Combinations that would fail only after every process started, or silently do something else."""
+    gpus = distributed.accelerator_count(cfg.dist)
+    if cfg.dist.dist_backend == "nccl" and gpus == 0:
+        raise UserError("--dist-backend nccl needs CUDA GPUs; this machine has none (use gloo, or leave it out)")
+    if topology.launcher == "spawn" and gpus and topology.nproc_per_node > gpus:
+        raise UserError(
+            f"--nproc-per-node {topology.nproc_per_node} asks for more processes than this machine's {gpus} GPU(s); "
+            "use one process per GPU (leave --nproc-per-node out), or --no-accel for CPU processes"
+        )
+    if cfg.dist.gpu is not None and topology.world_size > 1:
+        raise UserError(
+            "--gpu pins the one process of a single-process run; a distributed run gives each process "
+            "its local rank's GPU (leave --gpu out)"
+        )
 
 
 def _check_writable(directory: str) -> None:
@@ -76,7 +93,7 @@ def spawn(cfg: RunConfig, topology: Topology) -> None:
         _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=False, start_method="spawn"
     )
     with _forwarding_signals(context.processes):
-        codes = _supervise(context.processes)
+        codes, first = _supervise(context.processes)
     if all(code == 0 for code in codes):
         return
     reports = {}
@@ -86,19 +103,20 @@ def spawn(cfg: RunConfig, topology: Topology) -> None:
     if codes and all(code == EXIT_PREEMPTED for code in codes):
         main = reports.get(topology.global_rank(0)) or next(iter(reports.values()), (0, "stopped by a signal"))
         raise Preempted(main[1])
-    failed = [(rank, msg) for rank, (code, msg) in reports.items() if code != EXIT_PREEMPTED]
-    if failed:
-        rank, message = failed[0]
-        raise RunFailed(f"rank {rank} failed: {message}")
-    index, code = next((i, c) for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
-    raise RunFailed(f"rank {topology.global_rank(index)} {_describe_exit(code)}")
+    # The first rank to fail is the cause; the others mostly failed because it left their collectives.
+    index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
+    rank = topology.global_rank(index)
+    if rank in reports and reports[rank][0] != EXIT_PREEMPTED:
+        raise RunFailed(f"rank {rank} failed: {reports[rank][1]}")
+    raise RunFailed(f"rank {rank} {_describe_exit(codes[index])}; every other rank was stopped")
 
 
-def _supervise(processes: list[Any], grace_seconds: float = 10.0) -> list[int]:
-    """Wait for every worker. After the first failure the rest get `grace_seconds` to finish on their
-    own (a preempted rank's peers are saving too), then SIGTERM, then SIGKILL: nothing is left behind."""
+def _supervise(processes: list[Any], grace_seconds: float = 3.0) -> tuple[list[int], int | None]:
+    """Wait for every worker; returns their exit codes and the index of the first to fail. After a
+    failure the rest get `grace_seconds` to end on their own (a minute when the first one was preempted:
+    its peers are saving too), then SIGTERM, then SIGKILL: nothing is left behind."""
     pending = {p.sentinel: p for p in processes}
-    deadline = None
+    deadline, first = None, None
     while pending:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = multiprocessing.connection.wait(list(pending), timeout=timeout)
@@ -106,11 +124,12 @@ def _supervise(processes: list[Any], grace_seconds: float = 10.0) -> list[int]:
             process = pending.pop(sentinel)
             process.join()
             if process.exitcode != 0 and deadline is None:
-                deadline = time.monotonic() + grace_seconds * (6 if process.exitcode == EXIT_PREEMPTED else 1)
+                first = processes.index(process)
+                deadline = time.monotonic() + (60.0 if process.exitcode == EXIT_PREEMPTED else grace_seconds)
         if not ready and deadline is not None:
             _stop(list(pending.values()))
             break
-    return [p.exitcode if p.exitcode is not None else -signal.SIGKILL for p in processes]
+    return [p.exitcode if p.exitcode is not None else -signal.SIGKILL for p in processes], first
 
 
 def _stop(processes: list[Any]) -> None:

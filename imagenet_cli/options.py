@@ -303,7 +303,8 @@ ResumeFrom = Annotated[
     str | None,
     typer.Option(
         "--resume",
-        help="Continue from this checkpoint; its stored configuration is the base and flags given here override it.",
+        help="Continue from this checkpoint; its stored configuration is the base and flags given here override it. "
+        "'auto': the newest intact checkpoint in --output-dir, or a fresh start if there is none (for restarts).",
         rich_help_panel=RUN_PANEL,
     ),
 ]
@@ -398,6 +399,14 @@ AnyCheckpoint = Annotated[
     typer.Argument(metavar="CHECKPOINT", help="Any checkpoint or weights file the tool can read."),
 ]
 
+GradClip = Annotated[
+    float | None,
+    typer.Option(
+        "--grad-clip",
+        help="Clip the norm of all gradients together to this (e.g. 1.0); a cure for loss spikes and NaNs.",
+        rich_help_panel=OPTIM_PANEL,
+    ),
+]
 NormWeightDecay = Annotated[
     float | None,
     typer.Option(
@@ -574,4 +583,33 @@ ShardSize = Annotated[
 ]
 SourceDir = Annotated[
     str, typer.Argument(metavar="DATA", help="A dataset of train/ and val/ class folders, or train.csv and val.csv.")
+]
+
+DistTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--dist-timeout",
+        help="Seconds to wait for every process to join, and for any one collective, before failing.",
+        show_default=_d("dist_timeout"),
+        rich_help_panel=DIST_PANEL,
+    ),
+]
+
+SkipBadImages = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-images",
+        help="An image that cannot be read is named in a warning and replaced by the next one (default: the run "
+        "stops, naming it).",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+MaxBadImages = Annotated[
+    int | None,
+    typer.Option(
+        "--max-bad-images",
+        help="With --skip-bad-images: stop once a process has met more unreadable images than this.",
+        show_default=_d("max_bad_images"),
+        rich_help_panel=DATA_PANEL,
+    ),
 ]

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
-from torch.utils.data import default_collate
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -119,7 +118,7 @@ class Preset:
     def __call__(self, sample: Sample) -> torch.Tensor:
         encoded, header = open_sample(sample)
         full_width, plan = header.width, self.plan(*header.size)
-        pixels = decode_rgb(encoded, header, plan.reduction(header))
+        pixels = decode_rgb(encoded, header, _within_limit(header, plan.reduction(header)))
         return plan.scaled(pixels.shape[-1] / full_width)(pixels)  # < 1 when the DCT reduced the picture
 
 
@@ -197,13 +196,6 @@ class DeferredBatch:
         return torch.stack([next(planned) if isinstance(item, Deferred) else item.to(device) for item in self.items])
 
 
-def collate(batch: list[tuple[torch.Tensor | Deferred, int]]) -> tuple[torch.Tensor | DeferredBatch, torch.Tensor]:
-    """DataLoader's collation, keeping deferred JPEGs as a list for the device to decode."""
-    if not any(isinstance(image, Deferred) for image, _ in batch):
-        return default_collate(batch)
-    return DeferredBatch([image for image, _ in batch]), torch.tensor([label for _, label in batch])
-
-
 def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random crop covering CROP_SCALE of the area at an aspect ratio in
     CROP_RATIO (log-uniform), as RandomResizedCrop chooses; the whole centre square-ish crop when ten
@@ -231,12 +223,33 @@ def read_bytes(path: str) -> torch.Tensor:
     return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
 
 
+# PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
+# before we could decode a huge JPEG at 1/8 of its size. This module keeps one limit, applied to what is
+# actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
+MAX_DECODED_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None
+
+
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
     """The encoded bytes (None for a picture already in memory) and PIL's lazy view of the picture: for
     bytes, the header is parsed and nothing is decoded yet."""
     if isinstance(sample, Image.Image):
         return None, sample
+    if sample.numel() == 0:
+        raise ValueError("the file is empty")
     return sample, Image.open(io.BytesIO(sample.numpy()))
+
+
+def _within_limit(header: Image.Image, reduce: int) -> int:
+    """The reduction to decode with: at least enough to keep a JPEG under MAX_DECODED_PIXELS."""
+    while header.width * header.height / reduce**2 > MAX_DECODED_PIXELS:
+        if header.format != "JPEG" or reduce >= DCT_SCALES[0]:
+            raise ValueError(
+                f"the picture has {header.width}x{header.height} pixels, more than the {MAX_DECODED_PIXELS:,} "
+                "this tool decodes; shrink it"
+            )
+        reduce *= 2
+    return reduce
 
 
 def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> int:

@@ -17,6 +17,7 @@ at all in one epoch when shards are dealt unevenly; validation reads every sampl
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -32,8 +33,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import formats
 from .config import DataConfig
-from .errors import UserError
+from .errors import UserError, one_line
 from .randomness import mix_seed
+from .unreadable import Unreadable
 
 INDEX_FORMAT = "imagenet-cli shards 1"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
@@ -125,11 +127,19 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.shuffle = shuffle_buffer, training
         self.classes: list[str] = []
         self.rank, self.world_size, self.batch_size, self.seed = 0, 1, 1, None
-        self.epoch, self.skip = 0, 0
+        self.epoch, self.skip, self.skip_bad = 0, 0, False
 
-    def place(self, rank: int, world_size: int, batch_size: int, seed: int | None, shuffle: bool = True) -> None:
+    def place(
+        self,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int | None,
+        shuffle: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
         self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
-        self.shuffle = shuffle and self.training
+        self.shuffle, self.skip_bad = shuffle and self.training, skip_bad
 
     def set_position(self, epoch: int, samples_done: int = 0) -> None:
         self.epoch, self.skip = epoch, samples_done
@@ -155,8 +165,7 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if not self.training:
             slot = self._my_slot(worker, workers)
-            for key, fields in self._slots_samples(slot, self.world_size * workers):
-                yield self._decoded(key, fields)
+            yield from self._readable(self._slots_samples(slot, self.world_size * workers))
             return
         # Batch k of this rank's epoch is logical worker k % workers's. The loader collects batches from its
         # workers round-robin starting with worker 0, so after `done` batches worker 0 plays `done % workers`.
@@ -167,11 +176,26 @@ class ShardStream(IterableDataset):
         mine = batches // workers + (worker < batches % workers)
         skipped = -(-(done - worker) // workers) if done > worker else 0
         stream = self._shuffled(self._cycled(slot, self.world_size * workers), slot)
-        for i, (key, fields) in enumerate(stream):
-            if i >= mine * self.batch_size:
-                return
-            if i >= skipped * self.batch_size:
-                yield self._decoded(key, fields)
+        yield from itertools.islice(
+            self._readable(itertools.islice(stream, skipped * self.batch_size, None)),
+            (mine - skipped) * self.batch_size,
+        )
+
+    def _readable(self, samples: Iterator[tuple[int, dict[str, bytes]]]) -> Iterator[tuple[Any, int, tuple]]:
+        """Decoded samples, each with the problems met since the last one: with --skip-bad-images an
+        unreadable sample is passed over (its successor takes its place in the batch); otherwise it goes on
+        as a failure for the training process to report by name."""
+        problems: list[Unreadable] = []
+        for key, fields in samples:
+            try:
+                image, label = self._decoded(key, fields)
+            except Exception as exc:
+                problems.append(Unreadable(f"sample {key} of the shards", one_line(exc), self.skip_bad))
+                if self.skip_bad:
+                    continue
+                image, label = None, -1
+            yield image, label, tuple(problems)
+            problems = []
 
     def _my_slot(self, worker: int, workers: int) -> int:
         return self.rank * workers + worker
@@ -231,7 +255,7 @@ class ShardStream(IterableDataset):
         """The preset applied under the sample's own seed when the run is seeded, as for folders."""
         suffix = next((s for s in IMAGE_SUFFIXES if s in fields), None)
         if suffix is None:
-            raise UserError(f"sample {key} in the shards has no image (found {', '.join(fields)})")
+            raise ValueError(f"no image among its members ({', '.join(fields)})")
         encoded = torch.frombuffer(bytearray(fields[suffix]), dtype=torch.uint8)
         label = int(fields["cls"])
         if self.seed is None:

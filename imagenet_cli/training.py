@@ -20,7 +20,9 @@ from .control import StepControl
 from .distributed import DistContext
 from .errors import Preempted, UserError
 from .evaluation import evaluate_and_report
+from .faults import Fault
 from .reporting import Reporter
+from .unreadable import BadImages
 
 
 def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
@@ -39,7 +41,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     model = wrap(plain, ctx, cfg, settings)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     workers = data.resolve_workers(cfg.data.workers, ctx)
-    val_loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor)
+    skip_bad = cfg.data.skip_bad_images
+    val_loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor, skip_bad)
     if cfg.evaluate_only:
         with data.releasing_workers(val_loader):
             evaluate_and_report(
@@ -54,7 +57,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     if resumed is not None:
         start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, scheduler, reporter)
-        if resumed.scaler and scaler.is_enabled():
+        stored_amp = (resumed.config or {}).get("compute", {}).get("amp")
+        if resumed.scaler and stored_amp == cfg.compute.amp:  # another precision starts its own scale
             scaler.load_state_dict(resumed.scaler)
     if start_epoch >= cfg.optim.epochs:
         reporter.message(
@@ -62,7 +66,9 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         )
         return
     assert splits.train is not None
-    train_loader = data.train_loader(splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor)
+    train_loader = data.train_loader(
+        splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=skip_bad
+    )
     parts = engine.TrainParts(
         model,
         optim.build_criterion(),
@@ -75,11 +81,15 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         frozen_norms,
         settings.autocast,
         scaler,
+        cfg.optim.grad_clip,
+        fault=Fault.from_env(),
+        bad_images=BadImages(skip_bad, cfg.data.max_bad_images, ctx.rank),
     )
     saver = Saver(cfg, ctx, plain, optimizer, scheduler, scaler, splits.class_names, best_acc1)
+    parts = dataclasses.replace(parts, guard=engine.FiniteGuard(_nan_advice(cfg, settings, saver.path)))
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
-        hooks = _hooks(cfg, settings, control, saver, frozen)
+        hooks = _hooks(cfg, settings, control, saver, frozen, parts.guard)
         best_acc1 = engine.fit(
             parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
             epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
@@ -140,7 +150,22 @@ def wrap(plain: nn.Module, ctx: DistContext, cfg: RunConfig, settings: compute.C
     return model
 
 
-def _hooks(cfg: RunConfig, settings: compute.Compute, control: StepControl, saver: Saver, frozen: bool) -> engine.Hooks:
+def _nan_advice(cfg: RunConfig, settings: compute.Compute, checkpoint: str) -> str:
+    tries = ["--amp none" if settings.amp_dtype else None, f"a lower --lr (this run: {cfg.optim.lr:g})"]
+    if cfg.optim.grad_clip is None:
+        tries.append("--grad-clip 1.0")
+    listed = ", ".join(t for t in tries if t)
+    return f"The last checkpoint, if any, is {checkpoint}: resume it with {listed}."
+
+
+def _hooks(
+    cfg: RunConfig,
+    settings: compute.Compute,
+    control: StepControl,
+    saver: Saver,
+    frozen: bool,
+    guard: engine.FiniteGuard,
+) -> engine.Hooks:
     """Unfreezing at its epoch; mid-epoch saves and stops, agreed by all ranks at the same step."""
     state = {"frozen": frozen}
 
@@ -165,6 +190,7 @@ def _hooks(cfg: RunConfig, settings: compute.Compute, control: StepControl, save
     def after_step(epoch: int, step: int) -> None:
         decision = control.after_step(step)
         if decision.save or decision.stop:
+            guard.check(saver.ctx)  # never save weights a NaN has touched
             saver.save(epoch, step)
         if decision.stop:
             raise stop(epoch, step)
