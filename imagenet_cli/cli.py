@@ -59,6 +59,8 @@ def _errors(debug: bool) -> Iterator[None]:
     """One line and a non-zero exit for anything that goes wrong; a traceback only with --debug."""
     try:
         yield
+    except typer.Exit:
+        raise  # a command's own exit code
     except UserError as exc:
         if debug and not isinstance(exc, Preempted):
             raise
@@ -465,6 +467,35 @@ def benchmark(
         )  # fmt: skip
         progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
         print_benchmark(run(cfg, progress), json_output)
+
+
+@app.command("check-data")
+def check_data(
+    data: opt.CheckDataDir,
+    data_format: opt.DataFormat = None,
+    train_manifest: opt.TrainManifest = None,
+    val_manifest: opt.ValManifest = None,
+    workers: opt.Workers = None,
+    json_output: opt.Json = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Decode every image as training would: unreadable files, colour modes, sizes; exit 1 if any is unreadable.
+
+    [dim]imagenet-cli check-data /data/imagenet -j 16[/dim]
+    """
+    params = dict(locals())
+    with _errors(debug):
+        from .config import DataConfig
+        from .data import default_workers
+        from .datacheck import check_all
+        from .reporting import print_data_check
+
+        given = _given(params)
+        cfg = DataConfig(**{k: v for k, v in given.items() if k not in ("json", "debug")})
+        report = check_all(cfg, cfg.workers if cfg.workers is not None else default_workers(1))
+        print_data_check(report, json_output)
+        if report["unreadable"]:
+            raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command("make-shards")

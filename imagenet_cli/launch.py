@@ -8,13 +8,14 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import distributed, sources, worker
+from . import datacheck, distributed, worker
 from .config import RunConfig
 from .control import STOP_SIGNALS
 from .distributed import Topology
@@ -45,9 +46,11 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
             f"(each process would get {cfg.optim.batch_size / world:g})"
         )
     _check_flags(cfg, topology)
-    if not cfg.data.fake:
+    if not cfg.data.fake and topology.global_rank(topology.external_local_rank or 0) == 0:  # one survey a run
         needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
-        sources.check(cfg.data, ("train", "val") if needs_train else ("val",))
+        for note in datacheck.preflight(cfg.data, ("train", "val") if needs_train else ("val",)):
+            if not cfg.quiet:
+                print(f"note: {note}", file=sys.stderr, flush=True)
     weights = None if cfg.resume else cfg.model.weights  # a resumed finetune no longer needs its start
     for label, path in (("--resume", cfg.resume), ("--weights", weights), ("checkpoint", cfg.checkpoint)):
         if path and not os.path.isfile(path):
@@ -96,19 +99,26 @@ def spawn(cfg: RunConfig, topology: Topology) -> None:
         codes, first = _supervise(context.processes)
     if all(code == 0 for code in codes):
         return
-    reports = {}
+    reports = []  # in the order the ranks failed: each reports before leaving its process group
     while not errors.empty():
-        rank, code, message = errors.get()
-        reports.setdefault(rank, (code, message))
+        reports.append(errors.get())
+    raise _root_cause(codes, first, reports, topology)
+
+
+def _root_cause(codes: list[int], first: int | None, reports: list[Any], topology: Topology) -> UserError:
+    """One line about what ended the run: the first failure, not the other ranks' echoes of it."""
     if codes and all(code == EXIT_PREEMPTED for code in codes):
-        main = reports.get(topology.global_rank(0)) or next(iter(reports.values()), (0, "stopped by a signal"))
-        raise Preempted(main[1])
-    # The first rank to fail is the cause; the others mostly failed because it left their collectives.
+        main = next((r for r in reports if r[0] == topology.global_rank(0)), None) or next(iter(reports), None)
+        return Preempted(main[2] if main else "stopped by a signal")
+    if first is not None and codes[first] < 0:  # killed outright: it could report nothing
+        return RunFailed(
+            f"rank {topology.global_rank(first)} {_describe_exit(codes[first])}; every other rank was stopped"
+        )
+    failure = next(((rank, message) for rank, code, message in reports if code != EXIT_PREEMPTED), None)
+    if failure is not None:
+        return RunFailed(f"rank {failure[0]} failed: {failure[1]}")
     index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
-    rank = topology.global_rank(index)
-    if rank in reports and reports[rank][0] != EXIT_PREEMPTED:
-        raise RunFailed(f"rank {rank} failed: {reports[rank][1]}")
-    raise RunFailed(f"rank {rank} {_describe_exit(codes[index])}; every other rank was stopped")
+    return RunFailed(f"rank {topology.global_rank(index)} {_describe_exit(codes[index])}; every other rank was stopped")
 
 
 def _supervise(processes: list[Any], grace_seconds: float = 3.0) -> tuple[list[int], int | None]:
@@ -164,12 +174,25 @@ def _describe_exit(code: int) -> str:
 
 
 def _spawned(index: int, cfg: RunConfig, topology: Topology, errors: Any) -> None:
-    """Entry point of a spawned worker: its failure goes to the parent as one line, not a traceback."""
+    """Entry point of a spawned worker: its failure goes to the parent as one line, not a traceback, and
+    before its process group is torn down, so the parent hears of the first failure first."""
+
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:
+        reported.append(exc)
+        errors.put((topology.global_rank(index), _exit_code(exc), one_line(exc)))
+
     try:
-        worker.run(index, cfg, topology)
+        worker.run(index, cfg, topology, on_failure=report)
     except BaseException as exc:
-        code = exc.exit_code if isinstance(exc, UserError) else EXIT_FAILURE
         if cfg.debug and not isinstance(exc, Preempted):
             traceback.print_exc()
-        errors.put((topology.global_rank(index), code, one_line(exc)))
+        if exc not in reported:  # it failed before its process group existed
+            report(exc)
+        code = _exit_code(exc)
         raise SystemExit(code if code == EXIT_PREEMPTED else EXIT_FAILURE) from None
+
+
+def _exit_code(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, UserError) else EXIT_FAILURE

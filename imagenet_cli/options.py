@@ -613,3 +613,6 @@ MaxBadImages = Annotated[
         rich_help_panel=DATA_PANEL,
     ),
 ]
+CheckDataDir = Annotated[
+    str, typer.Argument(metavar="DATA", help="The dataset to check: class folders, CSV manifests or shards.")
+]

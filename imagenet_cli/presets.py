@@ -118,7 +118,7 @@ class Preset:
     def __call__(self, sample: Sample) -> torch.Tensor:
         encoded, header = open_sample(sample)
         full_width, plan = header.width, self.plan(*header.size)
-        pixels = decode_rgb(encoded, header, _within_limit(header, plan.reduction(header)))
+        pixels = decode_rgb(encoded, header, within_limit(header, plan.reduction(header)))
         return plan.scaled(pixels.shape[-1] / full_width)(pixels)  # < 1 when the DCT reduced the picture
 
 
@@ -240,7 +240,7 @@ def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
     return sample, Image.open(io.BytesIO(sample.numpy()))
 
 
-def _within_limit(header: Image.Image, reduce: int) -> int:
+def within_limit(header: Image.Image, reduce: int) -> int:
     """The reduction to decode with: at least enough to keep a JPEG under MAX_DECODED_PIXELS."""
     while header.width * header.height / reduce**2 > MAX_DECODED_PIXELS:
         if header.format != "JPEG" or reduce >= DCT_SCALES[0]:

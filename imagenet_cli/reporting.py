@@ -191,6 +191,32 @@ def print_benchmark(result: dict[str, Any], as_json: bool) -> None:
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
+def print_data_check(report: dict[str, Any], as_json: bool) -> None:
+    """`check-data`: what was read, what could not be, and what the pictures are like."""
+    if as_json:
+        print(json.dumps(report), flush=True)
+        return
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    per_split = ", ".join(f"{split} {n}" for split, n in report["per_split"].items())
+    console.print(f"checked {report['files']} images ({per_split}): {len(report['unreadable'])} unreadable")
+    if report["unreadable"]:
+        table = Table(title="Unreadable images", title_justify="left")
+        table.add_column("file", overflow="fold")
+        table.add_column("problem", overflow="fold")
+        for row in report["unreadable"][:50]:
+            table.add_row(row["file"], row["problem"])
+        console.print(table)
+    for title, key in (("Colour modes", "modes"), ("Formats", "formats"), ("Shorter side", "shorter_side")):
+        table = Table(title=title, title_justify="left")
+        table.add_column(title.lower())
+        table.add_column("images", justify="right")
+        for name, count in report[key].items():
+            table.add_row(str(name), f"{count:,}")
+        console.print(table)
+
+
 def make_reporter(is_main: bool, quiet: bool, to_stderr: bool) -> Reporter:
     """The main rank talks (to stderr when stdout is reserved for `--json`); every other rank is quiet."""
     if not is_main or quiet:

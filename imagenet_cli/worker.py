@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -14,7 +15,14 @@ from .reporting import make_reporter
 from .training import run_training
 
 
-def run(local_index: int, cfg: RunConfig, topology: Topology) -> None:
+def run(
+    local_index: int,
+    cfg: RunConfig,
+    topology: Topology,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> None:
+    """`on_failure` hears of an error before the process group is torn down: leaving it makes the other
+    ranks fail too, and the launcher must know whose failure came first."""
     ctx = distributed.setup(cfg.dist, topology, local_index)
     try:
         configure_process(cfg, ctx)
@@ -24,6 +32,10 @@ def run(local_index: int, cfg: RunConfig, topology: Topology) -> None:
             run_evaluation(cfg, ctx, reporter)
         else:
             run_training(cfg, ctx, reporter)
+    except BaseException as exc:
+        if on_failure is not None:
+            on_failure(exc)
+        raise
     finally:
         distributed.teardown()
 

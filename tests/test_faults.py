@@ -1,0 +1,275 @@
+"""Faults and bad data: each one found early or named fast, nothing left running, the last good state kept.
+
+Real processes throughout: the CLI, spawned Gloo ranks, a rank made to fail (`IMAGENET_CLI_FAULT`) or
+killed with SIGKILL, a rendezvous nobody else joins, a port someone else holds, damaged files on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagenet_cli import distributed, presets
+from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from imagenet_cli.config import build_config
+from imagenet_cli.data import Normalizer, train_loader
+from imagenet_cli.distributed import DistContext
+from imagenet_cli.engine import TrainParts, train_one_epoch
+from imagenet_cli.fakedata import FakeImages
+from imagenet_cli.reporting import Reporter
+
+from .conftest import FAST_FAKE, TINY_ARCH, cli_env, load, ok, run_cli, write_image_folder, write_photo
+
+TINY = ("-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1", "-j", "0")
+TWO_RANKS = ("--multiprocessing-distributed", "--nproc-per-node", "2")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _timed(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    result = run_cli(*args, env=env)
+    return result, time.monotonic() - start
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+# -- 1. the dataset pre-flight -------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "data", {"ants": 4, "bees": 4}, {"ants": 2, "bees": 2})
+
+
+def test_an_empty_class_folder_is_named_before_training(folders, tmp_path):
+    (folders / "train" / "wasps").mkdir()
+    (folders / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class, not a problem
+    _one_line_error(run_cli("train", str(folders), *TINY), 2, "class folders without images: wasps")
+
+
+def test_a_class_only_val_has_is_an_error_and_one_only_train_has_a_note(folders, tmp_path):
+    (folders / "val" / "moths").mkdir()
+    Image.new("RGB", (8, 8)).save(folders / "val" / "moths" / "m.png")
+    _one_line_error(run_cli("train", str(folders), *TINY), 2, "val/ has classes train/ lacks: moths")
+    (folders / "val" / "moths" / "m.png").unlink()
+    (folders / "val" / "moths").rmdir()
+    for f in (folders / "val" / "bees").iterdir():
+        f.unlink()
+    (folders / "val" / "bees").rmdir()
+    result = ok(run_cli("train", str(folders), *TINY, "--output-dir", str(tmp_path / "out")))
+    assert "note: val/ has no folder for 1 class(es): bees" in result.stderr
+
+
+def test_pictures_imagefolder_would_skip_are_counted_and_broken_links_named(folders, tmp_path):
+    for name in ("a.jfif", "b.jfif", "c.heic"):
+        (folders / "train" / "ants" / name).write_bytes(b"not read")
+    result = ok(run_cli("train", str(folders), *TINY, "--output-dir", str(tmp_path / "out")))
+    assert "train/ has 3 picture file(s) ImageFolder does not read (.jfif: 2, .heic: 1)" in result.stderr
+    os.symlink(tmp_path / "nowhere.jpg", folders / "train" / "bees" / "gone.jpg")
+    _one_line_error(run_cli("train", str(folders), *TINY), 2, "train/ has 1 broken symlink(s): ")
+
+
+# -- 2. bad images during training ------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def damaged(folders: Path) -> Path:
+    """A truncated JPEG, garbage with a .jpg name and an empty file among good pictures."""
+    photo = write_photo(folders / "train" / "ants" / "truncated.jpg", 64, 48, quality=90)
+    photo.write_bytes(photo.read_bytes()[:600])
+    (folders / "train" / "bees" / "garbage.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
+    (folders / "train" / "bees" / "empty.png").write_bytes(b"")
+    return folders
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_unreadable_image_stops_the_run_naming_the_file(damaged, tmp_path, workers):
+    result, seconds = _timed("train", str(damaged), *TINY, "--seed", "0", "-j", workers)
+    _one_line_error(result, 2, "cannot read ")
+    assert re.search(r"cannot read \S+(truncated\.jpg|garbage\.jpg|empty\.png): ", result.stderr)
+    assert seconds < 60
+
+
+def test_skipping_bad_images_warns_once_per_file_and_stops_past_the_limit(damaged, tmp_path):
+    """11 training files, a batch of 11: an epoch meets every one (twice, over two epochs)."""
+    result = ok(run_cli("train", str(damaged), *TINY, "-b", "11", "--epochs", "2", "--skip-bad-images",
+                        "--output-dir", str(tmp_path / "out")))  # fmt: skip
+    warned = re.findall(r"^warning: rank 0: skipped \S+/([^/:]+): ", result.stderr, flags=re.MULTILINE)
+    assert sorted(warned) == ["empty.png", "garbage.jpg", "truncated.jpg"]
+    limited = run_cli("train", str(damaged), *TINY, "-b", "11", "--skip-bad-images", "--max-bad-images", "1")
+    _one_line_error(limited, 1, "more than --max-bad-images 1 unreadable images")
+
+
+def test_check_data_decodes_everything_and_reports_each_bad_file(damaged, tmp_path):
+    write_photo(damaged / "val" / "ants" / "cmyk.jpg", 40, 30, mode="CMYK")
+    write_photo(damaged / "val" / "bees" / "alpha.png", 40, 30, mode="RGBA")
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(damaged / "val" / "bees" / "deep.png")
+    result = run_cli("check-data", str(damaged), "--json", "-j", "2")
+    assert result.returncode == 1
+    import json
+
+    report = json.loads(result.stdout)
+    assert sorted(Path(row["file"]).name for row in report["unreadable"]) == [
+        "empty.png",
+        "garbage.jpg",
+        "truncated.jpg",
+    ]
+    assert {"RGB", "CMYK", "RGBA", "I;16"} <= set(report["modes"]) and report["files"] == 3 + 8 + 4 + 3
+    assert run_cli("check-data", str(damaged / "missing")).returncode == 2
+
+
+def test_pictures_past_the_pixel_limit_are_refused_or_read_smaller(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "MAX_DECODED_PIXELS", 300 * 200)
+    jpeg = presets.read_bytes(str(write_photo(tmp_path / "big.jpg", 800, 600, quality=90)))
+    png = presets.read_bytes(str(write_photo(tmp_path / "big.png", 800, 600)))
+    assert presets.within_limit(presets.open_sample(jpeg)[1], 1) == 4  # 200x150 fits
+    assert presets.ValPreset(64, 64)(jpeg).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="800x600 pixels, more than the 60,000 this tool decodes"):
+        presets.ValPreset(64, 64)(png)
+
+
+# -- 3. a loss that is not finite ---------------------------------------------------------------------------------
+
+
+def test_a_nan_on_one_rank_stops_every_rank_before_the_step_and_keeps_the_checkpoints(tmp_path):
+    common = (*FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--lr", "0.01", "-p", "2", "--output-dir", str(tmp_path))
+    ok(run_cli("train", *common, "--epochs", "1"))
+    saved = {name: _sha(tmp_path / name) for name in (CHECKPOINT_NAME, BEST_NAME)}
+    env = cli_env(IMAGENET_CLI_FAULT="nan:rank=1,epoch=1,step=3")
+    result, seconds = _timed("train", *common, "--epochs", "2", "--resume", "auto", *TWO_RANKS, env=env)
+    _one_line_error(result, 1, "the loss became NaN or infinite at epoch 1, step 3 on rank 1")
+    assert "--grad-clip 1.0" in result.stderr and seconds < 90
+    assert {name: _sha(tmp_path / name) for name in saved} == saved  # neither file was touched
+    assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+
+
+def test_grad_clip_bounds_the_update():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    before = [p.detach().clone() for p in model.parameters()]
+    cpu = DistContext(0, 0, 1, 1, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loader = train_loader(FakeImages(8, 4, 8, seed=0), cpu, batch_size=8, workers=0, seed=0)
+    parts = TrainParts(model, torch.nn.CrossEntropyLoss(), optimizer, Normalizer(cpu.device), cpu, Reporter(), 10, 4,
+                       grad_clip=1e-3)  # fmt: skip
+    train_one_epoch(parts, loader, epoch=0)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert 0 < moved <= 1e-3 * 1.0001
+    assert build_config("train", {"fake": True, "grad_clip": 1.0}).optim.grad_clip == 1.0
+
+
+# -- 4. distributed faults ------------------------------------------------------------------------------------------
+
+
+def test_one_rank_raising_stops_every_rank_and_names_it(tmp_path):
+    env = cli_env(IMAGENET_CLI_FAULT="raise:rank=1,step=2")
+    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", *TWO_RANKS,
+                             "--output-dir", str(tmp_path), env=env)  # fmt: skip
+    _one_line_error(result, 1, "rank 1 failed: InjectedFault: injected failure at epoch 0, step 2")
+    assert seconds < 60
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def test_a_rank_killed_outright_ends_the_run_quickly_with_nothing_left_behind(tmp_path):
+    command = [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
+               "--fake-train-images", "100000", "-b", "8", "-j", "0", "-p", "1", "--epochs", "1", *TWO_RANKS,
+               "--output-dir", str(tmp_path)]  # fmt: skip
+    launcher = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in launcher.stdout:
+        if re.match(r"Epoch: \[0\]\[\s*3/", line):
+            break
+        assert time.monotonic() < deadline, "no progress within 120 s"
+    ranks = [pid for pid in _children(launcher.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(ranks) == 2
+    os.kill(ranks[1], signal.SIGKILL)
+    start = time.monotonic()
+    _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 1 and time.monotonic() - start < 20
+    assert re.search(r"error: rank \d was killed by SIGKILL; every other rank was stopped", stderr), stderr
+    assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in ranks)
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "State:\tZ" not in status
+
+
+def test_a_peer_that_never_joins_times_out_saying_how_many_joined(tmp_path):
+    url = f"tcp://127.0.0.1:{distributed.free_port()}"
+    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", "--world-size", "2",
+                             "--rank", "0", "--dist-url", url, "--dist-timeout", "5", "--output-dir", str(tmp_path))  # fmt: skip
+    _one_line_error(result, 1, "only 1 of 2 processes joined within --dist-timeout 5s")
+    assert seconds < 45
+
+
+def test_an_occupied_port_is_replaced_locally_and_named_for_a_multi_node_run(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        url = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        local = ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", *TWO_RANKS,
+                           "--dist-url", url, "--output-dir", str(tmp_path)))  # fmt: skip
+        assert f"--dist-url {url}: port" in local.stderr and "is in use; this single-machine run uses" in local.stderr
+        nodes = run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "--world-size", "2", "--rank", "0", "--dist-url", url)
+        _one_line_error(nodes, 2, "is already in use on this machine")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--world-size", "2", "--rank", "2", "--dist-url", "tcp://127.0.0.1:1"), "--rank 2 is out of range"),
+        (("--dist-backend", "nccl", *TWO_RANKS), "--dist-backend nccl needs CUDA GPUs"),
+        (("--gpu", "0", *TWO_RANKS), "--gpu pins the one process"),
+        (("--dist-timeout", "0",), "--dist-timeout must be positive"),
+    ],
+)  # fmt: skip
+def test_inconsistent_flags_are_refused_before_any_process_starts(flags, message):
+    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, *flags)
+    _one_line_error(result, 2, message)
+    assert seconds < 20
+
+
+# -- 5 and 6. restarts and integrity ---------------------------------------------------------------------------------
+
+
+def test_resume_auto_starts_fresh_then_passes_over_a_corrupted_newest_checkpoint(tmp_path):
+    common = (*FAST_FAKE, "-a", TINY_ARCH, "-b", "16", "--keep-epochs", "3", "--output-dir", str(tmp_path))
+    first = ok(run_cli("train", *common, "--epochs", "2", "--resume", "auto"))
+    assert "--resume auto: no checkpoint in" in first.stderr and "starting fresh" in first.stderr
+    assert (tmp_path / (CHECKPOINT_NAME + ".sha256")).read_text().endswith(f"  {CHECKPOINT_NAME}\n")
+    assert subprocess.run(["sha256sum", "-c", CHECKPOINT_NAME + ".sha256"], cwd=tmp_path).returncode == 0
+    for name in (CHECKPOINT_NAME, BEST_NAME):
+        damaged = bytearray((tmp_path / name).read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte: still a loadable zip, silently wrong weights
+        (tmp_path / name).write_bytes(bytes(damaged))
+    bad = run_cli("evaluate", str(tmp_path / CHECKPOINT_NAME))
+    _one_line_error(bad, 2, "does not match its checksum in checkpoint.pth.tar.sha256: the file is damaged")
+    again = ok(run_cli("train", *common, "--epochs", "3", "--resume", "auto"))
+    assert f"--resume auto: continuing from {tmp_path / 'checkpoint_epoch_001.pth.tar'}" in again.stderr
+    assert "passing over" in again.stderr and load(tmp_path / CHECKPOINT_NAME)["epoch"] == 3
