@@ -200,16 +200,20 @@ def _reference_batch(cfg: BenchmarkConfig, device: torch.device) -> tuple[nn.Mod
 
 
 def train_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int], None]:
-    """A step as the reference's `train()` takes it: copy, fp32 forward, loss and top-k read on the host
-    (`loss.item()`, a sync), `zero_grad`, backward, step."""
     model, images, targets = _reference_batch(cfg, device)
+    return _reference_training(model, device, itertools.repeat((images, targets)))
+
+
+def _reference_training(model: nn.Module, device: torch.device, batches: Iterator[Any]) -> Callable[[int], None]:
+    """Steps as the reference's `train()` takes them: copy, fp32 forward, loss and top-k read on the host
+    (`loss.item()`, a sync), `zero_grad`, backward, step."""
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     model.train()
 
     def steps(n: int) -> None:
-        for _ in range(n):
-            x, y = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        for x, y in itertools.islice(batches, n):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             output = model(x)
             loss = criterion(output[0] if isinstance(output, tuple) else output, y)
             _reference_accuracy(output, y, loss)
@@ -336,24 +340,9 @@ def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, root: str, workers
 
 def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Callable[[int], None]:
     """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
-    model, _, _ = _reference_batch(cfg, device)
-    criterion = nn.CrossEntropyLoss().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
-    batches = _endless(_file_loader(images, cfg, workers, device, prefetch=2))
-    model.train()
-
-    def steps(n: int) -> None:
-        for x, y in itertools.islice(batches, n):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            loss = criterion(output[0] if isinstance(output, tuple) else output, y)
-            _reference_accuracy(output, y, loss)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    return steps
+    model = models.build_model(cfg.arch, 1000).to(device)
+    return _reference_training(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
 
 
 def reference_loader(path: str) -> Image.Image:
