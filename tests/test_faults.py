@@ -98,7 +98,7 @@ def damaged(folders: Path) -> Path:
     photo = write_photo(folders / "train" / "ants" / "truncated.jpg", 64, 48, quality=90)
     photo.write_bytes(photo.read_bytes()[:600])
     (folders / "train" / "bees" / "garbage.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
-    (folders / "train" / "bees" / "empty.png").write_bytes(b"")
+    (folders / "train" / "bees" / "empty.jpg").write_bytes(b"")
     return folders
 
 
@@ -106,7 +106,7 @@ def damaged(folders: Path) -> Path:
 def test_an_unreadable_image_stops_the_run_naming_the_file(damaged, tmp_path, workers):
     result, seconds = _timed("train", str(damaged), *TINY, "--seed", "0", "-j", workers)
     _one_line_error(result, 2, "cannot read ")
-    assert re.search(r"cannot read \S+(truncated\.jpg|garbage\.jpg|empty\.png): ", result.stderr)
+    assert re.search(r"cannot read \S+(truncated|garbage|empty)\.jpg: ", result.stderr)
     assert seconds < 60
 
 
@@ -115,7 +115,7 @@ def test_skipping_bad_images_warns_once_per_file_and_stops_past_the_limit(damage
     result = ok(run_cli("train", str(damaged), *TINY, "-b", "11", "--epochs", "2", "--skip-bad-images",
                         "--output-dir", str(tmp_path / "out")))  # fmt: skip
     warned = re.findall(r"^warning: rank 0: skipped \S+/([^/:]+): ", result.stderr, flags=re.MULTILINE)
-    assert sorted(warned) == ["empty.png", "garbage.jpg", "truncated.jpg"]
+    assert sorted(warned) == ["empty.jpg", "garbage.jpg", "truncated.jpg"]
     limited = run_cli("train", str(damaged), *TINY, "-b", "11", "--skip-bad-images", "--max-bad-images", "1")
     _one_line_error(limited, 1, "more than --max-bad-images 1 unreadable images")
 
@@ -130,7 +130,7 @@ def test_check_data_decodes_everything_and_reports_each_bad_file(damaged, tmp_pa
 
     report = json.loads(result.stdout)
     assert sorted(Path(row["file"]).name for row in report["unreadable"]) == [
-        "empty.png",
+        "empty.jpg",
         "garbage.jpg",
         "truncated.jpg",
     ]
@@ -181,43 +181,78 @@ def test_grad_clip_bounds_the_update():
 # -- 4. distributed faults ------------------------------------------------------------------------------------------
 
 
-def test_one_rank_raising_stops_every_rank_and_names_it(tmp_path):
-    env = cli_env(IMAGENET_CLI_FAULT="raise:rank=1,step=2")
-    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", *TWO_RANKS,
-                             "--output-dir", str(tmp_path), env=env)  # fmt: skip
-    _one_line_error(result, 1, "rank 1 failed: InjectedFault: injected failure at epoch 0, step 2")
+@pytest.fixture()
+def one_epoch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A finished first epoch (the last good state) and the fingerprints of its files."""
+    ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", "--output-dir", str(tmp_path)))
+    return tmp_path, {name: _sha(tmp_path / name) for name in (CHECKPOINT_NAME, BEST_NAME)}
+
+
+def _untouched(out: Path, saved: dict[str, str]) -> None:
+    assert {name: _sha(out / name) for name in saved} == saved
+    assert load(out / CHECKPOINT_NAME)["epoch"] == 1
+
+
+def test_one_rank_raising_stops_every_rank_and_names_it(one_epoch):
+    out, saved = one_epoch
+    env = cli_env(IMAGENET_CLI_FAULT="raise:rank=1,epoch=1,step=2")
+    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "2", "--resume", "auto",
+                             *TWO_RANKS, "--output-dir", str(out), env=env)  # fmt: skip
+    _one_line_error(result, 1, "rank 1 failed: InjectedFault: injected failure at epoch 1, step 2")
     assert seconds < 60
+    _untouched(out, saved)
 
 
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in found]
+def _long_run(out: Path) -> list[str]:
+    return [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
+            "--fake-train-images", "100000", "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1",
+            "--epochs", "2", "--resume", "auto", *TWO_RANKS, "--output-dir", str(out)]  # fmt: skip
 
 
-def test_a_rank_killed_outright_ends_the_run_quickly_with_nothing_left_behind(tmp_path):
-    command = [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
-               "--fake-train-images", "100000", "-b", "8", "-j", "0", "-p", "1", "--epochs", "1", *TWO_RANKS,
-               "--output-dir", str(tmp_path)]  # fmt: skip
+def _training_ranks(command: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
+    """Start a 2-rank run, wait for its third step; returns the launcher and its two rank processes."""
     launcher = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert launcher.stdout is not None
     deadline = time.monotonic() + 120
     for line in launcher.stdout:
-        if re.match(r"Epoch: \[0\]\[\s*3/", line):
+        if re.match(r"Epoch: \[1\]\[\s*3/", line):
             break
         assert time.monotonic() < deadline, "no progress within 120 s"
-    ranks = [pid for pid in _children(launcher.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    ranks = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(ranks) == 2
+    return launcher, ranks
+
+
+def _gone(pids: list[int]) -> bool:
+    """No process left running (a zombie awaiting its parent's wait counts as gone)."""
+    return not any(
+        os.path.exists(f"/proc/{pid}") and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text() for pid in pids
+    )
+
+
+def test_a_rank_killed_outright_ends_the_run_quickly_with_nothing_left_behind(one_epoch):
+    out, saved = one_epoch
+    launcher, ranks = _training_ranks(_long_run(out))
     os.kill(ranks[1], signal.SIGKILL)
     start = time.monotonic()
     _, stderr = launcher.communicate(timeout=60)
     assert launcher.returncode == 1 and time.monotonic() - start < 20
     assert re.search(r"error: rank \d was killed by SIGKILL; every other rank was stopped", stderr), stderr
-    assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in ranks)
+    assert _gone(ranks)
+    _untouched(out, saved)
 
 
-def _alive(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return "State:\tZ" not in status
+def test_sigterm_to_the_launcher_saves_stops_every_rank_and_leaves_none(one_epoch):
+    out, _ = one_epoch
+    launcher, ranks = _training_ranks(_long_run(out))
+    launcher.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 75 and time.monotonic() - start < 30, stderr
+    assert "stopped by SIGTERM at epoch 1, step" in stderr and _gone(ranks)
+    saved = load(out / CHECKPOINT_NAME)
+    assert saved["epoch"] == 1 and saved["step"] >= 3
 
 
 def test_a_peer_that_never_joins_times_out_saying_how_many_joined(tmp_path):
