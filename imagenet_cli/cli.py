@@ -36,19 +36,32 @@ _RENAMED = {
     "fake_data": "fake",
     "evaluate": "evaluate_only",
     "json_output": "json",
+    "plot": "confusion_plot",
 }
 # Flags with an explicit off switch (--no-channels-last): False is a choice, not an absence.
-_TRI_STATE = frozenset({"channels_last"})
+_TRI_STATE = frozenset({"channels_last", "tensorboard"})
 
 
-def _given(params: dict[str, Any], **renamed: str) -> dict[str, Any]:
+def _given(params: dict[str, Any], command: str | None = None, **renamed: str) -> dict[str, Any]:
     """The options a user typed, by their configuration names: None (absent) and False (an unset flag)
-    are not given. Commands pass their `locals()`, so a new option is declared once, in the signature."""
+    are not given. Commands pass their `locals()`, so a new option is declared once, in the signature.
+    A `--config` file's options come first, as if typed before the flags."""
     names = {**_RENAMED, **renamed}
     if params.get("data") and params.get("data_root") and params["data"] != params["data_root"]:
         raise UserError("DATA was given twice (as an argument and as --data); give it once")
-    given = {names.get(k, k): v for k, v in params.items() if v is not None and (v is not False or k in _TRI_STATE)}
-    for key in ("path", "output_dir", "resume", "weights", "checkpoint", "train_manifest", "val_manifest"):
+    recipe = params.get("config")
+    given = {
+        names.get(k, k): v
+        for k, v in params.items()
+        if k != "config" and v is not None and (v is not False or k in _TRI_STATE)
+    }
+    if recipe is not None:
+        from .configfile import read_options
+
+        given = {**read_options(recipe, command or "train"), **given}
+    paths = ("path", "output_dir", "resume", "weights", "checkpoint", "train_manifest", "val_manifest", "log_dir",
+             "confusion_plot")  # fmt: skip
+    for key in paths:
         if key in given and not (key == "resume" and given[key] == "auto"):
             given[key] = os.path.abspath(given[key])
     return given
@@ -136,7 +149,7 @@ def _resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
 
 
 def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
-    ignore = {"resume", "checkpoint", "command", "quiet", "debug", "json"}
+    ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "log_dir"}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
     if changes and not quiet:
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
@@ -202,7 +215,11 @@ def train(
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     compile: opt.Compile = False,
+    config: opt.ConfigFile = None,
+    tensorboard: opt.TensorBoard = None,
+    log_dir: opt.LogDir = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     debug: opt.Debug = False,
 ) -> None:
     """Train a model from scratch (the reference script's flags keep their meaning).
@@ -260,7 +277,10 @@ def evaluate(
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     json_output: opt.Json = False,
+    plot: opt.ConfusionPlot = None,
+    log_dir: opt.LogDir = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     debug: opt.Debug = False,
 ) -> None:
     """Top-1, top-5 and loss of a checkpoint on the val/ split; each image counted once on any number of ranks.
@@ -312,7 +332,10 @@ def resume(
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     compile: opt.Compile = False,
+    tensorboard: opt.TensorBoard = None,
+    log_dir: opt.LogDir = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     debug: opt.Debug = False,
 ) -> None:
     """Continue a run with the configuration stored in its checkpoint; flags given here override it.
@@ -389,7 +412,11 @@ def finetune(
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     compile: opt.Compile = False,
+    config: opt.ConfigFile = None,
+    tensorboard: opt.TensorBoard = None,
+    log_dir: opt.LogDir = None,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     debug: opt.Debug = False,
 ) -> None:
     """Start from trained weights, put a new classifier head on for DATA's classes, and train.
@@ -397,7 +424,7 @@ def finetune(
     [dim]imagenet-cli finetune --weights model_best.pth.tar --arch resnet18 /data/ants_and_bees[/dim]
     """
     with _errors(debug):
-        given = _given(locals())
+        given = _given(locals(), "finetune")
         given.setdefault("output_dir", os.path.abspath("."))
         if "weights" in given and "arch" not in given:
             given.update(_recorded_arch(given["weights"], required=True))
@@ -531,6 +558,80 @@ def make_shards(
             count = sum(shard["samples"] for shard in written)
             typer.echo(f"{split}: {count} samples in {len(written)} shard(s)")
         typer.echo(f"wrote {os.path.join(os.path.abspath(out), 'shards.json')}; train with `imagenet-cli train {out}`")
+
+
+@app.command()
+def plot(run_dirs: opt.PlotRunDirs, output: opt.PlotOutput = None, debug: opt.Debug = False) -> None:
+    """Loss, top-1 and learning-rate curves of runs, from their metrics.jsonl, as one PNG (needs matplotlib).
+
+    [dim]imagenet-cli plot runs/r18 runs/r50 -o compare.png[/dim]
+    """
+    with _errors(debug):
+        from pathlib import Path
+
+        from .plots import default_output, training_curves
+
+        runs = [Path(run) for run in run_dirs]
+        target = Path(output) if output else default_output(runs)
+        for note in training_curves(runs, target):
+            typer.echo(note, err=True)
+        typer.echo(f"wrote {target}")
+
+
+@app.command()
+def predict(
+    checkpoint: opt.CheckpointFile,
+    inputs: opt.PredictInputs,
+    top_k: opt.TopK = 5,
+    batch_size: opt.PredictBatch = 32,
+    arch: opt.RecordedArch = None,
+    workers: opt.Workers = None,
+    no_accel: opt.NoAccel = False,
+    json_output: opt.Json = False,
+    debug: opt.Debug = False,
+) -> None:
+    """The most likely classes of image files, named as the checkpoint names them; exit 1 if any file is unreadable.
+
+    [dim]imagenet-cli predict runs/r18/model_best.pth.tar photos/ --top-k 3[/dim]
+    """
+    with _errors(debug):
+        from dataclasses import asdict
+
+        from .predict import Request
+        from .predict import predict as run_predict
+        from .reporting import print_predictions
+
+        request = Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel)
+        outcome = run_predict(request)
+        print_predictions(asdict(outcome), json_output)
+        if outcome.errors:
+            raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def models(pattern: opt.ModelsFilter = None, json_output: opt.Json = False, debug: opt.Debug = False) -> None:
+    """The architectures --arch accepts: parameters, input size and ImageNet top-1 of torchvision's weights.
+
+    [dim]imagenet-cli models resnet[/dim]
+    """
+    with _errors(debug):
+        from .listings import list_models
+        from .reporting import print_models
+
+        print_models(list_models(pattern), json_output)
+
+
+@app.command()
+def env(json_output: opt.Json = False, debug: opt.Debug = False) -> None:
+    """Versions, CPUs, GPUs (freest first), distributed backends, launcher variables, and what a run would do here.
+
+    [dim]imagenet-cli env --json[/dim]
+    """
+    with _errors(debug):
+        from .listings import describe_environment
+        from .reporting import print_environment
+
+        print_environment(describe_environment(), json_output)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ a command line changed, instead of silently replacing them (the reference script
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -237,13 +238,23 @@ class RunConfig:
     resume: str | None = None  # a checkpoint whose training state this run continues
     evaluate_only: bool = False  # the reference's -e: validate and exit
     checkpoint: str | None = None  # `evaluate`: the checkpoint under test
+    confusion_plot: str | None = None  # `evaluate --plot`: a PNG of the confusion matrix
     json: bool = False
     quiet: bool = False
+    verbose: bool = False
     debug: bool = False
+    log_dir: str | None = None  # every rank's own log, workerlog.RANK, for debugging distributed runs
+    tensorboard: bool = False  # scalars in OUTPUT_DIR/tensorboard
 
     def __post_init__(self) -> None:
         _check(self.command in COMMANDS, f"unknown command {self.command!r}")
         _check(self.print_freq >= 1, f"--print-freq must be at least 1, got {self.print_freq}")
+        _check(not (self.quiet and self.verbose), "--quiet and --verbose contradict each other; give one")
+        _check(
+            not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            '--tensorboard needs the tensorboard package: pip install "imagenet-cli[tensorboard]" '
+            "(or leave --tensorboard out; metrics.jsonl has the same figures)",
+        )
         _check(
             self.command != "finetune" or bool(self.model.weights or self.model.pretrained),
             "finetune needs a starting point: --weights PATH or --pretrained",
@@ -282,6 +293,34 @@ _SECTIONS: dict[str, type] = {
 }
 _TOP_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in _SECTIONS)
 OPTION_NAMES = frozenset(_TOP_FIELDS).union(*({f.name for f in fields(s)} for s in _SECTIONS.values()))
+
+# Options whose flag is not their configuration name with dashes (DATA is also --data).
+FILE_KEYS = {"path": "data", "fake": "fake-data", "evaluate_only": "evaluate"}
+# Options of one invocation, not of a run: never recorded in config.json, refused in a recipe file.
+INVOCATION_ONLY = frozenset({"resume", "checkpoint", "confusion_plot", "evaluate_only", "json", "quiet", "verbose",
+                             "debug"})  # fmt: skip
+# Nor recorded, but a recipe may set them: where a run writes, and this node's place in it.
+_NOT_RECORDED = INVOCATION_ONLY | {"output_dir", "log_dir", "rank", "dist_url", "gpu"}
+
+
+def section_of(name: str) -> type:
+    """The dataclass that declares option `name`."""
+    for section in (RunConfig, *_SECTIONS.values()):
+        if name in {f.name for f in fields(section)}:
+            return section
+    raise KeyError(name)
+
+
+def flag_values(cfg: RunConfig) -> dict[str, Any]:
+    """Every option of the run by its flag name."""
+    return {FILE_KEYS.get(k, k.replace("_", "-")): v for k, v in cfg.flat().items()}
+
+
+def to_options(cfg: RunConfig) -> dict[str, Any]:
+    """The run's options by flag name, as a `--config` file holds them (None: the default)."""
+    hidden = {FILE_KEYS.get(k, k.replace("_", "-")) for k in _NOT_RECORDED}
+    return {k: v for k, v in flag_values(cfg).items() if k not in hidden}
+
 
 # Finetuning starts from good weights: a short schedule and a small LR, as in torchvision's transfer
 # learning tutorial, instead of the 90-epoch from-scratch recipe.
@@ -332,11 +371,7 @@ def default_for(command: str, name: str) -> Any:
     """The default a flag has for a command, for `--help` texts."""
     if command == "finetune" and name in FINETUNE_DEFAULTS:
         return FINETUNE_DEFAULTS[name]
-    for section in (RunConfig, *_SECTIONS.values()):
-        for f in fields(section):
-            if f.name == name:
-                return f.default
-    raise KeyError(name)
+    return next(f.default for f in fields(section_of(name)) if f.name == name)
 
 
 def changed_values(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:

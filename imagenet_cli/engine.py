@@ -36,10 +36,17 @@ class Metrics:
     images: int
     seconds: float
     per_class: tuple[tuple[int, int], ...] = ()  # evaluation: (top-1 correct, images) for each class
+    data_seconds: float = 0.0  # of `seconds`, the time spent waiting for the next batch
+    confusion: tuple[tuple[int, ...], ...] = ()  # evaluation, when asked: images by (true, predicted) class
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def data_wait(self) -> float:
+        """The share of the time the model waited for data: near 1 means the input pipeline is the limit."""
+        return min(1.0, self.data_seconds / self.seconds) if self.seconds > 0 else 0.0
 
 
 class Meter:
@@ -59,10 +66,10 @@ class Meter:
         )  # fmt: skip
         self.sums += batch
 
-    def read(self, seconds: float) -> Metrics:
+    def read(self, seconds: float, data_seconds: float = 0.0) -> Metrics:
         loss, top1, topk, count = self.sums.tolist()
-        count_or_one = max(count, 1.0)
-        return Metrics(loss / count_or_one, 100 * top1 / count_or_one, 100 * topk / count_or_one, int(count), seconds)
+        n = max(count, 1.0)
+        return Metrics(loss / n, 100 * top1 / n, 100 * topk / n, int(count), seconds, data_seconds=data_seconds)
 
 
 def split_outputs(output: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -142,10 +149,13 @@ def train_one_epoch(
     for norm in parts.frozen_norms:
         norm.eval()
     meter, since_print = Meter(ctx.device, topk), Meter(ctx.device, topk)
-    start = last_print = time.perf_counter()
+    start = last_print = waiting_since = time.perf_counter()
+    waited = waited_since_print = 0.0
     total = first_step + len(loader)
     reporter.phase_start("train", epoch, total, first_step)
     for step, batch in enumerate(loader, start=first_step + 1):
+        wait = time.perf_counter() - waiting_since
+        waited, waited_since_print = waited + wait, waited_since_print + wait
         images, targets = parts.bad_images.unpack(batch)
         images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
         with parts.autocast():
@@ -166,15 +176,21 @@ def train_one_epoch(
         if step % parts.print_freq == 0 or step == total:
             parts.guard.check(ctx)
             now = time.perf_counter()
-            reporter.phase_update(step, since_print.read(now - last_print))
-            since_print, last_print = Meter(ctx.device, topk), now
+            reporter.phase_update(step, since_print.read(now - last_print, waited_since_print), _lr(parts.optimizer))
+            since_print, last_print, waited_since_print = Meter(ctx.device, topk), now, 0.0
         else:
             reporter.phase_advance(step)
         after_step(step)
+        waiting_since = time.perf_counter()
     all_reduce_sum(meter.sums, ctx)
-    result = meter.read(time.perf_counter() - start)
+    result = meter.read(time.perf_counter() - start, waited)
     reporter.phase_end(result)
     return result
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    """The LR a run reports: the head's, when the backbone learns more slowly."""
+    return max(group["lr"] for group in optimizer.param_groups)
 
 
 @torch.no_grad()
@@ -189,14 +205,16 @@ def evaluate(
     num_classes: int,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     bad_images: BadImages | None = None,
+    confusion: bool = False,
 ) -> Metrics:
     """Exact over the whole validation set, whatever the number of ranks: each rank sees a disjoint
     shard, runs the unwrapped model (no collectives, so uneven shards cannot hang), and the sums are
-    added once at the end."""
+    added once at the end. The confusion matrix (num_classes squared counts) only when asked."""
     net = unwrap(model)
     net.eval()
     meter = Meter(ctx.device, min(5, num_classes))
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=ctx.device)  # correct, images
+    cells = torch.zeros(num_classes * num_classes if confusion else 0, dtype=torch.float64, device=ctx.device)
     start = time.perf_counter()
     reporter.phase_start("val", epoch, len(loader))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # sums, not means, stay exact across uneven shards
@@ -208,8 +226,11 @@ def evaluate(
             logits = net(images)
         logits = logits.float()  # the loss and the metrics at full precision
         meter.add(logits, targets, loss_fn(logits, targets))
-        per_class[0].index_add_(0, targets, logits.argmax(dim=1).eq(targets).double())
+        predicted = logits.argmax(dim=1)
+        per_class[0].index_add_(0, targets, predicted.eq(targets).double())
         per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
+        if confusion:
+            cells.index_add_(0, targets * num_classes + predicted, torch.ones_like(targets, dtype=torch.float64))
         if step % print_freq == 0 or step == len(loader):
             reporter.phase_update(step, meter.read(time.perf_counter() - start))
         else:
@@ -217,7 +238,11 @@ def evaluate(
     all_reduce_sum(meter.sums, ctx)
     all_reduce_sum(per_class, ctx)
     counts = tuple((int(c), int(n)) for c, n in per_class.t().tolist())
-    result = dataclasses.replace(meter.read(time.perf_counter() - start), per_class=counts)
+    matrix = ()
+    if confusion:
+        all_reduce_sum(cells, ctx)
+        matrix = tuple(tuple(int(n) for n in row) for row in cells.view(num_classes, num_classes).tolist())
+    result = dataclasses.replace(meter.read(time.perf_counter() - start), per_class=counts, confusion=matrix)
     reporter.phase_end(result)
     return result
 
@@ -267,7 +292,7 @@ def fit(
         parts = hooks.before_epoch(epoch, parts)
         first_step = start_step if epoch == start_epoch else 0
         set_position(train_data, epoch, first_step * (train_data.batch_size or 1))
-        lr = max(group["lr"] for group in parts.optimizer.param_groups)  # the head's, when the backbone is slower
+        lr = _lr(parts.optimizer)
         train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
         scheduler.step()
         val = evaluate(

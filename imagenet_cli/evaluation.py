@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import compute, data, distributed, engine, models
+from . import compute, data, distributed, engine, models, plots
 from .checkpoint import read_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
@@ -49,9 +52,10 @@ def evaluate_and_report(
     normalize = data.Normalizer(ctx.device, settings.memory_format)
     metrics = engine.evaluate(
         model, loader, normalize, ctx, reporter, 0, cfg.print_freq, len(class_names), settings.autocast,
-        BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank),
+        BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank), confusion=True,
     )  # fmt: skip
     if ctx.is_main:
+        matrix = [list(row) for row in metrics.confusion]
         result = {
             "checkpoint": source,
             "arch": cfg.model.arch,
@@ -70,5 +74,12 @@ def evaluate_and_report(
                 }
                 for name, (correct, images) in zip(class_names, metrics.per_class, strict=True)
             ],
+            "confusion": matrix,  # [true class][predicted class], in the order of per_class
+            "most_confused": plots.most_confused(matrix, class_names),
+            "confusion_plot": None,
         }
+        if cfg.confusion_plot:
+            title = f"{cfg.model.arch}: {os.path.basename(source)}, top-1 {metrics.acc1:.2f}%"
+            plots.confusion_matrix_png(matrix, class_names, Path(cfg.confusion_plot), title)
+            result["confusion_plot"] = cfg.confusion_plot
         reporter.evaluation(result, cfg.json)

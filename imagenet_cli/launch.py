@@ -56,7 +56,9 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
         if path and not os.path.isfile(path):
             raise UserError(f"{label}: file not found: {path}")
     if cfg.command != "evaluate" and not cfg.evaluate_only:
-        _check_writable(cfg.output_dir)
+        _check_writable(cfg.output_dir, "--output-dir")
+    if cfg.log_dir:
+        _check_writable(cfg.log_dir, "--log-dir")
 
 
 def _check_flags(cfg: RunConfig, topology: Topology) -> None:
@@ -76,13 +78,13 @@ def _check_flags(cfg: RunConfig, topology: Topology) -> None:
         )
 
 
-def _check_writable(directory: str) -> None:
+def _check_writable(directory: str, flag: str) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create --output-dir {directory}: {exc.strerror}") from exc
+        raise UserError(f"cannot create {flag} {directory}: {exc.strerror}") from exc
     if not os.access(directory, os.W_OK):
-        raise UserError(f"--output-dir {directory} is not writable")
+        raise UserError(f"{flag} {directory} is not writable")
 
 
 def spawn(cfg: RunConfig, topology: Topology) -> None:

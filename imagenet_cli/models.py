@@ -49,7 +49,7 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
 
 
 @contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def parameters_on_meta() -> Iterator[None]:
     """Build modules without paying for their weights. A plain `torch.device("meta")` context is not
     enough: RegNet computes its widths with tensor ops that must really run."""
     original = nn.Module.register_parameter
@@ -66,10 +66,13 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
+_parameters_on_meta = parameters_on_meta  # its former, private name
+
+
 @functools.cache
 def head_keys(arch: str) -> frozenset[str]:
     """State-dict keys of the classifier head(s) of `arch`."""
-    with _parameters_on_meta():
+    with parameters_on_meta():
         three = build_model(arch, 3).state_dict()
         five = build_model(arch, 5).state_dict()
     return frozenset(k for k, v in three.items() if v.shape != five[k].shape)

@@ -291,6 +291,50 @@ Quiet = Annotated[
     bool, typer.Option("-q", "--quiet", help="Print only errors (and --json results).", rich_help_panel=RUN_PANEL)
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", rich_help_panel=RUN_PANEL)]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "-v",
+        "--verbose",
+        help="Also print every resolved option at the start, and the data-wait share and LR in progress lines.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+LogDir = Annotated[
+    str | None,
+    typer.Option(
+        "--log-dir",
+        help="Write each rank's own log to LOG_DIR/workerlog.RANK (its progress, warnings and traceback); "
+        "ranks other than 0 print there instead of the terminal.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+TensorBoard = Annotated[
+    bool | None,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help='Also write TensorBoard scalars to OUTPUT_DIR/tensorboard (pip install "imagenet-cli[tensorboard]").',
+        show_default=False,
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ConfusionPlot = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        help='Also draw the confusion matrix into this PNG file (pip install "imagenet-cli[plot]").',
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ConfigFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Options from a recipe file (.toml, .yaml or .json; keys are the long flag names, as in a run's "
+        "config.json); flags given here override it.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
 Json = Annotated[
     bool,
     typer.Option(
@@ -615,4 +659,44 @@ MaxBadImages = Annotated[
 ]
 CheckDataDir = Annotated[
     str, typer.Argument(metavar="DATA", help="The dataset to check: class folders, CSV manifests or shards.")
+]
+
+PlotRunDirs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="RUN_DIR",
+        help="Runs to draw (their --output-dir, holding metrics.jsonl); several are overlaid, one colour each.",
+    ),
+]
+PlotOutput = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="PNG file to write.",
+        show_default="RUN_DIR/curves.png for one run, ./runs.png for several",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+
+PredictInputs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="IMAGE_OR_DIR...",
+        help="Image files, and directories searched recursively for image files (by extension, sorted).",
+    ),
+]
+TopK = Annotated[
+    int, typer.Option("-k", "--top-k", help="Classes shown per image, most likely first.", rich_help_panel=RUN_PANEL)
+]
+PredictBatch = Annotated[
+    int, typer.Option("-b", "--batch-size", help="Images per forward pass.", rich_help_panel=DATA_PANEL)
+]
+
+ModelsFilter = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="FILTER",
+        help="Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
+    ),
 ]

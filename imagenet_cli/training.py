@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from . import compute, data, distributed, engine, finetune, models, optim, randomness
+from . import compute, data, distributed, engine, finetune, models, optim, randomness, records
 from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import RunConfig
 from .control import StepControl
@@ -60,6 +60,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         stored_amp = (resumed.config or {}).get("compute", {}).get("amp")
         if resumed.scaler and stored_amp == cfg.compute.amp:  # another precision starts its own scale
             scaler.load_state_dict(resumed.scaler)
+    if ctx.is_main:
+        records.write_config(cfg)
     if start_epoch >= cfg.optim.epochs:
         reporter.message(
             f"nothing to train: the run has done {start_epoch} of {cfg.optim.epochs} epochs (raise --epochs)"
@@ -95,6 +97,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
             epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
         )  # fmt: skip
     reporter.run_end(best_acc1, cfg.output_dir)
+    if ctx.is_main:
+        reporter.message(records.draw_curves(cfg.output_dir))
 
 
 class Saver:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable
+from typing import IO
 
 import torch
 
-from . import data, distributed, randomness
-from .config import RunConfig
+from . import data, distributed, randomness, records
+from .config import RunConfig, flag_values
 from .distributed import DistContext, Topology
 from .evaluation import run_evaluation
-from .reporting import make_reporter
+from .reporting import Reporter, Reporters, file_reporter, make_reporter
 from .training import run_training
 
 
@@ -25,19 +27,46 @@ def run(
     ranks fail too, and the launcher must know whose failure came first."""
     ctx = distributed.setup(cfg.dist, topology, local_index)
     try:
-        configure_process(cfg, ctx)
-        reporter = make_reporter(ctx.is_main, cfg.quiet, to_stderr=cfg.json)
-        reporter.message(describe_run(cfg, ctx, topology))
-        if cfg.command == "evaluate":
-            run_evaluation(cfg, ctx, reporter)
-        else:
-            run_training(cfg, ctx, reporter)
+        with records.rank_log(cfg.log_dir, ctx.rank, redirect=not ctx.is_main) as log:
+            reporter = build_reporter(cfg, ctx, log)
+            try:
+                _work(cfg, ctx, topology, reporter)
+            except BaseException:
+                if log is not None:
+                    traceback.print_exc(file=log)
+                raise
+            finally:
+                reporter.close()
     except BaseException as exc:
         if on_failure is not None:
             on_failure(exc)
         raise
     finally:
         distributed.teardown()
+
+
+def _work(cfg: RunConfig, ctx: DistContext, topology: Topology, reporter: Reporter) -> None:
+    configure_process(cfg, ctx)
+    reporter.message(describe_run(cfg, ctx, topology))
+    if cfg.verbose:
+        reporter.message("options:\n" + "\n".join(f"  {k}: {v}" for k, v in flag_values(cfg).items()))
+    if cfg.command == "evaluate":
+        run_evaluation(cfg, ctx, reporter)
+    else:
+        run_training(cfg, ctx, reporter)
+
+
+def build_reporter(cfg: RunConfig, ctx: DistContext, log: IO[str] | None) -> Reporter:
+    """The console on the main rank; the metrics file and TensorBoard for its training runs; every
+    rank's own log with --log-dir."""
+    reporters = [make_reporter(ctx.is_main, cfg.quiet, to_stderr=cfg.json, verbose=cfg.verbose)]
+    if ctx.is_main and cfg.command != "evaluate" and not cfg.evaluate_only:
+        reporters.append(records.MetricsFile(cfg.output_dir, ctx.device))
+        if cfg.tensorboard:
+            reporters.append(records.TensorBoard(cfg.output_dir))
+    if log is not None:
+        reporters.append(file_reporter(log))
+    return Reporters(*reporters)
 
 
 def describe_run(cfg: RunConfig, ctx: DistContext, topology: Topology) -> str:

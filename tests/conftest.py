@@ -112,10 +112,13 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real entry point (`imagenet-cli ARGS`, i.e. `imagenet_cli.cli.main`) in a new process, as a
     user's shell would. The process is forked from a server that has imported torch and torchvision
-    once: every test would otherwise pay their five-second import. Ranks it spawns start from scratch."""
+    once: every test would otherwise pay their five-second import. Ranks it spawns start from scratch.
+    Without `cwd` it runs in a scratch directory, so a command without --output-dir never writes into
+    the checkout."""
     with tempfile.TemporaryDirectory() as captured:
         out, err = os.path.join(captured, "stdout"), os.path.join(captured, "stderr")
-        child = _PREIMPORTED.Process(target=_cli_process, args=(list(args), env or cli_env(), cwd, out, err))
+        where = cwd if cwd is not None else Path(captured)
+        child = _PREIMPORTED.Process(target=_cli_process, args=(list(args), env or cli_env(), where, out, err))
         child.start()
         child.join(timeout)
         if child.exitcode is None:
@@ -166,6 +169,7 @@ def load(path: Path) -> dict:
 
 
 FAST_FAKE = ("--fake-data", "--image-size", "32", "--fake-train-images", "64", "--fake-val-images", "32", "-j", "0")
+TWO_RANKS = ("--multiprocessing-distributed", "--nproc-per-node", "2", "--no-accel")  # two local Gloo ranks
 
 
 @pytest.fixture(scope="session")

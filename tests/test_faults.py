@@ -30,10 +30,9 @@ from imagenet_cli.engine import TrainParts, train_one_epoch
 from imagenet_cli.fakedata import FakeImages
 from imagenet_cli.reporting import Reporter
 
-from .conftest import FAST_FAKE, TINY_ARCH, cli_env, load, ok, run_cli, write_image_folder, write_photo
+from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, load, ok, run_cli, write_image_folder, write_photo
 
 TINY = ("-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1", "-j", "0")
-TWO_RANKS = ("--multiprocessing-distributed", "--nproc-per-node", "2")
 
 
 def _sha(path: Path) -> str:

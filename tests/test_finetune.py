@@ -129,7 +129,7 @@ def test_finetune_defaults_are_shown_in_help():
         assert default in shown
 
 
-def test_evaluate_reports_accuracy_per_class_by_name(trained_run, image_folder, tmp_path):
+def test_evaluate_reports_accuracy_per_class_by_name_and_the_confusion_matrix(trained_run, image_folder, tmp_path):
     ok(run_cli("finetune", str(image_folder), "--weights", str(trained_run / "checkpoint.pth.tar"), "--epochs", "1",
                "-b", "8", "-j", "0", "--output-dir", str(tmp_path)))  # fmt: skip
     result = json_result(run_cli("evaluate", str(tmp_path / "checkpoint.pth.tar"), "--json", "-j", "0"))
@@ -137,8 +137,16 @@ def test_evaluate_reports_accuracy_per_class_by_name(trained_run, image_folder, 
     assert [row["class"] for row in per_class] == list(CLASSES)
     assert sum(row["images"] for row in per_class) == result["images"] == 13
     assert 100 * sum(row["correct"] for row in per_class) / 13 == pytest.approx(result["acc1"])
-    shown = ok(run_cli("evaluate", str(tmp_path / "checkpoint.pth.tar"), "-j", "0")).stdout
-    assert "Per-class top-1" in shown and "wasps" in shown
+    confusion = result["confusion"]  # [true][predicted]
+    assert [sum(row) for row in confusion] == [row["images"] for row in per_class]
+    assert [confusion[i][i] for i in range(3)] == [row["correct"] for row in per_class]
+    for pair in result["most_confused"]:
+        true, predicted = CLASSES.index(pair["true"]), CLASSES.index(pair["predicted"])
+        assert true != predicted and pair["count"] == confusion[true][predicted] > 0
+    picture = tmp_path / "confusion.png"
+    shown = ok(run_cli("evaluate", str(tmp_path / "checkpoint.pth.tar"), "-j", "0", "--plot", str(picture))).stdout
+    assert "Per-class top-1" in shown and "wasps" in shown and "Confusion matrix" in shown
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_finetuning_trained_weights_beats_training_from_scratch(tmp_path):

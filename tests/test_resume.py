@@ -19,13 +19,12 @@ import torch
 from imagenet_cli.checkpoint import CHECKPOINT_NAME
 from imagenet_cli.errors import EXIT_PREEMPTED
 
-from .conftest import cli_env, load, ok, run_cli
+from .conftest import TWO_RANKS, cli_env, load, ok, run_cli
 
 ARCH = "squeezenet1_1"
 # 256 images in batches of 8: 32 steps an epoch, so a signal lands well inside one.
 RUN = ("--fake-data", "--image-size", "32", "--fake-train-images", "256", "--fake-val-images", "16", "-a", ARCH,
        "-b", "8", "--lr", "0.01", "--seed", "5", "-p", "1")  # fmt: skip
-TWO_RANKS = ("--multiprocessing-distributed", "--nproc-per-node", "2")
 EPOCHS = "3"
 
 

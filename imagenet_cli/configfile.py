@@ -1,0 +1,104 @@
+"""`--config FILE`: options from a JSON, TOML or YAML file whose keys are the long flag names.
+
+A recipe file is read as if its options had been typed before everything on the command line, so a flag
+typed after it wins. A run's own `config.json` is such a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import types
+import typing
+from typing import Any
+
+from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, section_of
+from .errors import UserError
+
+
+def read_options(path: str, command: str) -> dict[str, Any]:
+    """The file's options by their configuration names, checked for name and type. Relative paths in it
+    are taken from the current directory, as on the command line."""
+    raw = _parse(path)
+    recipe_command = raw.pop("command", None)
+    if recipe_command not in (None, command):
+        raise UserError(f"{path} is a {recipe_command} recipe; run it with `imagenet-cli {recipe_command} --config`")
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = option_name(key)
+        if name not in OPTION_NAMES or name in INVOCATION_ONLY:
+            raise UserError(f"{path}: unknown option {key!r}{_suggest(key)}")
+        if value is None:
+            continue  # a null is the default: not given
+        _check_type(path, key, name, value)
+        options[name] = value
+    return options
+
+
+def option_name(key: str) -> str:
+    """`--lr-step-size`, `lr-step-size` and `lr_step_size` all name the same option."""
+    name = key.lstrip("-").replace("-", "_")
+    return {flag.replace("-", "_"): option for option, flag in FILE_KEYS.items()}.get(name, name)
+
+
+def _parse(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path}: no such file")
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        with open(path, "rb") as f:
+            if suffix == ".json":
+                raw = json.load(f)
+            elif suffix == ".toml":
+                raw = _toml().load(f)
+            elif suffix in (".yaml", ".yml"):
+                raw = _yaml().safe_load(f)
+            else:
+                raise UserError(f"--config {path}: give a .json, .toml or .yaml file")
+    except UserError:
+        raise
+    except Exception as exc:  # each parser has its own error type; all mean "not valid"
+        raise UserError(f"--config {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"--config {path} must hold a table of option = value pairs")
+    return raw
+
+
+def _toml() -> types.ModuleType:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError as exc:
+            raise UserError("TOML recipes on Python 3.10 need tomli: pip install tomli (or use JSON)") from exc
+    return tomllib
+
+
+def _yaml() -> types.ModuleType:
+    try:
+        import yaml
+    except ModuleNotFoundError as exc:
+        raise UserError('YAML recipes need PyYAML: pip install "imagenet-cli[yaml]" (or use TOML or JSON)') from exc
+    return yaml
+
+
+def _check_type(path: str, key: str, name: str, value: Any) -> None:
+    """Catch `lr = "0.1"` in the file, not deep inside a worker."""
+    hint = typing.get_type_hints(section_of(name))[name]
+    allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+    allowed.discard(type(None))
+    if float in allowed:
+        allowed.add(int)
+    if isinstance(value, tuple(allowed)) and (bool in allowed or not isinstance(value, bool)):
+        return
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    wanted = " or ".join(sorted({kinds[t] for t in allowed if not (t is int and float in allowed)}))
+    raise UserError(f"{path}: {key} must be {wanted}, got {value!r}")
+
+
+def _suggest(key: str) -> str:
+    names = sorted(FILE_KEYS.get(n, n.replace("_", "-")) for n in OPTION_NAMES - INVOCATION_ONLY)
+    close = difflib.get_close_matches(key.lstrip("-").replace("_", "-"), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""

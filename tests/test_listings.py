@@ -1,0 +1,191 @@
+"""`models` and `env`: what torchvision and this machine offer; and the help and shell completion every
+command gets. Expected figures are read from torchvision's own metadata, never typed in here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+
+from imagenet_cli import listings
+
+from .conftest import LAUNCHER_VARS, cli_env, json_result, ok, run_cli
+
+
+def _rows(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in json_result(result)["models"]}
+
+
+def _table_line(stdout: str, arch: str) -> str:
+    """The table row of `arch` (its name is the first cell)."""
+    return next(line for line in stdout.splitlines() if line.strip("│┃| ").split(" ")[0] == arch)
+
+
+def test_models_lists_every_torchvision_classifier() -> None:
+    rows = _rows(run_cli("models", "--json"))
+    assert sorted(rows) == sorted(torchvision.models.list_models(module=torchvision.models))
+    for row in rows.values():
+        assert set(row) == {"name", "parameters", "crop_size", "resize_size", "imagenet_acc1"}
+        assert row["parameters"] > 0
+
+
+def test_models_table_is_plain_and_counts_the_architectures() -> None:
+    out = ok(run_cli("models")).stdout
+    assert "\x1b" not in out  # not a terminal: no colours or cursor moves
+    assert (
+        out.strip().splitlines()[-1]
+        == f"{len(torchvision.models.list_models(module=torchvision.models))} architectures"
+    )
+
+
+def test_models_filter_is_a_case_insensitive_substring() -> None:
+    rows = _rows(run_cli("models", "ResNet50", "--json"))
+    expected = [n for n in torchvision.models.list_models(module=torchvision.models) if "resnet50" in n]
+    assert sorted(rows) == sorted(expected)
+    assert "resnet50" in rows and "resnet18" not in rows
+
+
+def test_models_reports_torchvision_weights_metadata() -> None:
+    weights = torchvision.models.get_model_weights("resnet50").DEFAULT
+    preset = weights.transforms()
+    row = _rows(run_cli("models", "resnet50", "--json"))["resnet50"]
+    assert row["parameters"] == weights.meta["num_params"]
+    assert round(row["parameters"] / 1e6, 1) == 25.6
+    assert row["crop_size"] == preset.crop_size[0] == 224
+    assert row["resize_size"] == preset.resize_size[0] and row["resize_size"] in (232, 256)
+    assert row["imagenet_acc1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    line = _table_line(ok(run_cli("models", "resnet50")).stdout, "resnet50")
+    assert f"{weights.meta['num_params'] / 1e6:.1f}M" in line and f"{preset.resize_size[0]}" in line
+
+
+def test_models_shows_inception_at_its_own_resolution() -> None:
+    preset = torchvision.models.get_model_weights("inception_v3").DEFAULT.transforms()
+    row = _rows(run_cli("models", "inception", "--json"))["inception_v3"]
+    assert row["crop_size"] == preset.crop_size[0] == 299
+    assert row["resize_size"] == preset.resize_size[0]
+    assert " 299 " in _table_line(ok(run_cli("models", "inception")).stdout, "inception_v3")
+
+
+def test_models_filter_matching_nothing_is_a_one_line_error() -> None:
+    result = run_cli("models", "no-such-net")
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no architecture matches 'no-such-net'"), result.stderr
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "regnet_y_400mf", "inception_v3"])
+def test_parameters_counted_on_meta_match_the_published_weights(arch: str) -> None:
+    """The fallback for architectures without weights counts what the weights' metadata says."""
+    assert listings.parameter_count(arch) == torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]
+
+
+def test_an_architecture_without_weights_is_still_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listings, "_default_weights", lambda name: None)
+    row = listings.describe_model("resnet18")
+    expected = torchvision.models.get_model_weights("resnet18").DEFAULT.meta["num_params"]
+    assert row == {
+        "name": "resnet18",
+        "parameters": expected,
+        "crop_size": None,
+        "resize_size": None,
+        "imagenet_acc1": None,
+    }
+
+
+def test_env_json_reports_versions_backends_cpus() -> None:
+    report = json_result(run_cli("env", "--json"))
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["versions"]["torchvision"] == torchvision.__version__
+    assert report["distributed_backends"]["gloo"] is True
+    assert report["cpu"]["count"] == os.cpu_count()
+    assert report["cuda"] == [] or report["cuda"][0]["free_bytes"] is not None
+    assert not [k for k in report["launcher_env"] if k in LAUNCHER_VARS or k.startswith("SLURM_")]  # cli_env drops them
+    assert report["plan"]["launcher"] == "none" and report["plan"]["summary"].startswith("a plain run uses ")
+
+
+def test_env_sees_the_launcher_variables() -> None:
+    env = cli_env(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", SLURM_JOB_ID="42", NCCL_DEBUG="WARN")
+    report = json_result(run_cli("env", "--json", env=env))
+    assert {k: report["launcher_env"][k] for k in ("RANK", "WORLD_SIZE", "SLURM_JOB_ID", "NCCL_DEBUG")} == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "SLURM_JOB_ID": "42",
+        "NCCL_DEBUG": "WARN",
+    }
+    assert report["plan"]["launcher"] == "torchrun"
+    assert (report["plan"]["rank"], report["plan"]["world_size"], report["plan"]["local_rank"]) == (3, 4, 1)
+    out = ok(run_cli("env", env=env)).stdout
+    assert "\x1b" not in out
+    assert "SLURM_JOB_ID" in out and out.strip().splitlines()[-1].startswith("plan: torchrun detected: rank 3 of 4")
+
+
+def test_env_explains_a_stray_rank_variable() -> None:
+    report = json_result(run_cli("env", "--json", env=cli_env(RANK="3", SLURM_JOB_ID="42")))
+    assert report["launcher_env"]["RANK"] == "3" and report["launcher_env"]["SLURM_JOB_ID"] == "42"
+    assert report["plan"]["launcher"] == "none"
+    assert "not a torchrun process" in report["plan"]["summary"] and "SLURM job 42" in report["plan"]["summary"]
+
+
+def test_cuda_devices_come_freest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a shared machine the device with the most free memory is the one to pick, so it is listed first."""
+    gib = 2**30
+    free = {0: 2 * gib, 1: 70 * gib, 2: 30 * gib}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda i: SimpleNamespace(name=f"GPU {i}", major=9, minor=0, total_memory=80 * gib),
+    )
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 80 * gib))
+    devices = listings.cuda_devices()
+    assert [d["index"] for d in devices] == [1, 2, 0]
+    assert devices[0]["used_bytes"] == 10 * gib and devices[0]["free_bytes"] == 70 * gib
+
+
+def _params(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every parameter of a click command and of its subcommands, named by where it appears."""
+    for param in command.params:
+        yield f"{path} {param.name}", param
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _params(sub, f"{path} {name}")
+
+
+def test_every_option_and_argument_has_help() -> None:
+    import typer.main
+
+    from imagenet_cli.cli import app
+
+    group = typer.main.get_command(app)
+    assert "models" in group.commands and "env" in group.commands
+    exempt = {"help", "install_completion", "show_completion"}  # the frameworks' own
+    missing = [
+        where
+        for where, param in _params(group, "imagenet-cli")
+        if param.name not in exempt and not (getattr(param, "help", None) or "").strip()
+    ]
+    assert not missing, f"parameters without help text: {', '.join(missing)}"
+
+
+def _run_module(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagenet_cli", *args], env=cli_env(**env), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_offers_shell_completion() -> None:
+    assert "--install-completion" in ok(_run_module("--help", COLUMNS="200")).stdout
+
+
+def test_shell_completion_completes_command_names() -> None:
+    """Bash's completion function calls the program with these variables (the name comes from prog_name)."""
+    result = ok(_run_module(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS="imagenet-cli tr", COMP_CWORD="1"))
+    assert result.stdout.split() == ["train"]
