@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .atomicfile import atomic_write
 from .errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -53,6 +53,7 @@ class LoadedCheckpoint:
     rng_states: list[dict[str, Any]] | None = None
     versions: dict[str, str] | None = None
     scaler: dict[str, Any] | None = None  # fp16's gradient scaler
+    state_dict_ema: dict[str, torch.Tensor] | None = None  # --model-ema's weight average
 
 
 def make_checkpoint(
@@ -68,6 +69,7 @@ def make_checkpoint(
     step: int = 0,
     rng_states: list[dict[str, Any]] | None = None,
     scaler: Mapping[str, Any] | None = None,
+    ema_state: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """(`epoch`, `step`) is where training continues: after a finished epoch that is (next epoch, 0),
     as in the reference script; a mid-epoch save holds the epoch under way and the batches done in it.
@@ -89,6 +91,7 @@ def make_checkpoint(
         "class_names": list(class_names),
         "rng_states": list(rng_states or []),
         "scaler": dict(scaler or {}),
+        **({"state_dict_ema": strip_prefixes(ema_state)} if ema_state is not None else {}),
         "versions": {
             "imagenet_cli": __version__,
             "torch": str(torch.__version__),
@@ -198,44 +201,9 @@ def find_resumable(output_dir: str) -> tuple[str | None, list[str]]:
     return (max(candidates)[1] if candidates else None), problems
 
 
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    The rename is atomic on POSIX file systems, so readers see the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous file is unchanged") from exc
-        raise
-    _fsync_dir(directory)
-
-
 def _copy_into(source: str, f: Any) -> None:
     with open(source, "rb") as src:
         shutil.copyfileobj(src, f)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable; not every platform can open a directory, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path: str) -> LoadedCheckpoint:
@@ -309,6 +277,9 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         rng_states=list(raw["rng_states"]) if isinstance(raw.get("rng_states"), list) else None,
         versions=_mapping(raw, "versions"),
         scaler=_mapping(raw, "scaler"),
+        state_dict_ema=strip_prefixes(raw["state_dict_ema"])
+        if isinstance(raw.get("state_dict_ema"), Mapping)
+        else None,
     )
 
 

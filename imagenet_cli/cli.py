@@ -58,13 +58,26 @@ def _given(params: dict[str, Any], command: str | None = None, **renamed: str) -
     if recipe is not None:
         from .configfile import read_options
 
-        given = {**read_options(recipe, command or "train"), **given}
+        given = {**read_options(recipe, command or "train", _flag_aliases(command or "train")), **given}
     paths = ("path", "output_dir", "resume", "weights", "checkpoint", "train_manifest", "val_manifest", "log_dir",
              "confusion_plot")  # fmt: skip
     for key in paths:
         if key in given and not (key == "resume" and given[key] == "auto"):
             given[key] = os.path.abspath(given[key])
     return given
+
+
+def _flag_aliases(command: str) -> dict[str, str]:
+    """Every long flag of `command` (`train-crop-size`, `wd`, `dummy`) by the configuration option it sets,
+    so a recipe file may use any name the command line accepts."""
+    params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
+    return {
+        flag.removeprefix("--").replace("-", "_"): _RENAMED.get(p.name, p.name)
+        for p in params
+        if p.name
+        for flag in p.opts
+        if flag.startswith("--")
+    }
 
 
 @contextmanager
@@ -198,6 +211,23 @@ def train(
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
     grad_clip: opt.GradClip = None,
+    opt: opt.Opt = None,
+    lr_scheduler: opt.LrScheduler = None,
+    lr_milestones: opt.LrMilestones = None,
+    lr_min: opt.LrMin = None,
+    lr_warmup_epochs: opt.LrWarmupEpochs = None,
+    lr_warmup_method: opt.LrWarmupMethod = None,
+    lr_warmup_decay: opt.LrWarmupDecay = None,
+    label_smoothing: opt.LabelSmoothing = None,
+    mixup_alpha: opt.MixupAlpha = None,
+    cutmix_alpha: opt.CutmixAlpha = None,
+    model_ema: opt.ModelEma = False,
+    model_ema_decay: opt.ModelEmaDecay = None,
+    model_ema_steps: opt.ModelEmaSteps = None,
+    model_ema_warmup_epochs: opt.ModelEmaWarmupEpochs = None,
+    best_by: opt.BestBy = None,
+    grad_accum_steps: opt.GradAccumSteps = None,
+    sync_bn: opt.SyncBn = False,
     norm_weight_decay: opt.NormWeightDecay = None,
     bias_weight_decay: opt.BiasWeightDecay = None,
     freeze_backbone: opt.FreezeBackbone = False,
@@ -212,6 +242,11 @@ def train(
     shuffle_buffer: opt.ShuffleBuffer = None,
     prefetch_factor: opt.PrefetchFactor = None,
     decode_on_device: opt.DecodeOnDevice = False,
+    auto_augment: opt.AutoAugment = None,
+    ra_magnitude: opt.RaMagnitude = None,
+    augmix_severity: opt.AugmixSeverity = None,
+    random_erase: opt.RandomErase = None,
+    interpolation: opt.Interpolation = None,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     compile: opt.Compile = False,
@@ -299,7 +334,7 @@ def evaluate(
             raise UserError(f"{checkpoint} does not record its architecture; pass --arch")
         base = None
         if stored is not None:  # the training run's data settings; its optimiser and processes do not apply
-            base = RunConfig(command="evaluate", data=stored.data, model=ModelConfig(arch=arch))
+            base = RunConfig(command="evaluate", data=stored.data.for_evaluation(), model=ModelConfig(arch=arch))
         cfg = build_config("evaluate", {**given, "arch": arch}, base)
         _launch(cfg)
 
@@ -395,6 +430,23 @@ def finetune(
     save_every_minutes: opt.SaveEveryMinutes = None,
     keep_epochs: opt.KeepEpochs = None,
     grad_clip: opt.GradClip = None,
+    opt: opt.Opt = None,
+    lr_scheduler: opt.LrScheduler = None,
+    lr_milestones: opt.LrMilestones = None,
+    lr_min: opt.LrMin = None,
+    lr_warmup_epochs: opt.LrWarmupEpochs = None,
+    lr_warmup_method: opt.LrWarmupMethod = None,
+    lr_warmup_decay: opt.LrWarmupDecay = None,
+    label_smoothing: opt.LabelSmoothing = None,
+    mixup_alpha: opt.MixupAlpha = None,
+    cutmix_alpha: opt.CutmixAlpha = None,
+    model_ema: opt.ModelEma = False,
+    model_ema_decay: opt.ModelEmaDecay = None,
+    model_ema_steps: opt.ModelEmaSteps = None,
+    model_ema_warmup_epochs: opt.ModelEmaWarmupEpochs = None,
+    best_by: opt.BestBy = None,
+    grad_accum_steps: opt.GradAccumSteps = None,
+    sync_bn: opt.SyncBn = False,
     norm_weight_decay: opt.NormWeightDecay = None,
     bias_weight_decay: opt.BiasWeightDecay = None,
     freeze_backbone: opt.FreezeBackbone = False,
@@ -409,6 +461,11 @@ def finetune(
     shuffle_buffer: opt.ShuffleBuffer = None,
     prefetch_factor: opt.PrefetchFactor = None,
     decode_on_device: opt.DecodeOnDevice = False,
+    auto_augment: opt.AutoAugment = None,
+    ra_magnitude: opt.RaMagnitude = None,
+    augmix_severity: opt.AugmixSeverity = None,
+    random_erase: opt.RandomErase = None,
+    interpolation: opt.Interpolation = None,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
     compile: opt.Compile = False,
@@ -632,6 +689,31 @@ def env(json_output: opt.Json = False, debug: opt.Debug = False) -> None:
         from .reporting import print_environment
 
         print_environment(describe_environment(), json_output)
+
+
+@app.command("export")
+def export_model(
+    checkpoint: opt.CheckpointFile,
+    fmt: opt.ExportFormat,
+    output: opt.ExportOutput = None,
+    ema: opt.ExportEma = False,
+    arch: opt.RecordedArch = None,
+    image_size: opt.ExportImageSize = None,
+    debug: opt.Debug = False,
+) -> None:
+    """A checkpoint as a deployable file (TorchScript, ONNX or a plain state_dict) with its class names and preprocessing.
+
+    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format torchscript[/dim]
+    """
+    with _errors(debug):
+        from .export import Request
+        from .export import export as run_export
+
+        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size))
+        for note in outcome.notes:
+            typer.echo(note, err=True)
+        for path in outcome.written:
+            typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -18,9 +18,14 @@ from .formats import FORMATS, lookup
 COMMANDS = ("train", "evaluate", "finetune")
 BACKENDS = ("nccl", "gloo", "mpi", "ucc", "xccl")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop")
+SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant")
+WARMUP_METHODS = ("linear", "constant")
 FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
 FAKE_NUM_CLASSES = 10
 VAL_CROP_RATIO = 0.875  # 224 / 256, torchvision's and the reference's evaluation resize
+AUTO_AUGMENT_POLICIES = ("ra", "ta_wide", "augmix", "imagenet")  # RandAugment, TrivialAugmentWide, AugMix, AutoAugment
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -51,6 +56,12 @@ class DataConfig:
     decode_on_device: bool = False  # JPEGs decoded by the training device (nvJPEG), not the loader workers
     skip_bad_images: bool = False  # an unreadable file: warn and use the next one (default: stop, naming it)
     max_bad_images: int = 100  # ... but stop past this many on a rank
+    # Training augmentations, per sample in the loader workers after the crop and flip (validation never):
+    auto_augment: str | None = None  # one of AUTO_AUGMENT_POLICIES; None: none
+    ra_magnitude: int = 9  # RandAugment's magnitude, 0-30
+    augmix_severity: int = 3  # AugMix's severity, 1-10
+    random_erase: float = 0.0  # probability of erasing a rectangle (filled with the mean pixel); 0: off
+    interpolation: str = "bilinear"  # of the training crop's and the validation resize
 
     def __post_init__(self) -> None:
         manifests = bool(self.train_manifest or self.val_manifest)
@@ -87,10 +98,47 @@ class DataConfig:
         _check(self.prefetch_factor >= 1, f"--prefetch-factor must be at least 1, got {self.prefetch_factor}")
         _check(self.max_bad_images >= 0, f"--max-bad-images must be 0 or more, got {self.max_bad_images}")
         _check(self.shuffle_buffer >= 0, f"--shuffle-buffer must be 0 or more, got {self.shuffle_buffer}")
+        self._check_augmentation()
         object.__setattr__(self, "image_size", image_size)
         object.__setattr__(self, "val_crop_size", crop)
         object.__setattr__(self, "val_resize_size", resize)
         object.__setattr__(self, "num_classes", num_classes)
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training images get augmentations beyond the crop and flip."""
+        return self.auto_augment is not None or self.random_erase > 0
+
+    def for_evaluation(self) -> DataConfig:
+        """These settings without the training augmentations: evaluating a checkpoint never augments, so
+        its run's augmentations must not stop `evaluate --fake-data` or `--decode-on-device`."""
+        return dataclasses.replace(self, auto_augment=None, random_erase=0.0)
+
+    def _check_augmentation(self) -> None:
+        """Values the transforms would reject deep inside a loader worker, and combinations where the
+        augmentations could not run: refused here, in one line, before any process starts."""
+        policies, modes = ", ".join(AUTO_AUGMENT_POLICIES), ", ".join(INTERPOLATIONS)
+        _check(
+            self.auto_augment is None or self.auto_augment in AUTO_AUGMENT_POLICIES,
+            f"--auto-augment must be one of {policies}, got {self.auto_augment!r}",
+        )
+        _check(0 <= self.ra_magnitude <= 30, f"--ra-magnitude must be between 0 and 30, got {self.ra_magnitude}")
+        _check(
+            1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
+        )
+        _check(0 <= self.random_erase <= 1, f"--random-erase is a probability, from 0 to 1; got {self.random_erase}")
+        _check(
+            self.interpolation in INTERPOLATIONS, f"--interpolation must be one of {modes}, got {self.interpolation!r}"
+        )
+        _check(
+            not (self.fake and self.augmented),
+            "--fake-data images are made on the device and are not augmented; drop --auto-augment and --random-erase",
+        )
+        _check(
+            not (self.decode_on_device and self.augmented),
+            "--auto-augment and --random-erase run in the loader workers, but --decode-on-device crops on the "
+            "device; use one or the other",
+        )
 
 
 @dataclass(frozen=True)
@@ -110,16 +158,34 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The reference recipe: SGD with momentum, LR divided by 10 every 30 epochs."""
+    """The reference recipe by default (SGD with momentum, LR divided by 10 every 30 epochs), and the
+    parts of torchvision's and timm's recipes: other optimizers, warmup and cosine schedules set every
+    step, label smoothing, mixup and cutmix, weight EMA, gradient accumulation."""
 
     epochs: int = 90
     start_epoch: int = 0
-    batch_size: int = 256  # the total over all processes of the run
+    batch_size: int = 256  # the total over all processes of the run, per optimizer step: × grad_accum_steps
+    opt: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_scheduler: str = "step"
     lr_step_size: int = 30
     lr_gamma: float = 0.1
+    lr_milestones: str | None = None  # multistep: epochs, comma-separated ("30,60,80")
+    lr_min: float = 0.0  # cosine: the LR it ends at
+    lr_warmup_epochs: float = 0.0
+    lr_warmup_method: str = "linear"
+    lr_warmup_decay: float = 0.01  # the warmup starts at this fraction of the LR
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # 0: off; with cutmix too, each batch gets one of the two
+    cutmix_alpha: float = 0.0
+    model_ema: bool = False
+    model_ema_decay: float = 0.999  # per EMA update
+    model_ema_steps: int = 32  # optimizer steps between EMA updates
+    model_ema_warmup_epochs: float = 0.0  # the EMA copies the model until then
+    best_by: str = "model"  # model_best.pth.tar: the best epoch by the model's top-1, or the EMA's
+    grad_accum_steps: int = 1
     grad_clip: float | None = None  # max norm of all gradients together; None: no clipping
     norm_weight_decay: float | None = None  # None: --weight-decay
     bias_weight_decay: float | None = None  # None: --weight-decay
@@ -137,6 +203,32 @@ class OptimConfig:
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         _check(self.lr_step_size > 0, f"--lr-step-size must be positive, got {self.lr_step_size}")
         _check(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        _check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
+        _check(
+            self.lr_scheduler in SCHEDULES,
+            f"--lr-scheduler must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler!r}",
+        )
+        _check(
+            self.lr_scheduler != "multistep" or bool(self.lr_milestones),
+            "--lr-scheduler multistep needs --lr-milestones, e.g. 30,60,80",
+        )
+        self.milestones()  # checks the list
+        _check(0 <= self.lr_min < self.lr, f"--lr-min must be 0 or more and below --lr, got {self.lr_min}")
+        _check(self.lr_warmup_epochs >= 0, f"--lr-warmup-epochs must be 0 or more, got {self.lr_warmup_epochs}")
+        _check(
+            self.lr_warmup_method in WARMUP_METHODS,
+            f"--lr-warmup-method must be linear or constant, got {self.lr_warmup_method!r}",
+        )
+        _check(0 < self.lr_warmup_decay <= 1, f"--lr-warmup-decay must be in (0, 1], got {self.lr_warmup_decay}")
+        _check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for flag, alpha in (("--mixup-alpha", self.mixup_alpha), ("--cutmix-alpha", self.cutmix_alpha)):
+            _check(alpha >= 0, f"{flag} must be 0 (off) or more, got {alpha}")
+        _check(0 < self.model_ema_decay < 1, f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
+        _check(self.model_ema_steps >= 1, f"--model-ema-steps must be at least 1, got {self.model_ema_steps}")
+        _check(self.model_ema_warmup_epochs >= 0, "--model-ema-warmup-epochs must be 0 or more")
+        _check(self.best_by in ("model", "ema"), f"--best-by must be model or ema, got {self.best_by!r}")
+        _check(self.best_by == "model" or self.model_ema, "--best-by ema needs --model-ema")
+        _check(self.grad_accum_steps >= 1, f"--grad-accum-steps must be at least 1, got {self.grad_accum_steps}")
         for flag, value in (
             ("--norm-weight-decay", self.norm_weight_decay),
             ("--bias-weight-decay", self.bias_weight_decay),
@@ -148,6 +240,20 @@ class OptimConfig:
             self.unfreeze_at_epoch is None or self.unfreeze_at_epoch >= 0,
             f"--unfreeze-at-epoch must be 0 or more, got {self.unfreeze_at_epoch}",
         )
+
+    def milestones(self) -> tuple[int, ...]:
+        """--lr-milestones as epochs, increasing."""
+        if not self.lr_milestones:
+            return ()
+        try:
+            epochs = tuple(int(part) for part in str(self.lr_milestones).replace(" ", "").split(","))
+        except ValueError:
+            epochs = ()
+        _check(
+            bool(epochs) and all(e > 0 for e in epochs) and list(epochs) == sorted(set(epochs)),
+            f"--lr-milestones must be increasing positive epochs like 30,60,80, got {self.lr_milestones!r}",
+        )
+        return epochs
 
 
 @dataclass(frozen=True)
@@ -194,6 +300,7 @@ class DistConfig:
     no_accel: bool = False
     data_parallel: bool = False
     dist_timeout: float = 600.0  # seconds: joining the run, and any one collective
+    sync_bn: bool = False  # BatchNorm statistics over the whole batch of all GPUs, not each GPU's share
 
     def __post_init__(self) -> None:
         _check(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")

@@ -17,7 +17,7 @@ from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, section_of
 from .errors import UserError
 
 
-def read_options(path: str, command: str) -> dict[str, Any]:
+def read_options(path: str, command: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
     """The file's options by their configuration names, checked for name and type. Relative paths in it
     are taken from the current directory, as on the command line."""
     raw = _parse(path)
@@ -26,7 +26,7 @@ def read_options(path: str, command: str) -> dict[str, Any]:
         raise UserError(f"{path} is a {recipe_command} recipe; run it with `imagenet-cli {recipe_command} --config`")
     options: dict[str, Any] = {}
     for key, value in raw.items():
-        name = option_name(key)
+        name = option_name(key, aliases or {})
         if name not in OPTION_NAMES or name in INVOCATION_ONLY:
             raise UserError(f"{path}: unknown option {key!r}{_suggest(key)}")
         if value is None:
@@ -36,10 +36,11 @@ def read_options(path: str, command: str) -> dict[str, Any]:
     return options
 
 
-def option_name(key: str) -> str:
-    """`--lr-step-size`, `lr-step-size` and `lr_step_size` all name the same option."""
+def option_name(key: str, aliases: dict[str, str]) -> str:
+    """`--lr-step-size`, `lr-step-size` and `lr_step_size` all name the same option; so do a flag's other
+    names (`aliases`: `train_crop_size` for `image_size`)."""
     name = key.lstrip("-").replace("-", "_")
-    return {flag.replace("-", "_"): option for option, flag in FILE_KEYS.items()}.get(name, name)
+    return {flag.replace("-", "_"): option for option, flag in FILE_KEYS.items()}.get(name) or aliases.get(name, name)
 
 
 def _parse(path: str) -> dict[str, Any]:

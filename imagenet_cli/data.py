@@ -25,8 +25,7 @@ from .shards import ShardStream
 from .sources import DataSplits
 from .unreadable import Guarded, collate
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = presets.IMAGENET_MEAN, presets.IMAGENET_STD  # defined there: erasing fills with the mean
 
 
 def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None = None) -> DataSplits:

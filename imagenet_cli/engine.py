@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -19,10 +20,13 @@ from torch.utils.data import DataLoader
 
 from .data import Normalizer, set_position
 from .distributed import DistContext, all_reduce_min, all_reduce_sum
+from .ema import ModelEma
 from .errors import RunFailed
 from .faults import Fault
+from .mixing import BatchMixer
 from .models import unwrap
 from .reporting import Reporter
+from .schedule import Schedule
 from .unreadable import BadImages
 
 AUX_LOSS_WEIGHT = 0.4  # Inception v3 / GoogLeNet auxiliary classifiers, as in their papers' recipes
@@ -137,17 +141,24 @@ class TrainParts:
     guard: FiniteGuard = field(default_factory=FiniteGuard)
     fault: Fault = field(default_factory=Fault)  # what the fault-injection tests ask for; nothing otherwise
     bad_images: BadImages = field(default_factory=BadImages)  # stop at an unreadable file, or skip it
+    schedule: Schedule | None = None  # sets the LR before every step; None: left as it is
+    grad_accum_steps: int = 1
+    mixer: BatchMixer | None = None  # mixup / cutmix
+    ema: ModelEma | None = None
+    ema_warmup_epochs: float = 0.0
 
 
 def train_one_epoch(
     parts: TrainParts, loader: DataLoader, epoch: int, first_step: int = 0, after_step: Callable[[int], None] = _nothing
 ) -> Metrics:
-    """Steps count from 1 within the epoch; a resumed epoch starts after `first_step` batches (its loader
-    already skips them). `after_step(step)` runs after each optimizer step, on every rank."""
+    """Steps count batches from 1 within the epoch; a resumed epoch starts after `first_step` batches (its
+    loader already skips them). With accumulation the optimizer steps every `grad_accum_steps` batches
+    and at the epoch's end; `after_step(step)` runs after each optimizer step, on every rank."""
     model, ctx, reporter, topk = parts.model, parts.ctx, parts.reporter, min(5, parts.num_classes)
     model.train()
     for norm in parts.frozen_norms:
         norm.eval()
+    parts.optimizer.zero_grad(set_to_none=True)
     meter, since_print = Meter(ctx.device, topk), Meter(ctx.device, topk)
     start = last_print = waiting_since = time.perf_counter()
     waited = waited_since_print = 0.0
@@ -158,19 +169,12 @@ def train_one_epoch(
         waited, waited_since_print = waited + wait, waited_since_print + wait
         images, targets = parts.bad_images.unpack(batch)
         images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
-        with parts.autocast():
-            logits, aux = split_outputs(model(images))
-            loss = parts.criterion(logits, targets) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, targets) for a in aux)
-        loss = parts.fault.apply(loss, ctx.rank, epoch, step)
-        parts.guard.observe(loss, ctx, epoch, step)
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        if parts.grad_clip is not None:
-            parts.scaler.unscale_(parts.optimizer)
-            params = [p for group in parts.optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, parts.grad_clip, foreach=True)
-        parts.scaler.step(parts.optimizer)  # skipped on the device when gradients are not finite
-        parts.scaler.update()
+        if parts.schedule is not None:
+            parts.schedule.apply(parts.optimizer, epoch + (step - 1) / total)
+        last_of_group = step % parts.grad_accum_steps == 0 or step == total
+        logits, loss = _forward_backward(parts, images, targets, epoch, step, sync=last_of_group)
+        if last_of_group:
+            _optimizer_step(parts, epoch, step, total)
         for m in (meter, since_print):
             m.add(logits.detach(), targets, loss.detach() * targets.numel())
         if step % parts.print_freq == 0 or step == total:
@@ -180,12 +184,46 @@ def train_one_epoch(
             since_print, last_print, waited_since_print = Meter(ctx.device, topk), now, 0.0
         else:
             reporter.phase_advance(step)
-        after_step(step)
+        if last_of_group:
+            after_step(step)
         waiting_since = time.perf_counter()
     all_reduce_sum(meter.sums, ctx)
     result = meter.read(time.perf_counter() - start, waited)
     reporter.phase_end(result)
     return result
+
+
+def _forward_backward(
+    parts: TrainParts, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int, sync: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and gradients of one batch (mixed, when mixup or cutmix is on). Gradients of the inner
+    batches of an accumulation group are not all-reduced: only the group's last one pays for that."""
+    ctx = parts.ctx
+    labels: torch.Tensor = targets
+    if parts.mixer is not None and parts.mixer.active:
+        images, labels = parts.mixer(images, targets, ctx.rank, epoch, step)
+    no_sync = getattr(parts.model, "no_sync", None)
+    with nullcontext() if sync or no_sync is None else no_sync(), parts.autocast():
+        logits, aux = split_outputs(parts.model(images))
+        loss = parts.criterion(logits, labels) + sum(AUX_LOSS_WEIGHT * parts.criterion(a, labels) for a in aux)
+        loss = parts.fault.apply(loss, ctx.rank, epoch, step)
+        parts.guard.observe(loss, ctx, epoch, step)
+        parts.scaler.scale(loss / parts.grad_accum_steps).backward()
+    return logits, loss
+
+
+def _optimizer_step(parts: TrainParts, epoch: int, step: int, total: int) -> None:
+    if parts.grad_clip is not None:
+        parts.scaler.unscale_(parts.optimizer)
+        params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, parts.grad_clip, foreach=True)
+    parts.scaler.step(parts.optimizer)  # skipped on the device when gradients are not finite
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.ema is not None:
+        per_epoch = math.ceil(total / parts.grad_accum_steps)
+        done = epoch * per_epoch + math.ceil(step / parts.grad_accum_steps)
+        parts.ema.update(done, warming_up=epoch + step / total <= parts.ema_warmup_epochs)
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -206,6 +244,7 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     bad_images: BadImages | None = None,
     confusion: bool = False,
+    phase: str = "val",
 ) -> Metrics:
     """Exact over the whole validation set, whatever the number of ranks: each rank sees a disjoint
     shard, runs the unwrapped model (no collectives, so uneven shards cannot hang), and the sums are
@@ -216,7 +255,7 @@ def evaluate(
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=ctx.device)  # correct, images
     cells = torch.zeros(num_classes * num_classes if confusion else 0, dtype=torch.float64, device=ctx.device)
     start = time.perf_counter()
-    reporter.phase_start("val", epoch, len(loader))
+    reporter.phase_start(phase, epoch, len(loader))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # sums, not means, stay exact across uneven shards
     bad_images = bad_images or BadImages()
     for step, batch in enumerate(loader, start=1):
@@ -256,6 +295,7 @@ class EpochResult:
     best_acc1: float
     is_best: bool
     saved: str | None
+    ema: Metrics | None = None  # validation of the weight average, with --model-ema
 
 
 @dataclass(frozen=True)
@@ -277,39 +317,37 @@ def fit(
     parts: TrainParts,
     train_data: DataLoader,
     val_data: DataLoader,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
     start_epoch: int,
     start_step: int,
     epochs: int,
     best_acc1: float,
     hooks: Hooks,
+    best_by_ema: bool = False,
 ) -> float:
-    """Train from (`start_epoch`, `start_step`) to `epochs`, validating after each epoch; returns the best
-    top-1. The sampler's position is set explicitly each epoch, so a mid-epoch resume continues with the
-    very batch an uninterrupted run would have taken next."""
+    """Train from (`start_epoch`, `start_step`) to `epochs`, validating after each epoch (the weight
+    average too, with EMA); returns the best top-1, by the model's or, with `best_by_ema`, the average's.
+    The sampler's position is set explicitly each epoch, so a mid-epoch resume continues with the very
+    batch an uninterrupted run would have taken next."""
     for epoch in range(start_epoch, epochs):
         parts = hooks.before_epoch(epoch, parts)
         first_step = start_step if epoch == start_epoch else 0
         set_position(train_data, epoch, first_step * (train_data.batch_size or 1))
-        lr = _lr(parts.optimizer)
         train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
-        scheduler.step()
-        val = evaluate(
-            parts.model,
-            val_data,
-            parts.normalize,
-            parts.ctx,
-            parts.reporter,
-            epoch,
-            parts.print_freq,
-            parts.num_classes,
-            parts.autocast,
-            parts.bad_images,
-        )
-        is_best = val.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
-        best_acc1 = max(val.acc1, best_acc1)
+        val = _validate(parts, parts.model, val_data, epoch)
+        ema = _validate(parts, parts.ema.module, val_data, epoch, "ema") if parts.ema is not None else None
+        judged = ema if best_by_ema and ema is not None else val
+        is_best = judged.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
+        best_acc1 = max(judged.acc1, best_acc1)
         saved = hooks.save(epoch, best_acc1, is_best)
-        parts.reporter.epoch_end(EpochResult(epoch, train, val, lr, best_acc1, is_best, saved))
+        result = EpochResult(epoch, train, val, _lr(parts.optimizer), best_acc1, is_best, saved, ema)
+        parts.reporter.epoch_end(result)
         hooks.after_epoch(epoch)
     return best_acc1
+
+
+def _validate(parts: TrainParts, model: nn.Module, val_data: DataLoader, epoch: int, phase: str = "val") -> Metrics:
+    return evaluate(
+        model, val_data, parts.normalize, parts.ctx, parts.reporter, epoch, parts.print_freq, parts.num_classes,
+        parts.autocast, parts.bad_images, phase=phase,
+    )  # fmt: skip

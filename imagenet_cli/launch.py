@@ -66,6 +66,8 @@ def _check_flags(cfg: RunConfig, topology: Topology) -> None:
     gpus = distributed.accelerator_count(cfg.dist)
     if cfg.dist.dist_backend == "nccl" and gpus == 0:
         raise UserError("--dist-backend nccl needs CUDA GPUs; this machine has none (use gloo, or leave it out)")
+    if cfg.dist.sync_bn and gpus == 0:
+        raise UserError("--sync-bn needs CUDA GPUs: torch's SyncBatchNorm does not run on the CPU (leave it out)")
     if topology.launcher == "spawn" and gpus and topology.nproc_per_node > gpus:
         raise UserError(
             f"--nproc-per-node {topology.nproc_per_node} asks for more processes than this machine's {gpus} GPU(s); "

@@ -13,6 +13,7 @@ from .config import default_for
 
 DATA_PANEL, MODEL_PANEL, OPTIM_PANEL, DIST_PANEL, RUN_PANEL = "Data", "Model", "Optimisation", "Distributed", "Run"
 SPEED_PANEL = "Speed"
+RECIPE_PANEL = "Recipe (schedules, regularisation, EMA)"
 
 
 def _d(name: str, command: str = "train") -> str:
@@ -51,6 +52,7 @@ ImageSize = Annotated[
     int | None,
     typer.Option(
         "--image-size",
+        "--train-crop-size",
         help="Training crop size in pixels.",
         show_default="224; 64 with --fake-data",
         rich_help_panel=DATA_PANEL,
@@ -447,6 +449,7 @@ GradClip = Annotated[
     float | None,
     typer.Option(
         "--grad-clip",
+        "--clip-grad-norm",
         help="Clip the norm of all gradients together to this (e.g. 1.0); a cure for loss spikes and NaNs.",
         rich_help_panel=OPTIM_PANEL,
     ),
@@ -698,5 +701,147 @@ ModelsFilter = Annotated[
     typer.Argument(
         metavar="FILTER",
         help="Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
+    ),
+]
+
+ExportFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
+        "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ExportOutput = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="File to write.",
+        show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ExportEma = Annotated[
+    bool,
+    typer.Option(
+        "--ema", help="Export the averaged weights of a --model-ema run instead.", rich_help_panel=MODEL_PANEL
+    ),
+]
+ExportImageSize = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        help="Input crop size in pixels the exported model is traced at and its preprocessing crops to.",
+        show_default="the size the checkpoint was validated at",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+
+
+# The parts of modern training recipes (torchvision's and timm's), with the reference recipe as default.
+def _recipe(flag: str, kind: Any, help: str, field: str | None = None, default: str | None = None) -> Any:
+    shown = default if default is not None else _d(field or flag.lstrip("-").replace("-", "_"))
+    return Annotated[kind | None, typer.Option(flag, help=help, show_default=shown, rich_help_panel=RECIPE_PANEL)]
+
+
+Opt = _recipe("--opt", str, "Optimizer: sgd, nesterov (SGD with Nesterov momentum), adamw, rmsprop.")
+LrScheduler = _recipe(
+    "--lr-scheduler", str,
+    "LR schedule, set every step: step (× --lr-gamma every --lr-step-size epochs), multistep (at "
+    "--lr-milestones), cosine or linear (down to --lr-min), exponential (× --lr-gamma per epoch), constant.",
+)  # fmt: skip
+LrMilestones = _recipe(
+    "--lr-milestones", str, "multistep: the epochs at which to multiply by --lr-gamma, e.g. 30,60,80.", default="none"
+)
+LrMin = _recipe("--lr-min", float, "cosine: the LR the schedule ends at.")
+LrWarmupEpochs = _recipe(
+    "--lr-warmup-epochs", float, "Warm the LR up over this many epochs (fractions allowed); the schedule starts after."
+)
+LrWarmupMethod = _recipe(
+    "--lr-warmup-method", str, "Warmup: linear (from --lr-warmup-decay × LR up to the LR) or constant."
+)
+LrWarmupDecay = _recipe("--lr-warmup-decay", float, "The fraction of the LR the warmup starts at.")
+LabelSmoothing = _recipe("--label-smoothing", float, "Label smoothing of the training loss (e.g. 0.1).")
+MixupAlpha = _recipe(
+    "--mixup-alpha", float, "Mixup: blend batch pairs with a Beta(α, α) weight, on the device (0: off; e.g. 0.2)."
+)
+CutmixAlpha = _recipe(
+    "--cutmix-alpha", float, "CutMix: paste a box of another image, area from Beta(α, α) (0: off; e.g. 1.0). With "
+    "mixup too, each batch gets one of the two.",
+)  # fmt: skip
+ModelEma = Annotated[
+    bool,
+    typer.Option(
+        "--model-ema", help="Keep a running average of the weights; validated and saved beside the model.",
+        rich_help_panel=RECIPE_PANEL,
+    ),
+]  # fmt: skip
+ModelEmaDecay = _recipe("--model-ema-decay", float, "Weight of the old average at each EMA update.")
+ModelEmaSteps = _recipe("--model-ema-steps", int, "Optimizer steps between EMA updates.")
+ModelEmaWarmupEpochs = _recipe(
+    "--model-ema-warmup-epochs", float, "Until then the average just copies the weights (e.g. the LR warmup)."
+)
+BestBy = _recipe("--best-by", str, "Which top-1 picks model_best.pth.tar: model, or ema (with --model-ema).")
+GradAccumSteps = _recipe(
+    "--grad-accum-steps", int,
+    "Accumulate gradients over this many batches per optimizer step: the step sees -b × this many images "
+    "(set --lr for that batch); only the last batch of each group is all-reduced.",
+)  # fmt: skip
+SyncBn = Annotated[
+    bool,
+    typer.Option(
+        "--sync-bn", help="BatchNorm statistics over the whole batch of every GPU (CUDA only).",
+        rich_help_panel=DIST_PANEL,
+    ),
+]  # fmt: skip
+
+AutoAugment = Annotated[
+    str | None,
+    typer.Option(
+        "--auto-augment",
+        help="Augmentation policy of training images, after the crop and flip: ra (RandAugment), ta_wide "
+        "(TrivialAugmentWide), augmix (AugMix) or imagenet (AutoAugment's ImageNet policy).",
+        show_default="none",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+RaMagnitude = Annotated[
+    int | None,
+    typer.Option(
+        "--ra-magnitude",
+        help="Magnitude of RandAugment's operations, 0-30 (with --auto-augment ra).",
+        show_default=_d("ra_magnitude"),
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+AugmixSeverity = Annotated[
+    int | None,
+    typer.Option(
+        "--augmix-severity",
+        help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix).",
+        show_default=_d("augmix_severity"),
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+RandomErase = Annotated[
+    float | None,
+    typer.Option(
+        "--random-erase",
+        metavar="P",
+        help="Probability of erasing a random rectangle (2-33% of the area) of each training image, filled "
+        "with the mean pixel.",
+        show_default="0: off",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+Interpolation = Annotated[
+    str | None,
+    typer.Option(
+        "--interpolation",
+        help="Resampling of the training crop's and the validation resize: bilinear, bicubic or nearest.",
+        show_default=_d("interpolation"),
+        rich_help_panel=DATA_PANEL,
     ),
 ]

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomicfile import atomic_write
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -318,15 +317,5 @@ def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) 
 
 
 def _save_png(figure: Figure, output: Path) -> None:
-    """Write the figure whole or not at all: a temporary file beside `output`, then renamed over it, so a
-    viewer or a second writer never sees half a PNG. Mode "x" keeps the usual umask-based permissions."""
-    temporary = output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "xb") as file:
-            figure.savefig(file, format="png")
-        os.replace(temporary, output)
-    except OSError as exc:
-        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Whole or not at all, so a viewer or a second writer never sees half a PNG."""
+    atomic_write(str(output), lambda file: figure.savefig(file, format="png"))

@@ -17,6 +17,7 @@ import torch
 from PIL import UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
 
 from . import compute, data, models
 from .checkpoint import LoadedCheckpoint, read_checkpoint
@@ -89,6 +90,11 @@ def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
     if expected:
         return expected["val_resize_size"], expected["val_crop_size"]
     return DEFAULT_SIZES
+
+
+def interpolation(loaded: LoadedCheckpoint) -> str:
+    """The resampling the stored run validated with (--interpolation); bilinear otherwise."""
+    return RunConfig.from_dict(loaded.config).data.interpolation if loaded.config is not None else "bilinear"
 
 
 def resolve_arch(loaded: LoadedCheckpoint, given: str | None) -> str:
@@ -187,7 +193,9 @@ def predict(request: Request) -> Outcome:
     device = select_device(DistConfig(no_accel=request.no_accel), 0, Topology("single", 1, 1))
     settings = compute.resolve(ComputeConfig(), device, model)
     model = compute.place(model, settings)
-    loader = _loader(paths, ValPreset(*input_sizes(loaded, arch)), request, device)
+    loader = _loader(
+        paths, ValPreset(*input_sizes(loaded, arch), InterpolationMode(interpolation(loaded))), request, device
+    )
     top_k = min(request.top_k, len(names))
     for index, result in _run(model, loader, settings, top_k):
         if isinstance(result, str):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -31,6 +32,11 @@ CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's area range, as in the reference 
 CROP_RATIO = (3 / 4, 4 / 3)
 DCT_SCALES = (8, 4, 2)  # the reductions libjpeg decodes directly
 REDUCE_FROM_PIXELS = 1_000_000
+BILINEAR = InterpolationMode.BILINEAR  # the reference's resize, and the default of every preset
+# ImageNet's channel statistics: the device normalises uint8 batches with them (data.Normalizer), and an
+# erased rectangle is filled with the mean, which normalisation turns into the 0 torchvision's recipe erases to.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
@@ -48,6 +54,7 @@ class CropPlan:
     width: int
     size: int
     flip: bool
+    interpolation: InterpolationMode = BILINEAR
 
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(self.width, self.height), self.size)
@@ -61,8 +68,8 @@ class CropPlan:
         return dataclasses.replace(self, top=top, left=left, height=height, width=width)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        size = [self.size, self.size]
-        image = F.resized_crop(pixels, self.top, self.left, self.height, self.width, size, antialias=True)
+        size, mode = [self.size, self.size], self.interpolation
+        image = F.resized_crop(pixels, self.top, self.left, self.height, self.width, size, mode, antialias=True)
         return image.flip(-1) if self.flip else image
 
 
@@ -72,6 +79,7 @@ class CentrePlan:
 
     resize: int
     crop: int
+    interpolation: InterpolationMode = BILINEAR
 
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(header.size), self.resize)
@@ -80,7 +88,7 @@ class CentrePlan:
         return self
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.center_crop(F.resize(pixels, [self.resize], antialias=True), [self.crop])
+        return F.center_crop(F.resize(pixels, [self.resize], self.interpolation, antialias=True), [self.crop])
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class PadCropPlan:
     top: int
     left: int
     flip: bool
+    interpolation: InterpolationMode = BILINEAR
 
     def reduction(self, header: Image.Image) -> int:
         return 1
@@ -101,7 +110,7 @@ class PadCropPlan:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[-2:] != (self.size, self.size):
-            pixels = F.resize(pixels, [self.size, self.size], antialias=True)
+            pixels = F.resize(pixels, [self.size, self.size], self.interpolation, antialias=True)
         image = F.crop(F.pad(pixels, [self.padding]), self.top, self.left, self.size, self.size)
         return image.flip(-1) if self.flip else image
 
@@ -125,33 +134,35 @@ class Preset:
 class TrainPreset(Preset):
     """Random resized crop and horizontal flip."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, interpolation: InterpolationMode = BILINEAR) -> None:
+        self.size, self.interpolation = size, interpolation
 
     def plan(self, width: int, height: int) -> CropPlan:
-        return CropPlan(*random_crop_box(width, height), size=self.size, flip=random.random() < 0.5)
+        box = random_crop_box(width, height)  # before the flip: the order seeded runs have always drawn in
+        return CropPlan(*box, size=self.size, flip=random.random() < 0.5, interpolation=self.interpolation)
 
 
 class ValPreset(Preset):
     """Resize the shorter side to `resize_size`, centre crop `crop_size`."""
 
-    def __init__(self, resize_size: int, crop_size: int) -> None:
-        self.resize_size, self.crop_size = resize_size, crop_size
+    def __init__(self, resize_size: int, crop_size: int, interpolation: InterpolationMode = BILINEAR) -> None:
+        self.resize_size, self.crop_size, self.interpolation = resize_size, crop_size, interpolation
 
     def plan(self, width: int, height: int) -> CentrePlan:
-        return CentrePlan(self.resize_size, self.crop_size)
+        return CentrePlan(self.resize_size, self.crop_size, self.interpolation)
 
 
 class PadCropPreset(Preset):
     """For pictures already at training size (CIFAR's 32 px, MNIST's 28): pad, random crop back, flip;
     the classic small-image augmentation, instead of blowing 32 px up to 224."""
 
-    def __init__(self, size: int, padding: int) -> None:
-        self.size, self.padding = size, padding
+    def __init__(self, size: int, padding: int, interpolation: InterpolationMode = BILINEAR) -> None:
+        self.size, self.padding, self.interpolation = size, padding, interpolation
 
     def plan(self, width: int, height: int) -> PadCropPlan:
         offsets = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
-        return PadCropPlan(self.size, self.padding, *offsets, flip=random.random() < 0.5)
+        flip = random.random() < 0.5
+        return PadCropPlan(self.size, self.padding, *offsets, flip=flip, interpolation=self.interpolation)
 
 
 # -- decoding on the training device ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
+from .atomicfile import write_text
 from .config import RunConfig, to_options
 from .reporting import Reporter
 
@@ -32,26 +32,11 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Readers (and a crash) see the old file or the new one, never half of one."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_config(cfg: RunConfig) -> str:
     """`config.json`: every option of the run by its flag name, a valid `--config` file, so
     `imagenet-cli train --config RUN/config.json --output-dir NEW` trains the same run again."""
     path = os.path.join(cfg.output_dir, CONFIG_NAME)
-    write_atomically(path, json.dumps(to_options(cfg), indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(to_options(cfg), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -121,7 +106,7 @@ def trim(path: str, epoch: int, step: int) -> None:
                 continue
             if isinstance(line, dict) and _position(line) <= (epoch, step):
                 kept.append(json.dumps(line))
-    write_atomically(path, "".join(f"{line}\n" for line in kept))
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class MetricsFile(Reporter):
@@ -156,7 +141,7 @@ class MetricsFile(Reporter):
              "train_acc5": train.acc5, "val_loss": val.loss, "val_acc1": val.acc1, "val_acc5": val.acc5,
              "lr": result.lr, "best_acc1": result.best_acc1, "is_best": result.is_best, "saved": result.saved,
              "seconds": train.seconds + val.seconds, "images_per_second": train.images_per_second,
-             "data_wait": train.data_wait, "memory_mb": memory_mb(self.device)}
+             "data_wait": train.data_wait, "memory_mb": memory_mb(self.device), **_ema_figures(result)}
         )  # fmt: skip
 
     def close(self) -> None:
@@ -169,6 +154,12 @@ class MetricsFile(Reporter):
             return
         self._file.write(json.dumps({**line, "time": round(time.time(), 3)}) + "\n")
         self._file.flush()  # a crashed run keeps every line written before the crash
+
+
+def _ema_figures(result: EpochResult) -> dict[str, float]:
+    if result.ema is None:
+        return {}
+    return {"ema_val_loss": result.ema.loss, "ema_val_acc1": result.ema.acc1, "ema_val_acc5": result.ema.acc5}
 
 
 class TensorBoard(Reporter):
@@ -200,7 +191,8 @@ class TensorBoard(Reporter):
 
     def epoch_end(self, result: EpochResult) -> None:
         at = (result.epoch + 1) * self._steps_per_epoch
-        for split, metrics in (("train", result.train), ("val", result.val)):
+        splits = [("train", result.train), ("val", result.val), *([("ema_val", result.ema)] if result.ema else [])]
+        for split, metrics in splits:
             self.writer.add_scalar(f"epoch/{split}_loss", metrics.loss, at)
             self.writer.add_scalar(f"epoch/{split}_top1", metrics.acc1, at)
             self.writer.add_scalar(f"epoch/{split}_top5", metrics.acc5, at)

@@ -127,7 +127,8 @@ class ConsoleReporter(Reporter):
         phase, epoch, total = self._phase
         elapsed = time.perf_counter() - self._phase_start
         eta = elapsed / max(1, step - self._phase_done) * (total - step)
-        label = f"Epoch: [{epoch}]" if phase == "train" else f"Test: [{epoch}]"
+        label = {"train": "Epoch", "val": "Test", "ema": "Test (EMA)"}.get(phase, phase)
+        label = f"{label}: [{epoch}]"
         width = len(str(total))
         self._print(f"{label}[{step:>{width}}/{total}]  {stats}  eta {_duration(eta)}")
 
@@ -140,9 +141,10 @@ class ConsoleReporter(Reporter):
         self.history.append(result)
         marks = " (new best)" if result.is_best else f" (best {result.best_acc1:.2f}%)"
         saved = f", saved {result.saved}" if result.saved else ""
+        ema = f" | ema top-1 {result.ema.acc1:.2f}% top-5 {result.ema.acc5:.2f}%" if result.ema else ""
         self._print(
             f"epoch {result.epoch}: train loss {result.train.loss:.4f} top-1 {result.train.acc1:.2f}% | "
-            f"val loss {result.val.loss:.4f} top-1 {result.val.acc1:.2f}% top-5 {result.val.acc5:.2f}%{marks} | "
+            f"val loss {result.val.loss:.4f} top-1 {result.val.acc1:.2f}% top-5 {result.val.acc5:.2f}%{ema}{marks} | "
             f"lr {result.lr:.4g} | {result.train.images_per_second:,.0f} img/s | "
             f"{_duration(result.train.seconds + result.val.seconds)}{saved}"
         )
@@ -151,14 +153,16 @@ class ConsoleReporter(Reporter):
         if not self.history:
             return
         table = Table(title="Training summary", title_justify="left")
-        columns = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "best top-1", "lr",
-                   "time", "saved")  # fmt: skip
+        with_ema = any(r.ema for r in self.history)
+        columns = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5",
+                   *(("ema top-1",) if with_ema else ()), "best top-1", "lr", "time", "saved")  # fmt: skip
         for column in columns:
             table.add_column(column, justify="right")
         for r in self.history:
             table.add_row(
                 f"{r.epoch}{' *' if r.is_best else ''}", f"{r.train.loss:.4f}", f"{r.train.acc1:.2f}",
-                f"{r.val.loss:.4f}", f"{r.val.acc1:.2f}", f"{r.val.acc5:.2f}", f"{r.best_acc1:.2f}", f"{r.lr:.4g}",
+                f"{r.val.loss:.4f}", f"{r.val.acc1:.2f}", f"{r.val.acc5:.2f}",
+                *((f"{r.ema.acc1:.2f}" if r.ema else "",) if with_ema else ()), f"{r.best_acc1:.2f}", f"{r.lr:.4g}",
                 _duration(r.train.seconds + r.val.seconds), "yes" if r.saved else "",
             )  # fmt: skip
         self.console.print(table)

@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from . import formats, shards
+from . import augment, formats, shards
 from .config import DataConfig
 from .errors import UserError
-from .presets import DeviceDecoded, PadCropPreset, Preset, TrainPreset, ValPreset, read_bytes
+from .presets import DeviceDecoded, InterpolationMode, PadCropPreset, Preset, TrainPreset, ValPreset, read_bytes
 
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 Transform = Callable[[Any], torch.Tensor]
@@ -64,17 +64,19 @@ def open_splits(
 
 def presets_for(cfg: DataConfig) -> tuple[Transform, Transform]:
     """RandomResizedCrop training crops; for a torchvision dataset of small pictures trained at their own
-    size, pad-and-crop instead (the recipe those datasets are known by). With `--decode-on-device` the
-    workers leave JPEGs encoded for the device."""
+    size, pad-and-crop instead (the recipe those datasets are known by). Training crops then get the
+    configured augmentations (`--auto-augment`, `--random-erase`). With `--decode-on-device` the workers
+    leave JPEGs encoded for the device (the configuration refuses augmentations there)."""
     assert cfg.image_size and cfg.val_resize_size and cfg.val_crop_size
     native = formats.lookup(cfg.dataset).native_size if cfg.dataset else None
-    train: Preset = TrainPreset(cfg.image_size)
+    mode = InterpolationMode(cfg.interpolation)
+    train: Preset = TrainPreset(cfg.image_size, mode)
     if native is not None and native == cfg.image_size and native <= 64:
-        train = PadCropPreset(cfg.image_size, padding=cfg.image_size // 8)
-    val = ValPreset(cfg.val_resize_size, cfg.val_crop_size)
+        train = PadCropPreset(cfg.image_size, padding=cfg.image_size // 8, interpolation=mode)
+    val = ValPreset(cfg.val_resize_size, cfg.val_crop_size, mode)
     if cfg.decode_on_device:
         return DeviceDecoded(train), DeviceDecoded(val)
-    return train, val
+    return augment.augmented(train, cfg), val
 
 
 def check(cfg: DataConfig, splits: Sequence[str]) -> None:

@@ -18,10 +18,13 @@ from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read
 from .config import RunConfig
 from .control import StepControl
 from .distributed import DistContext
+from .ema import ModelEma
 from .errors import Preempted, UserError
 from .evaluation import evaluate_and_report
 from .faults import Fault
+from .mixing import BatchMixer
 from .reporting import Reporter
+from .schedule import Schedule
 from .unreadable import BadImages
 
 
@@ -34,6 +37,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     plain = create_model(cfg, num_classes, resumed, reporter)
     settings = compute.resolve(cfg.compute, ctx.device, plain)
     plain = compute.place(plain, settings)
+    if cfg.dist.sync_bn and ctx.distributed:  # same parameters, new modules: before anything holds them
+        plain = nn.SyncBatchNorm.convert_sync_batchnorm(plain)
     reporter.message(f"compute: {settings.describe()}")
     start_epoch = resumed.epoch if resumed and resumed.epoch is not None else cfg.optim.start_epoch
     frozen = finetune.backbone_frozen_at(start_epoch, cfg.optim)
@@ -50,13 +55,13 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
             )
         return
     optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim, fused=ctx.device.type == "cuda")
-    scheduler = optim.build_scheduler(optimizer, cfg.optim)
     scaler = settings.grad_scaler()
+    ema = ModelEma(plain, cfg.optim.model_ema_decay, cfg.optim.model_ema_steps) if cfg.optim.model_ema else None
     start_step, best_acc1 = 0, 0.0
     if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     if resumed is not None:
-        start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, scheduler, reporter)
+        start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, ema, reporter)
         stored_amp = (resumed.config or {}).get("compute", {}).get("amp")
         if resumed.scaler and stored_amp == cfg.compute.amp:  # another precision starts its own scale
             scaler.load_state_dict(resumed.scaler)
@@ -73,7 +78,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     )
     parts = engine.TrainParts(
         model,
-        optim.build_criterion(),
+        optim.build_criterion(cfg.optim.label_smoothing),
         optimizer,
         data.Normalizer(ctx.device, settings.memory_format),
         ctx,
@@ -86,15 +91,20 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         cfg.optim.grad_clip,
         fault=Fault.from_env(),
         bad_images=BadImages(skip_bad, cfg.data.max_bad_images, ctx.rank),
+        schedule=Schedule.from_config(cfg.optim),
+        grad_accum_steps=cfg.optim.grad_accum_steps,
+        mixer=BatchMixer(num_classes, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed),
+        ema=ema,
+        ema_warmup_epochs=cfg.optim.model_ema_warmup_epochs,
     )
-    saver = Saver(cfg, ctx, plain, optimizer, scheduler, scaler, splits.class_names, best_acc1)
+    saver = Saver(cfg, ctx, plain, optimizer, parts.schedule, scaler, splits.class_names, best_acc1, ema)
     parts = dataclasses.replace(parts, guard=engine.FiniteGuard(_nan_advice(cfg, settings, saver.path)))
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
         hooks = _hooks(cfg, settings, control, saver, frozen, parts.guard)
         best_acc1 = engine.fit(
-            parts, train_loader, val_loader, scheduler, start_epoch=start_epoch, start_step=start_step,
-            epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks,
+            parts, train_loader, val_loader, start_epoch=start_epoch, start_step=start_step,
+            epochs=cfg.optim.epochs, best_acc1=best_acc1, hooks=hooks, best_by_ema=cfg.optim.best_by == "ema",
         )  # fmt: skip
     reporter.run_end(best_acc1, cfg.output_dir)
     if ctx.is_main:
@@ -110,14 +120,15 @@ class Saver:
         ctx: DistContext,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        schedule: Schedule | None,
         scaler: torch.amp.GradScaler,
         class_names: list[str],
         best_acc1: float,
+        ema: ModelEma | None = None,
     ) -> None:
         """`model` is the plain module: DDP wrappers may be replaced during the run, it is not."""
-        self.cfg, self.ctx, self.model, self.optimizer, self.scheduler = cfg, ctx, model, optimizer, scheduler
-        self.scaler, self.class_names, self.best_acc1 = scaler, class_names, best_acc1
+        self.cfg, self.ctx, self.model, self.optimizer, self.schedule = cfg, ctx, model, optimizer, schedule
+        self.scaler, self.class_names, self.best_acc1, self.ema = scaler, class_names, best_acc1, ema
         self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
@@ -134,11 +145,12 @@ class Saver:
                 step=step,
                 best_acc1=self.best_acc1,
                 optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
+                scheduler=self.schedule.state_dict(epoch) if self.schedule else {},
                 config=self.cfg.to_dict(),
                 class_names=self.class_names,
                 rng_states=rng_states,  # type: ignore[arg-type]
                 scaler=self.scaler.state_dict(),
+                ema_state=self.ema.state_dict() if self.ema is not None else None,
             )
             path = save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
         distributed.barrier(self.ctx)  # no rank may leave before the file is whole
@@ -236,14 +248,17 @@ def restore_training(
     ctx: DistContext,
     resumed: LoadedCheckpoint,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.StepLR,
+    ema: ModelEma | None,
     reporter: Reporter,
 ) -> tuple[int, int, float]:
-    """Where to continue (epoch, step) and the best top-1 so far; optimizer, schedule and this rank's
-    generators restored as they were when the checkpoint was written."""
+    """Where to continue (epoch, step) and the best top-1 so far; optimizer, weight average and this
+    rank's generators restored as they were when the checkpoint was written."""
     epoch = resumed.epoch if resumed.epoch is not None else cfg.optim.start_epoch
-    stored = RunConfig.from_dict(resumed.config).optim if resumed.config else None
-    optim.restore(optimizer, scheduler, cfg.optim, epoch, resumed.optimizer, resumed.scheduler, stored)
+    optim.restore(optimizer, resumed.optimizer)
+    if ema is not None and resumed.state_dict_ema is not None:
+        models.load_state(ema.module, resumed.state_dict_ema, cfg.model.arch, skip_head=False)
+    elif ema is not None:
+        reporter.message("the checkpoint has no weight average: --model-ema starts from its weights")
     states = resumed.rng_states or []
     if len(states) == ctx.world_size:
         randomness.restore(states[ctx.rank])

@@ -134,11 +134,13 @@ def test_quiet_and_verbose_together_are_refused(tmp_path):
 
 def test_a_toml_recipe_sets_options_and_the_command_line_overrides_it(tmp_path):
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'arch = "{TINY_ARCH}"\nfake-data = true\nimage-size = 32\nepochs = 1\n'
-                      "fake_train_images = 32\nfake-val-images = 16\nworkers = 0\nbatch-size = 8\nlr = 0.05\n")  # fmt: skip
+    recipe.write_text(f'arch = "{TINY_ARCH}"\nfake-data = true\ntrain-crop-size = 32\nepochs = 1\n'
+                      "fake_train_images = 32\nfake-val-images = 16\nworkers = 0\nbatch-size = 8\nlr = 0.05\n"
+                      "wd = 0.001\n")  # fmt: skip
     ok(run_cli("train", "--config", str(recipe), "--lr", "0.02", "--output-dir", str(tmp_path)))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["lr"] == 0.02 and config["batch-size"] == 8 and config["epochs"] == 1
+    assert config["image-size"] == 32 and config["weight-decay"] == 0.001  # any name the flag has
 
 
 def test_a_yaml_recipe_reads_like_the_flags(tmp_path):
@@ -154,7 +156,7 @@ def test_a_yaml_recipe_reads_like_the_flags(tmp_path):
     ("text", "message"),
     [
         ('lr = "0.1"', "lr must be a number, got '0.1'"),
-        ("learning-rate = 0.1", "unknown option 'learning-rate'"),
+        ("learning-speed = 0.1", "unknown option 'learning-speed'"),
         ("lr_step = 3", "did you mean lr-step-size"),
         ("lr = [", "is not valid TOML"),
         ('command = "finetune"', "is a finetune recipe; run it with `imagenet-cli finetune --config`"),
