@@ -9,7 +9,6 @@ With no augmentation configured, nothing here is called: the training preset is 
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -18,7 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from .config import DataConfig
-from .presets import IMAGENET_MEAN
+from .presets import IMAGENET_MEAN, sample_box
 
 ERASE_SCALE = (0.02, 0.33)  # RandomErasing's defaults: the erased area's share of the picture
 ERASE_RATIO = (0.3, 3.3)  # ... and its aspect ratio, log-uniform
@@ -49,18 +48,9 @@ class RandomErase:
 
 
 def erase_box(width: int, height: int) -> tuple[int, int, int, int] | None:
-    """(top, left, height, width) of a rectangle covering ERASE_SCALE of the area at an aspect ratio in
-    ERASE_RATIO, or None when ten tries find none that fits (the picture is then left whole, as
-    torchvision does). Python's generator, as the crops use: cheaper per call than torch's."""
-    area = width * height
-    log_ratio = (math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]))
-    for _ in range(10):
-        target = area * random.uniform(*ERASE_SCALE)
-        ratio = math.exp(random.uniform(*log_ratio))
-        h, w = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-        if 0 < h < height and 0 < w < width:
-            return random.randint(0, height - h), random.randint(0, width - w), h, w
-    return None
+    """A rectangle as torchvision's RandomErasing chooses it, never the whole picture; None when ten tries
+    find none (the picture is then left whole, as torchvision does)."""
+    return sample_box(width, height, ERASE_SCALE, ERASE_RATIO, whole=False)
 
 
 def policy(cfg: DataConfig) -> Step | None:

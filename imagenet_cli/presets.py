@@ -208,17 +208,11 @@ class DeferredBatch:
 
 
 def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random crop covering CROP_SCALE of the area at an aspect ratio in
-    CROP_RATIO (log-uniform), as RandomResizedCrop chooses; the whole centre square-ish crop when ten
-    tries fail. Python's generator: torch's costs more per call than the rest of the arithmetic."""
-    area = width * height
-    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-    for _ in range(10):
-        target = area * random.uniform(*CROP_SCALE)
-        ratio = math.exp(random.uniform(*log_ratio))
-        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            return random.randint(0, height - h), random.randint(0, width - w), h, w
+    """(top, left, height, width) of a random crop as RandomResizedCrop chooses it; the whole centre
+    square-ish crop when ten tries fail."""
+    box = sample_box(width, height, CROP_SCALE, CROP_RATIO, whole=True)
+    if box is not None:
+        return box
     ratio = width / height
     if ratio < CROP_RATIO[0]:
         w, h = width, round(width / CROP_RATIO[0])
@@ -227,6 +221,24 @@ def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], whole: bool
+) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of a rectangle covering `scale` of the area at an aspect ratio (width /
+    height) log-uniform in `ratio`, placed uniformly; None when ten tries find none that fits (`whole`:
+    may it span the whole width or height). Python's generator: torch's costs more per call than the
+    rest of the arithmetic."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * random.uniform(*scale)
+        aspect = math.exp(random.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width - (not whole) and 0 < h <= height - (not whole):
+            return random.randint(0, height - h), random.randint(0, width - w), h, w
+    return None
 
 
 def read_bytes(path: str) -> torch.Tensor:

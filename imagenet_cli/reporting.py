@@ -172,7 +172,7 @@ class ConsoleReporter(Reporter):
         if as_json:
             super().evaluation(result, as_json)
             return
-        table = Table(title=f"Evaluation of {result['checkpoint']}", title_justify="left")
+        table = _titled(f"Evaluation of {result['checkpoint']}")
         for column in ("images", "top-1", "top-5", "loss", "img/s"):
             table.add_column(column, justify="right")
         table.add_row(
@@ -193,6 +193,11 @@ class ConsoleReporter(Reporter):
         self.console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
+def _titled(title: str) -> Table:
+    """A table at least as wide as its title, so the title is never wrapped over several lines."""
+    return Table(title=title, title_justify="left", min_width=len(title))
+
+
 def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
     """Per-class top-1, worst first; with many classes, the worst and best few."""
     rows = sorted((r for r in rows if r["images"]), key=lambda r: (r["acc1"], r["class"]))
@@ -200,7 +205,7 @@ def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
     if len(rows) > shown:
         rows = rows[: shown // 2] + rows[-shown // 2 :]
         title += f" (the {shown // 2} worst and best classes)"
-    table = Table(title=title, title_justify="left")
+    table = _titled(title)
     for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
@@ -209,7 +214,7 @@ def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
 
 
 def _confusion_table(matrix: list[list[int]], names: list[str]) -> Table:
-    table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table = _titled("Confusion matrix (rows: true class, columns: predicted)")
     table.add_column("")
     for name in names:
         table.add_column(name, justify="right")
@@ -219,7 +224,7 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> Table:
 
 
 def _most_confused_table(pairs: list[dict[str, Any]]) -> Table:
-    table = Table(title="Most confused classes", title_justify="left")
+    table = _titled("Most confused classes")
     for column, justify in (("true class", "left"), ("predicted as", "left"), ("images", "right"),
                             ("share of the class", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
