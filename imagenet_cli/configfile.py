@@ -17,7 +17,7 @@ from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, section_of
 from .errors import UserError
 
 
-def read_options(path: str, command: str, aliases: dict[str, str] | None = None) -> dict[str, Any]:
+def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, Any]:
     """The file's options by their configuration names, checked for name and type. Relative paths in it
     are taken from the current directory, as on the command line."""
     raw = _parse(path)
@@ -26,7 +26,7 @@ def read_options(path: str, command: str, aliases: dict[str, str] | None = None)
         raise UserError(f"{path} is a {recipe_command} recipe; run it with `imagenet-cli {recipe_command} --config`")
     options: dict[str, Any] = {}
     for key, value in raw.items():
-        name = option_name(key, aliases or {})
+        name = option_name(key, aliases)
         if name not in OPTION_NAMES or name in INVOCATION_ONLY:
             raise UserError(f"{path}: unknown option {key!r}{_suggest(key)}")
         if value is None:
@@ -37,10 +37,10 @@ def read_options(path: str, command: str, aliases: dict[str, str] | None = None)
 
 
 def option_name(key: str, aliases: dict[str, str]) -> str:
-    """`--lr-step-size`, `lr-step-size` and `lr_step_size` all name the same option; so do a flag's other
-    names (`aliases`: `train_crop_size` for `image_size`)."""
+    """`--lr-step-size`, `lr-step-size` and `lr_step_size` all name the same option; so does any other
+    name the command's flag has (`aliases`, from the command itself: `train_crop_size`, `data`, `fake_data`)."""
     name = key.lstrip("-").replace("-", "_")
-    return {flag.replace("-", "_"): option for option, flag in FILE_KEYS.items()}.get(name) or aliases.get(name, name)
+    return aliases.get(name, name)
 
 
 def _parse(path: str) -> dict[str, Any]:
