@@ -28,8 +28,7 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
             f"{cfg.checkpoint} predicts {num_classes} classes but the data has {len(splits.class_names)}; "
             f"to adapt it to these classes, use `imagenet-cli finetune --weights {cfg.checkpoint} DATA`"
         )
-    model = models.build_model(cfg.model.arch, num_classes)
-    models.load_state(model, loaded.state_dict, cfg.model.arch, skip_head=False)
+    model = models.from_state(cfg.model.arch, loaded.state_dict, num_classes)
     settings = compute.resolve(cfg.compute, ctx.device, model)
     model = distributed.wrap_model(compute.place(model, settings), ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)

@@ -111,6 +111,13 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: s
     model.load_state_dict(state_dict, strict=not skip_head)
 
 
+def from_state(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int) -> nn.Module:
+    """A trained model back from its weights, its own head included (evaluate, predict, export)."""
+    model = build_model(arch, num_classes)
+    load_state(model, state_dict, arch, skip_head=False)
+    return model
+
+
 def pretrained_file(arch: str) -> tuple[str, str]:
     """Where torch.hub keeps torchvision's default weights for `arch`, and where they come from."""
     try:

@@ -127,9 +127,7 @@ def load_model(loaded: LoadedCheckpoint, arch: str) -> tuple[nn.Module, int]:
     num_classes = models.head_num_classes(arch, loaded.state_dict) or len(loaded.class_names or [])
     if num_classes < 1:
         raise UserError(f"cannot tell how many classes {loaded.path} predicts; is --arch right?")
-    model = models.build_model(arch, num_classes)
-    models.load_state(model, loaded.state_dict, arch, skip_head=False)
-    return model.eval(), num_classes
+    return models.from_state(arch, loaded.state_dict, num_classes).eval(), num_classes
 
 
 class ImageFiles(Dataset):
