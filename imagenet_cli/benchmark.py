@@ -1,6 +1,9 @@
-"""`imagenet-cli benchmark`: this tool's fast path against the reference script's habits, in one process.
+"""`imagenet-cli benchmark`: this tool's fast path against the reference script's habits, in one run.
 
-Every figure comes with its baseline, measured in the same run on the same machine:
+Every figure comes with its baseline, measured in the same run on the same machine, in turns. Ours runs
+in this process, set up as a training process of the tool is (on the CPU: the allocator of `hostmemory`);
+the reference's ways run in a spawned process of their own, as the reference script would, so neither
+side's process settings reach the other:
 - train: images/s of training steps on synthetic data. Ours is the real training loop (`engine`) on
   data made on the device; the baseline does what the reference's loop does: fp32, NCHW, a float batch
   copied from the host, `loss.item()` and top-k read every step.
@@ -29,11 +32,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from . import compute, data, engine, models, shards, sources, unreadable
+from . import compute, data, engine, hostmemory, models, shards, sources, unreadable
 from .config import ComputeConfig
 from .distributed import DistContext
 from .errors import UserError
 from .fakedata import DeviceBatches, FakeImages
+from .isolated import ChildRunners, Runner
 from .presets import TrainPreset, read_bytes
 from .reporting import Reporter
 
@@ -59,35 +63,50 @@ class BenchmarkConfig:
 def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: None) -> dict[str, Any]:
     """Measure each part asked for; returns plain data (the JSON output)."""
     device = _device(cfg.no_accel)
-    torch.backends.cudnn.benchmark = True  # both sides: the comparison is about what we change
+    torch.backends.cudnn.benchmark = True  # the reference sets it too
+    if device.type == "cpu":
+        hostmemory.keep_freed_memory()  # as `worker.configure_process` does for a CPU run
     result: dict[str, Any] = {"machine": machine(device), "config": asdict(cfg), "results": []}
     settings = compute.resolve(cfg.compute, device, models.build_model(cfg.arch, 1000))
     if {"train", "eval", "e2e"} & set(cfg.parts):
         result["compute"] = settings.describe()
-    for part in ("train", "eval"):
-        if part in cfg.parts:
-            progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
-            result["results"].append(_model_throughput(part, cfg, settings))
-    if not {"pipeline", "e2e"} & set(cfg.parts):
-        return result
+    with ChildRunners() as reference:
+        for part in ("train", "eval"):
+            if part in cfg.parts:
+                progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
+                result["results"].append(_model_throughput(part, cfg, settings, reference))
+                reference.clear()
+        if {"pipeline", "e2e"} & set(cfg.parts):
+            result["results"].extend(_file_parts(cfg, settings, reference, progress))
+    return result
+
+
+def _file_parts(
+    cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners, progress: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    rows = []
     with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
         root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
         source = cfg.data or f"{cfg.images} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
         if "pipeline" in cfg.parts:
             progress(f"pipeline: {source}")
-            result["results"].extend(_pipeline_throughput(cfg, root, source, scratch, progress))
+            rows.extend(_pipeline_throughput(cfg, root, source, scratch, reference, progress))
+            reference.clear()
         if "e2e" in cfg.parts:
             progress(f"e2e: {cfg.arch} trained from {source}")
-            result["results"].append(_e2e_throughput(cfg, settings, root, source))
-    return result
+            rows.append(_e2e_throughput(cfg, settings, root, source, reference))
+            reference.clear()
+    return rows
 
 
-def _model_throughput(part: str, cfg: BenchmarkConfig, settings: compute.Compute) -> dict[str, Any]:
+def _model_throughput(
+    part: str, cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners
+) -> dict[str, Any]:
     runners = {
         "ours": (train_ours if part == "train" else eval_ours)(cfg, settings),
-        "baseline": (train_reference if part == "train" else eval_reference)(cfg, settings.device),
+        "baseline": reference.add(part, train_reference if part == "train" else eval_reference, cfg, settings.device),
     }
-    rates = _interleaved(runners, cfg, settings.device)
+    rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, settings.device)
     return _row(part, f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px", rates["ours"], rates["baseline"])
 
 
@@ -126,20 +145,22 @@ def _sync(device: torch.device) -> None:
 
 
 def _interleaved(
-    runners: dict[str, Callable[[int], None]], cfg: BenchmarkConfig, device: torch.device, rounds: int = 3
+    runners: dict[str, Runner], steps: int, images: int, warmup: int, device: torch.device, rounds: int = 3
 ) -> dict[str, float]:
-    """Images/s of each runner: `warmup` untimed steps first (autotuning, compilation, caches), then the
-    best of `rounds` timed rounds of `steps` steps, taken in turns so a busy machine slows both alike."""
+    """Images/s of each runner: `warmup` untimed steps first (autotuning, compilation, caches, workers),
+    then the best of `rounds` timed rounds of `steps` steps (`images` images), taken in turns so a busy
+    machine slows both alike."""
     for run_steps in runners.values():
-        run_steps(cfg.warmup)
+        if warmup:
+            run_steps(warmup)
     best = dict.fromkeys(runners, 0.0)
     for _ in range(rounds):
         for name, run_steps in runners.items():
             _sync(device)
             start = time.perf_counter()
-            run_steps(cfg.steps)
+            run_steps(steps)
             _sync(device)
-            best[name] = max(best[name], cfg.batch_size * cfg.steps / (time.perf_counter() - start))
+            best[name] = max(best[name], images / (time.perf_counter() - start))
     return best
 
 
@@ -191,6 +212,7 @@ def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Callable[[int]
 
 
 def _reference_batch(cfg: BenchmarkConfig, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.backends.cudnn.benchmark = True  # the reference sets it
     model = models.build_model(cfg.arch, 1000).to(device)
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)  # normalised floats, on the host
     targets = torch.randint(0, 1000, (cfg.batch_size,))
@@ -260,30 +282,48 @@ def reference_train_transform(size: int) -> transforms.Compose:
 
 
 def _pipeline_throughput(
-    cfg: BenchmarkConfig, root: str, source: str, scratch: str, progress: Callable[[str], None]
+    cfg: BenchmarkConfig,
+    root: str,
+    source: str,
+    scratch: str,
+    reference: ChildRunners,
+    progress: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     files = [path for path, _ in datasets.ImageFolder(root).samples][: cfg.images]
-    ours, reference = TrainPreset(cfg.image_size), reference_train_transform(cfg.image_size)
-    per_core = _per_core(files, lambda path: ours(read_bytes(path)), lambda path: reference(reference_loader(path)))
+    cpu = torch.device("cpu")
+    per_core = _interleaved(
+        {"ours": per_core_ours(files, cfg.image_size),
+         "baseline": reference.add("per core", per_core_reference, files, cfg.image_size)},
+        steps=1, images=len(files), warmup=0, device=cpu,
+    )  # fmt: skip
     workers = cfg.workers or data.default_workers(1)
-    what = f"{cfg.image_size}px crops of {source}"
-    folder = sources.ClassFolder(root, sources.class_folders(root), ours)
-    total_ours = _loader_rate(folder, cfg, workers)
-    total_ref = _loader_rate(datasets.ImageFolder(root, transform=reference), cfg, workers)
+    folder = sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))
+    from_files = loader_passes(folder, cfg, workers)
+    total = _interleaved(
+        {"ours": from_files, "baseline": reference.add("loader", reference_loader_passes, root, cfg, workers)},
+        steps=1, images=min(cfg.images, len(folder)), warmup=1, device=cpu, rounds=2,
+    )  # fmt: skip
     samples = folder.samples[: cfg.images]
     size = sum(os.path.getsize(path) for path, _ in samples) // (4 * max(1, workers)) + 1  # shards for all workers
     packed = shards.make_shards({"val": samples}, folder.classes, f"{scratch}/shards", size)
-    stream = shards.ShardStream(shards.read_index(f"{scratch}/shards").splits["val"], ours, training=False)
+    stream = shards.ShardStream(shards.read_index(f"{scratch}/shards").splits["val"], folder.transform, training=False)
     progress(f"pipeline: the same images from {len(packed['splits']['val'])} tar shard(s)")
+    from_shards = _interleaved(
+        {"ours": loader_passes(stream, cfg, workers), "baseline": from_files},
+        steps=1, images=len(samples), warmup=1, device=cpu, rounds=2,
+    )  # fmt: skip
+    what = f"{cfg.image_size}px crops of {source}"
     return [
-        _row("pipeline, per core", what, *per_core),
-        _row(f"pipeline, {workers} workers", what, total_ours, total_ref),
+        _row("pipeline, per core", what, per_core["ours"], per_core["baseline"]),
+        _row(f"pipeline, {workers} workers", what, total["ours"], total["baseline"]),
         _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files",
-             _loader_rate(stream, cfg, workers), total_ours),
+             from_shards["ours"], from_shards["baseline"]),
     ]  # fmt: skip
 
 
-def _e2e_throughput(cfg: BenchmarkConfig, settings: compute.Compute, root: str, source: str) -> dict[str, Any]:
+def _e2e_throughput(
+    cfg: BenchmarkConfig, settings: compute.Compute, root: str, source: str, reference: ChildRunners
+) -> dict[str, Any]:
     workers = cfg.workers or data.default_workers(1)
     if len(sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))) < cfg.batch_size:
         raise UserError(
@@ -291,9 +331,9 @@ def _e2e_throughput(cfg: BenchmarkConfig, settings: compute.Compute, root: str, 
         )
     runners = {
         "ours": e2e_ours(cfg, settings, root, workers),
-        "baseline": e2e_reference(cfg, settings.device, root, workers),
+        "baseline": reference.add("e2e", e2e_reference, cfg, settings.device, root, workers),
     }
-    rates = _interleaved(runners, cfg, settings.device)
+    rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, settings.device)
     what = f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px from {source}"
     return _row(f"e2e: train from files, {workers} workers", what, rates["ours"], rates["baseline"])
 
@@ -340,6 +380,7 @@ def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, root: str, workers
 
 def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Callable[[int], None]:
     """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
+    torch.backends.cudnn.benchmark = True  # the reference sets it
     images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
     model = models.build_model(cfg.arch, 1000).to(device)
     return _reference_training(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
@@ -351,38 +392,49 @@ def reference_loader(path: str) -> Image.Image:
         return Image.open(f).convert("RGB")
 
 
-def _per_core(files: list[str], ours: Callable[[str], Any], reference: Callable[[str], Any]) -> tuple[float, float]:
-    """Best of three interleaved passes each, on one thread: a busy machine slows both alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        best = {"ours": 0.0, "reference": 0.0}
-        for _ in range(3):
-            for name, fn in (("ours", ours), ("reference", reference)):
-                start = time.perf_counter()
-                for path in files:
-                    fn(path)
-                best[name] = max(best[name], len(files) / (time.perf_counter() - start))
-        return best["ours"], best["reference"]
-    finally:
-        torch.set_num_threads(threads)
+def per_core_ours(files: list[str], size: int) -> Runner:
+    preset = TrainPreset(size)
+    return _single_threaded(files, lambda path: preset(read_bytes(path)))
 
 
-def _loader_rate(dataset: Any, cfg: BenchmarkConfig, workers: int) -> float:
-    """Images/s through a DataLoader with `workers` workers: the better of two passes after a first."""
+def per_core_reference(files: list[str], size: int) -> Runner:
+    transform = reference_train_transform(size)
+    return _single_threaded(files, lambda path: transform(reference_loader(path)))
+
+
+def _single_threaded(files: list[str], transform: Callable[[str], Any]) -> Runner:
+    """Passes over `files` on one thread: what one loader worker does."""
+
+    def passes(n: int) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for path in files * n:
+                transform(path)
+        finally:
+            torch.set_num_threads(threads)
+
+    return passes
+
+
+def loader_passes(dataset: Any, cfg: BenchmarkConfig, workers: int) -> Runner:
+    """Passes over (the first `images` of) `dataset` through a DataLoader with `workers` persistent workers."""
     if isinstance(dataset, torch.utils.data.IterableDataset):  # a stream: already cut to the images, in order
         subset, shuffle = dataset, False
     else:
         subset, shuffle = torch.utils.data.Subset(dataset, range(min(cfg.images, len(dataset)))), True
     loader = DataLoader(subset, batch_size=32, num_workers=workers, persistent_workers=workers > 0, shuffle=shuffle)
-    best = 0.0
-    for timed in (False, True, True):  # the first pass starts the workers
-        start = time.perf_counter()
-        for _ in loader:
-            pass
-        if timed:
-            best = max(best, len(subset) / (time.perf_counter() - start))
-    return best
+
+    def passes(n: int) -> None:
+        for _ in range(n):
+            for _batch in loader:
+                pass
+
+    return passes
+
+
+def reference_loader_passes(root: str, cfg: BenchmarkConfig, workers: int) -> Runner:
+    return loader_passes(datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size)), cfg, workers)
 
 
 def write_imagenet_like(root: str, count: int, classes: int = 4, seed: int = 0) -> str:

@@ -9,7 +9,7 @@ from typing import IO
 
 import torch
 
-from . import data, distributed, randomness, records
+from . import data, distributed, hostmemory, randomness, records
 from .config import RunConfig, flag_values
 from .distributed import DistContext, Topology
 from .evaluation import run_evaluation
@@ -81,9 +81,11 @@ def describe_run(cfg: RunConfig, ctx: DistContext, topology: Topology) -> str:
 
 
 def configure_process(cfg: RunConfig, ctx: DistContext) -> None:
-    """Threads, seeds and cuDNN, per process: the reference seeded only the parent of its workers."""
-    if ctx.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(data.default_workers(ctx.local_world_size))
+    """Threads, host memory, seeds and cuDNN, per process: the reference seeded only the parent of its workers."""
+    if ctx.device.type == "cpu":
+        hostmemory.keep_freed_memory()
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(data.default_workers(ctx.local_world_size))
     if cfg.seed is not None:
         randomness.seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
