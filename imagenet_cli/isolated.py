@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,9 +47,9 @@ class ChildRunners:
         if error is not None:
             raise RuntimeError(f"the baseline's process failed: {error}")
 
-    def close(self) -> None:
+    def close(self, wait: float = 30) -> None:
         self._conn.close()  # the child reads end-of-file and returns
-        self._process.join(30)
+        self._process.join(wait)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
@@ -56,11 +57,12 @@ class ChildRunners:
     def __enter__(self) -> ChildRunners:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(wait=30 if exc_type is None else 0)  # after an error or Ctrl-C, waiting measures nothing
 
 
 def _serve(conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends this process
     runners: dict[str, Runner] = {}
     while True:
         try:

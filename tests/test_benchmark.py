@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
-from .conftest import TINY_ARCH, json_result, ok, run_cli
+from .conftest import TINY_ARCH, cli_env, json_result, ok, run_cli
 
 
 def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_way(image_folder):
@@ -38,3 +44,32 @@ def test_benchmark_generates_imagenet_like_jpegs_when_given_no_data():
 def test_benchmark_refuses_bad_input_in_one_line(args, message):
     result = run_cli("benchmark", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_the_benchmark_and_its_baseline_process_at_once():
+    """Ctrl-C reaches the whole foreground process group, as a terminal sends it: one line, exit 130, and
+    no process of the group (the baseline's included) left behind."""
+    command = [sys.executable, "-m", "imagenet_cli", "benchmark", "-a", TINY_ARCH, "-b", "4", "--image-size", "32",
+               "--steps", "100000", "--only", "train"]  # fmt: skip
+    bench = subprocess.Popen(
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert bench.stdout is not None and "train:" in bench.stdout.readline()  # measuring from here on
+    time.sleep(3)
+    os.killpg(bench.pid, signal.SIGINT)
+    _, stderr = bench.communicate(timeout=30)
+    assert bench.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr
+    assert _group_ends(bench.pid, within=10)
+
+
+def _group_ends(group: int, within: float) -> bool:
+    """Whether every process of `group` is gone within `within` seconds (multiprocessing's resource
+    tracker takes a moment to notice its parent has left)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
