@@ -114,11 +114,14 @@ def _root_cause(codes: list[int], first: int | None, reports: list[Any], topolog
     if codes and all(code == EXIT_PREEMPTED for code in codes):
         main = next((r for r in reports if r[0] == topology.global_rank(0)), None) or next(iter(reports), None)
         return Preempted(main[2] if main else "stopped by a signal")
-    if first is not None and codes[first] < 0:  # killed outright: it could report nothing
+    failures = [(rank, message) for rank, code, message in reports if code != EXIT_PREEMPTED]
+    reported = {rank for rank, _ in failures}
+    if first is not None and codes[first] < 0 and topology.global_rank(first) not in reported:
+        # killed outright, it could report nothing (a rank that reported had failed before it died)
         return RunFailed(
             f"rank {topology.global_rank(first)} {_describe_exit(codes[first])}; every other rank was stopped"
         )
-    failure = next(((rank, message) for rank, code, message in reports if code != EXIT_PREEMPTED), None)
+    failure = next(iter(failures), None)
     if failure is not None:
         return RunFailed(f"rank {failure[0]} failed: {failure[1]}")
     index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))

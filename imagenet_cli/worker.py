@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import traceback
 from collections.abc import Callable
@@ -40,9 +41,25 @@ def run(
     except BaseException as exc:
         if on_failure is not None:
             on_failure(exc)
+        release_frames(exc)
         raise
     finally:
         distributed.teardown()
+
+
+def release_frames(exc: BaseException) -> None:
+    """Free what the failed run's frames hold (model, DDP, loaders) now, while the interpreter is whole.
+
+    The propagating exception's traceback keeps every frame of the run alive until the process exits, and
+    a DDP model freed during interpreter shutdown takes its Gloo process group with it: Gloo's threads
+    then meet a half-torn-down interpreter and the rank aborts (SIGABRT, "terminate called without an
+    active exception") after it reported its real failure. The traceback keeps its file and line numbers."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    gc.collect()
 
 
 def _work(cfg: RunConfig, ctx: DistContext, topology: Topology, reporter: Reporter) -> None:

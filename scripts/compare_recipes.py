@@ -4,7 +4,10 @@ epochs, on a small real dataset: scikit-learn's 1,797 scanned handwritten digits
 
     .venv/bin/python scripts/compare_recipes.py [--epochs 40] [--arch resnet18] [--seeds 0 1 2] [--data DIR]
 
-`--data DIR` runs the same comparison on any dataset in class folders (DIR/train, DIR/val) instead.
+`--data DIR` runs the same comparison on any dataset in class folders (DIR/train, DIR/val) instead;
+`--fashion-mnist` on 800 pictures of each Fashion-MNIST class (600 train / 200 val, 32 px), read from the
+files of Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`) or from
+`--fashion-mnist DIR` holding the four `*-idx?-ubyte.gz` files.
 
 Prints the best val top-1 of each recipe and seed (and of the modern recipe's weight average), and the
 mean difference. 40 epochs let both recipes converge (the reference's LR step at epoch 30 included); at 12
@@ -14,6 +17,7 @@ neither does, and the comparison says little (measured: see the README). About 4
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -50,6 +54,35 @@ def write_digits(root: Path, size: int = 32) -> Path:
     return root
 
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist puts it
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+
+
+def write_fashion_mnist(source: Path, root: Path, train: int = 600, val: int = 200, size: int = 32) -> Path:
+    """A fixed sample of Fashion-MNIST's 70,000 pictures (its train and test files together) as class
+    folders: the same `train + val` of every class for every seed, split by a fixed shuffle."""
+    import numpy as np
+    from PIL import Image
+
+    def idx(name: str, header: int) -> np.ndarray:
+        path = source / name
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: apt-get install dataset-fashion-mnist, or pass --fashion-mnist DIR")
+        return np.frombuffer(gzip.decompress(path.read_bytes())[header:], dtype=np.uint8)
+
+    images = np.concatenate([idx(f"{p}-images-idx3-ubyte.gz", 16) for p in ("train", "t10k")]).reshape(-1, 28, 28)
+    labels = np.concatenate([idx(f"{p}-labels-idx1-ubyte.gz", 8) for p in ("train", "t10k")])
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(FASHION_CLASSES):
+        chosen = rng.permutation(np.flatnonzero(labels == label))[: train + val]
+        for n, i in enumerate(chosen):
+            folder = root / ("train" if n < train else "val") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            picture = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert("RGB")
+            picture.save(folder / f"{i:05d}.png")
+    return root
+
+
 def best_top1(
     data: Path, out: Path, recipe: tuple[str, ...], args: argparse.Namespace, seed: int
 ) -> tuple[float, float | None]:
@@ -70,11 +103,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--data", type=Path, help="class folders under DATA/train and DATA/val (default: the digits)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="class folders under DATA/train and DATA/val (default: the digits)")
+    source.add_argument("--fashion-mnist", type=Path, nargs="?", const=FASHION_MNIST, metavar="DIR",
+                        help=f"800 pictures of each Fashion-MNIST class, from DIR (default {FASHION_MNIST})")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data.resolve() if args.data else write_digits(Path(scratch) / "digits")
-        name = str(args.data) if args.data else "digits (1,348 train / 449 val)"
+        if args.data:
+            data, name = args.data.resolve(), str(args.data)
+        elif args.fashion_mnist:
+            data = write_fashion_mnist(args.fashion_mnist, Path(scratch) / "fashion-mnist")
+            name = "Fashion-MNIST (6,000 train / 2,000 val)"
+        else:
+            data, name = write_digits(Path(scratch) / "digits"), "digits (1,348 train / 449 val)"
         differences = []
         for seed in args.seeds:
             reference, _ = best_top1(data, Path(scratch) / f"reference-{seed}", REFERENCE, args, seed)

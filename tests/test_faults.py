@@ -6,6 +6,7 @@ killed with SIGKILL, a rendezvous nobody else joins, a port someone else holds, 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -21,13 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenet_cli import distributed, presets
+from imagenet_cli import distributed, presets, worker
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from imagenet_cli.config import build_config
 from imagenet_cli.data import Normalizer, train_loader
 from imagenet_cli.distributed import DistContext
 from imagenet_cli.engine import TrainParts, train_one_epoch
 from imagenet_cli.fakedata import FakeImages
+from imagenet_cli.faults import InjectedFault
+from imagenet_cli.launch import _root_cause
 from imagenet_cli.reporting import Reporter
 
 from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, load, ok, run_cli, write_image_folder, write_photo
@@ -200,6 +203,36 @@ def test_one_rank_raising_stops_every_rank_and_names_it(one_epoch):
     _one_line_error(result, 1, "rank 1 failed: InjectedFault: injected failure at epoch 1, step 2")
     assert seconds < 60
     _untouched(out, saved)
+
+
+def test_a_rank_that_reported_its_failure_is_named_for_it_even_if_it_then_died_leaving():
+    """Gloo can abort a failing rank while it leaves (SIGABRT): its report, not the signal, is the cause."""
+    two = distributed.Topology("spawn", world_size=2, nproc_per_node=2)
+    nan = "the loss became NaN or infinite at epoch 1, step 3 on rank 1"
+    reports = [(1, 1, nan), (0, 1, nan)]
+    assert str(_root_cause([1, -signal.SIGABRT], 1, reports, two)) == f"rank 1 failed: {nan}"
+    silent = _root_cause([1, -signal.SIGKILL], 1, [(0, 1, "RuntimeError: connection closed by peer")], two)
+    assert str(silent) == "rank 1 was killed by SIGKILL; every other rank was stopped"
+
+
+def test_a_failed_run_lets_go_of_its_model_while_the_process_is_still_whole(tmp_path, monkeypatch):
+    """The failure's traceback would keep the model (and under DDP its process group) alive until the
+    interpreter shuts down, where Gloo's threads abort the process: the worker frees them first."""
+    from torchvision.models import ShuffleNetV2
+
+    monkeypatch.setenv("IMAGENET_CLI_FAULT", "raise:step=2")
+    cfg = build_config("train", {"fake": True, "arch": TINY_ARCH, "image_size": 32, "fake_train_images": 32,
+                                 "fake_val_images": 8, "workers": 0, "batch_size": 8, "quiet": True,
+                                 "output_dir": str(tmp_path)})  # fmt: skip
+
+    def models_alive() -> int:
+        return sum(type(o) is ShuffleNetV2 for o in gc.get_objects())
+
+    before = models_alive()
+    with pytest.raises(InjectedFault, match="injected failure at epoch 0, step 2") as failure:
+        worker.run(0, cfg, distributed.plan(cfg.dist, env={}))
+    assert failure.value.__traceback__ is not None  # held, as a launcher holds it while it reports
+    assert models_alive() == before
 
 
 def _long_run(out: Path) -> list[str]:
