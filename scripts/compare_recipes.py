@@ -2,7 +2,7 @@
 epochs, on a small real dataset: scikit-learn's 1,797 scanned handwritten digits (8×8 px, upscaled to
 32 px), a quarter of them held out for validation. Needs scikit-learn (`pip install scikit-learn`).
 
-    .venv/bin/python scripts/compare_recipes.py [--epochs 40] [--arch resnet18] [--seeds 0 1 2] [--data DIR]
+    .venv/bin/python scripts/compare_recipes.py [--epochs 40] [--arch resnet18] [--seeds 0 1 2] [--data DIR | --fashion-mnist [DIR]]
 
 `--data DIR` runs the same comparison on any dataset in class folders (DIR/train, DIR/val) instead;
 `--fashion-mnist` on 800 pictures of each Fashion-MNIST class (600 train / 200 val, 32 px), read from the
