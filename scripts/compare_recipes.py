@@ -23,6 +23,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REFERENCE = ("--lr", "0.1")  # SGD, momentum 0.9, wd 1e-4, LR ÷10 every 30 epochs: flat over a short run
 # The parts of the modern recipes that suit a short run on little data: the schedule (cosine with warmup),
@@ -39,7 +43,6 @@ MODERN = (
 def write_digits(root: Path, size: int = 32) -> Path:
     """The digits as an ImageFolder tree, 75% train / 25% val, split by a fixed shuffle."""
     import numpy as np
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -47,11 +50,16 @@ def write_digits(root: Path, size: int = 32) -> Path:
     held_out = set(order[: len(order) // 4].tolist())
     for i, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         split = "val" if i in held_out else "train"
-        folder = root / split / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        grey = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        grey.convert("RGB").save(folder / f"{i:04d}.png")
+        save_grey((pixels * 255 / 16).astype(np.uint8), root / split / str(label) / f"{i:04d}.png", size)
     return root
+
+
+def save_grey(pixels: np.ndarray, path: Path, size: int) -> None:
+    """A small grey picture, upscaled to `size` and stored as RGB: what the tool's ImageNet presets expect."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).resize((size, size), Image.BICUBIC).convert("RGB").save(path)
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist puts it
@@ -62,7 +70,6 @@ def write_fashion_mnist(source: Path, root: Path, train: int = 600, val: int = 2
     """A fixed sample of Fashion-MNIST's 70,000 pictures (its train and test files together) as class
     folders: the same `train + val` of every class for every seed, split by a fixed shuffle."""
     import numpy as np
-    from PIL import Image
 
     def idx(name: str, header: int) -> np.ndarray:
         path = source / name
@@ -76,10 +83,7 @@ def write_fashion_mnist(source: Path, root: Path, train: int = 600, val: int = 2
     for label, name in enumerate(FASHION_CLASSES):
         chosen = rng.permutation(np.flatnonzero(labels == label))[: train + val]
         for n, i in enumerate(chosen):
-            folder = root / ("train" if n < train else "val") / name
-            folder.mkdir(parents=True, exist_ok=True)
-            picture = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert("RGB")
-            picture.save(folder / f"{i:05d}.png")
+            save_grey(images[i], root / ("train" if n < train else "val") / name / f"{i:05d}.png", size)
     return root
 
 
