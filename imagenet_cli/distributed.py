@@ -7,9 +7,12 @@ a `DistContext` value and never asks torch.distributed or os.environ who it is.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +28,7 @@ from .errors import RunFailed, UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+MAX_HOSTS_IN_RANGE = 65536  # as SLURM's hostlist: a typo must not expand to a billion names
 
 
 @dataclass(frozen=True)
@@ -159,12 +163,99 @@ def _slurm_topology(cfg: DistConfig, env: dict[str, str]) -> Topology:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """The first host of a SLURM node list such as `gpu[003-005,010],cpu1` (here: gpu003)."""
-    match = re.match(r"([^,\[]+)(?:\[([^\],]+))?", nodelist.strip())
-    if not match:
+    """The first host of a SLURM node list such as `gpu[003-005,010],cpu1` (here: gpu003): node 0, whose
+    address every task uses. SLURM's own `scontrol show hostnames` decides when it is installed; the
+    parser below reads the same syntax where it is not (a container without SLURM's tools)."""
+    if not nodelist.strip():
         return "127.0.0.1"
-    prefix, ranges = match.groups()
-    return prefix + ranges.split("-")[0] if ranges else prefix
+    hosts = _scontrol_hostnames(nodelist)
+    if not hosts:
+        try:
+            hosts = slurm_hostnames(nodelist)
+        except ValueError as exc:
+            raise UserError(f"SLURM_JOB_NODELIST {nodelist!r}: {exc}; set MASTER_ADDR to node 0's address") from exc
+    if not hosts:
+        raise UserError(f"SLURM_JOB_NODELIST {nodelist!r} names no host; set MASTER_ADDR to node 0's address")
+    return hosts[0]
+
+
+def _scontrol_hostnames(nodelist: str) -> list[str]:
+    """`scontrol show hostnames LIST`, or [] when scontrol is not here or does not answer."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return []
+    try:
+        done = subprocess.run(
+            [scontrol, "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Every host of a SLURM node list, in SLURM's order: `n[01-02]-ib,login` gives n01-ib, n02-ib, login.
+
+    Names are separated by commas outside brackets; a bracket holds numbers and ranges (`1,3,5-6`) whose
+    zero-padding is that of each range's first number; text after the last bracket is a suffix. A name with
+    several brackets is expanded as SLURM's hostlist.c does: the prefix's last bracket in the outer loop,
+    the earlier ones inside it, the name's last bracket innermost (`r[1-2]n[01-02]`: r1n01, r1n02, r2n01, r2n02)."""
+    return [host for name in _top_level_names(nodelist) for host in _expand_name(name)]
+
+
+def _top_level_names(nodelist: str) -> list[str]:
+    names, depth, current = [], 0, []
+    for char in nodelist:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("a ']' without its '['")
+        if depth == 0 and (char == "," or char.isspace()):
+            names.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise ValueError("a '[' without its ']'")
+    names.append("".join(current))
+    return [name for name in names if name]
+
+
+def _expand_name(name: str) -> list[str]:
+    start = name.rfind("[")
+    if start < 0:
+        return [name]
+    end = name.index("]", start)
+    tails = [number + name[end + 1 :] for number in _bracket_numbers(name[start + 1 : end])]
+    return _under_prefix(name[:start], tails)
+
+
+def _under_prefix(prefix: str, tails: list[str]) -> list[str]:
+    """`prefix` + each tail, the brackets left in `prefix` expanded from its last one outwards."""
+    start = prefix.rfind("[")
+    if start < 0:
+        return [prefix + tail for tail in tails]
+    end = prefix.index("]", start)
+    head, middle = prefix[:start], prefix[end + 1 :]
+    return [
+        host
+        for number in _bracket_numbers(prefix[start + 1 : end])
+        for host in _under_prefix(head + number + middle, tails)
+    ]
+
+
+def _bracket_numbers(body: str) -> list[str]:
+    """`01-03,7` -> 01, 02, 03, 7: each range keeps the width of its first number."""
+    numbers = []
+    for part in body.split(","):
+        match = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        low, high = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (1, 0)
+        if not match or high < low or high - low >= MAX_HOSTS_IN_RANGE:
+            raise ValueError(f"[{body}] is not a list of numbers and ranges")
+        numbers += [f"{n:0{len(match.group(1))}d}" for n in range(low, high + 1)]
+    return numbers
 
 
 def free_port() -> int:
@@ -201,15 +292,79 @@ def setup(cfg: DistConfig, topology: Topology, local_index: int) -> DistContext:
     backend = None
     if topology.world_size > 1:
         backend = cfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=cfg.dist_timeout)
         with _rendezvous_errors(topology, cfg.dist_timeout, rank):
-            dist.init_process_group(
-                backend=backend,
-                init_method=topology.init_method,
-                world_size=topology.world_size,
-                rank=rank,
-                timeout=timedelta(seconds=cfg.dist_timeout),
-            )
+            endpoint = loopback_endpoint(topology.init_method)
+            if endpoint is None:  # other machines join: torch's own rendezvous, on every interface
+                dist.init_process_group(
+                    backend=backend,
+                    init_method=topology.init_method,
+                    world_size=topology.world_size,
+                    rank=rank,
+                    timeout=timeout,
+                )
+            else:
+                _confine_to_loopback()
+                store = _loopback_store(*endpoint, rank, topology.world_size, timeout)
+                dist.init_process_group(
+                    backend=backend, store=store, world_size=topology.world_size, rank=rank, timeout=timeout
+                )
     return DistContext(rank, local_rank, topology.world_size, topology.nproc_per_node, device, backend)
+
+
+def loopback_endpoint(init_method: str | None) -> tuple[str, int] | None:
+    """(address, port) of a `tcp://` rendezvous on this machine's loopback (a local run's own, or a
+    --dist-url naming 127.0.0.1, ::1 or localhost), else None. Every rank of such a run is on this machine."""
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)/?", init_method or "")
+    if not match:
+        return None
+    host = "127.0.0.1" if match.group(1) == "localhost" else match.group(1)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    return (host, int(match.group(2))) if loopback else None
+
+
+def _loopback_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta) -> dist.TCPStore:
+    """The rendezvous store of a run confined to this machine. Given a host, torch's TCPStore still
+    listens on every interface (`*:PORT`), where anyone on the network could write to it; rank 0
+    therefore serves it from a socket it bound to the loopback address itself."""
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(max(128, world_size))
+    except OSError as exc:
+        listener.close()
+        raise RunFailed(f"cannot serve the rendezvous tcp://{host}:{port}: {exc.strerror}") from exc
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=listener.detach())
+
+
+def _confine_to_loopback() -> None:
+    """Gloo and NCCL listen for their peers on the address this machine's hostname resolves to, often a
+    network interface, unless told an interface. Every rank of this run is on this machine: loopback."""
+    name = loopback_interface()
+    os.environ["GLOO_SOCKET_IFNAME"] = name
+    os.environ["NCCL_SOCKET_IFNAME"] = name
+
+
+def loopback_interface() -> str:
+    """This machine's loopback interface: the one flagged IFF_LOOPBACK (`lo` on Linux, `lo0` on macOS)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            with open(f"/sys/class/net/{name}/flags") as f:
+                if int(f.read(), 16) & 0x8:  # IFF_LOOPBACK
+                    return name
+        except (OSError, ValueError):
+            continue
+    return next((name for name in names if name.startswith("lo")), "lo0" if sys.platform == "darwin" else "lo")
 
 
 @contextmanager

@@ -6,8 +6,14 @@ backend, exact distributed evaluation, and checkpoints moving between DDP and pl
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +24,12 @@ from imagenet_cli import distributed, models
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from imagenet_cli.config import DistConfig
 from imagenet_cli.data import FakeImages, Normalizer, train_loader
-from imagenet_cli.distributed import Topology, first_slurm_host, plan
+from imagenet_cli.distributed import Topology, first_slurm_host, plan, slurm_hostnames
 from imagenet_cli.engine import TrainParts, train_one_epoch
 from imagenet_cli.errors import UserError
 from imagenet_cli.reporting import Reporter
 
-from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli
+from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, json_result, load, ok, run_cli
 
 # --- where each process sits: read from the launcher's environment, else from the flags ---------------
 
@@ -57,6 +63,49 @@ def test_a_single_task_slurm_allocation_is_a_plain_run():
 )
 def test_first_host_of_a_slurm_node_list(nodelist, host):
     assert first_slurm_host(nodelist) == host
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("n01", ["n01"]),
+        ("n[01-03]", ["n01", "n02", "n03"]),
+        ("n[1,3,5-6]", ["n1", "n3", "n5", "n6"]),
+        ("n[8-10]", ["n8", "n9", "n10"]),
+        ("n[01-02]-ib", ["n01-ib", "n02-ib"]),
+        ("rack1-n[001-004]-eth0", ["rack1-n001-eth0", "rack1-n002-eth0", "rack1-n003-eth0", "rack1-n004-eth0"]),
+        ("r[1-2]n[01-02]", ["r1n01", "r1n02", "r2n01", "r2n02"]),
+        ("r[1-2]n[1-2]-ib", ["r1n1-ib", "r1n2-ib", "r2n1-ib", "r2n2-ib"]),
+        # three brackets: SLURM's hostlist.c loops over the prefix's last bracket outermost
+        ("a[1-2]b[3-4]c[5-6]", ["a1b3c5", "a1b3c6", "a2b3c5", "a2b3c6", "a1b4c5", "a1b4c6", "a2b4c5", "a2b4c6"]),
+        ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
+        ("gpu[003-005,010],cpu1", ["gpu003", "gpu004", "gpu005", "gpu010", "cpu1"]),
+    ],
+)
+def test_slurm_node_lists_expand_as_slurm_expands_them(nodelist, hosts):
+    assert slurm_hostnames(nodelist) == hosts
+    assert first_slurm_host(nodelist) == hosts[0]  # node 0: MASTER_ADDR
+
+
+def test_a_suffixed_node_list_gives_node_zeros_full_name_as_the_rendezvous_host():
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_JOB_NODELIST": "rack1-n[001-002]-ib", "SLURM_JOB_ID": "7"}  # fmt: skip
+    assert plan(DistConfig(), env).init_method == "tcp://rack1-n001-ib:20007"
+
+
+def test_scontrol_decides_the_node_list_when_it_is_installed(tmp_path, monkeypatch):
+    """SLURM's own expansion wins over the parser: a site may name its nodes in ways only it knows."""
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "%s\\n" "head-$3" second\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert first_slurm_host("n[01-02]-ib") == "head-n[01-02]-ib"
+
+
+@pytest.mark.parametrize("nodelist", ["n[01-02", "n[3-1]", "n[a-b]"])
+def test_a_node_list_that_cannot_be_read_asks_for_master_addr(nodelist):
+    with pytest.raises(UserError, match="set MASTER_ADDR"):
+        first_slurm_host(nodelist)
 
 
 def test_local_multiprocessing_needs_no_url_and_counts_nodes():
@@ -174,6 +223,68 @@ def test_two_nodes_of_two_workers_train_together_on_loopback(tmp_path):
     assert "4 processes (spawned, gloo, 2 node(s)), batch 16 (4 per process)" in outputs[0][0]
     assert (tmp_path / "node0" / CHECKPOINT_NAME).exists()
     assert not (tmp_path / "node1" / CHECKPOINT_NAME).exists()  # only global rank 0 writes
+
+
+def test_a_local_run_listens_on_loopback_only(tmp_path):
+    """A run confined to this machine must not be reachable from the network: its rendezvous store and
+    Gloo's own listeners sit on loopback (torch's TCPStore would listen on every interface)."""
+    command = [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
+               "--fake-train-images", "100000", "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1",
+               "--epochs", "1", *TWO_RANKS, "--output-dir", str(tmp_path)]  # fmt: skip
+    launcher = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(launcher, re.compile(r"Epoch: \[0\]\[\s*3/"))
+        addresses = _listening_addresses([launcher.pid, *_descendants(launcher.pid)])
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.communicate(timeout=120)
+    assert addresses, "the run's processes listen on nothing: no rendezvous found"
+    assert all(_is_loopback(address) for address, _port in addresses), addresses
+
+
+def _wait_for_line(process: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:
+        if pattern.search(line):
+            return
+        assert time.monotonic() < deadline, f"no {pattern.pattern!r} within {timeout}s"
+    raise AssertionError(f"the run ended early: {process.stderr.read() if process.stderr else ''}")
+
+
+def _descendants(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [p for child in found for p in [int(child), *_descendants(int(child))]]
+
+
+def _listening_addresses(pids: list[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket these processes listen on, from the kernel's own tables:
+    the sockets' inodes in /proc/PID/fd, matched with /proc/net/tcp and tcp6 rows in state LISTEN (0A)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)  # each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append((socket.inet_ntop(family, words), int(port, 16)))
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 @pytest.fixture(scope="module")
