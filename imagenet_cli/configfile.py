@@ -2,6 +2,11 @@
 
 A recipe file is read as if its options had been typed before everything on the command line, so a flag
 typed after it wins. A run's own `config.json` is such a file.
+
+A recipe is a flat table of a few dozen options, so what one may hold is bounded: at most MAX_RECIPE_BYTES,
+and no YAML aliases (`*name`). Aliases are never needed to write a table of options, and nested ones make
+a file of a few hundred bytes expand to gigabytes (the "billion laughs"). A value echoed in an error is
+cut to a short length.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from typing import Any
 
 from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, section_of
 from .errors import UserError
+from .reporting import clip
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe of every option is about 3 KB
 
 
 def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, Any]:
@@ -23,12 +31,15 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
     raw = _parse(path)
     recipe_command = raw.pop("command", None)
     if recipe_command not in (None, command):
-        raise UserError(f"{path} is a {recipe_command} recipe; run it with `imagenet-cli {recipe_command} --config`")
+        shown = clip(recipe_command)
+        raise UserError(f"{path} is a {shown} recipe; run it with `imagenet-cli {shown} --config`")
     options: dict[str, Any] = {}
     for key, value in raw.items():
+        if not isinstance(key, str):
+            raise UserError(f"{path}: option names are words, not {clip(repr(key))}")
         name = option_name(key, aliases)
         if name not in OPTION_NAMES or name in INVOCATION_ONLY:
-            raise UserError(f"{path}: unknown option {key!r}{_suggest(key)}")
+            raise UserError(f"{path}: unknown option {clip(repr(key))}{_suggest(key)}")
         if value is None:
             continue  # a null is the default: not given
         _check_type(path, key, name, value)
@@ -47,20 +58,24 @@ def _parse(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise UserError(f"--config {path}: no such file")
     suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise UserError(f"--config {path}: give a .json, .toml or .yaml file")
     try:
         with open(path, "rb") as f:
-            if suffix == ".json":
-                raw = json.load(f)
-            elif suffix == ".toml":
-                raw = _toml().load(f)
-            elif suffix in (".yaml", ".yml"):
-                raw = _yaml().safe_load(f)
-            else:
-                raise UserError(f"--config {path}: give a .json, .toml or .yaml file")
+            text = f.read(MAX_RECIPE_BYTES + 1)
+        if len(text) > MAX_RECIPE_BYTES:
+            raise UserError(f"--config {path} is larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a few KB")
+        if suffix == ".json":
+            raw = json.loads(text)
+        elif suffix == ".toml":
+            raw = _toml().loads(text.decode())
+        else:
+            raw = _load_yaml(text, path)
     except UserError:
         raise
     except Exception as exc:  # each parser has its own error type; all mean "not valid"
-        raise UserError(f"--config {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+        reason = clip(" ".join(str(exc).split()), 240)
+        raise UserError(f"--config {path} is not valid {suffix[1:].upper()}: {reason}") from exc
     if not isinstance(raw, dict):
         raise UserError(f"--config {path} must hold a table of option = value pairs")
     return raw
@@ -85,6 +100,22 @@ def _yaml() -> types.ModuleType:
     return yaml
 
 
+def _load_yaml(text: bytes, path: str) -> Any:
+    """PyYAML's safe loading (plain data, no Python objects), refusing aliases before they are resolved."""
+    yaml = _yaml()
+
+    class RecipeLoader(yaml.SafeLoader):  # type: ignore[name-defined,misc]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                line = self.peek_event().start_mark.line + 1
+                raise UserError(
+                    f"--config {path}: line {line}: YAML aliases (*name) are not accepted in recipes; write the value out"
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: plain data, never Python objects
+
+
 def _check_type(path: str, key: str, name: str, value: Any) -> None:
     """Catch `lr = "0.1"` in the file, not deep inside a worker."""
     hint = typing.get_type_hints(section_of(name))[name]
@@ -96,7 +127,7 @@ def _check_type(path: str, key: str, name: str, value: Any) -> None:
         return
     kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
     wanted = " or ".join(sorted({kinds[t] for t in allowed if not (t is int and float in allowed)}))
-    raise UserError(f"{path}: {key} must be {wanted}, got {value!r}")
+    raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")
 
 
 def _suggest(key: str) -> str:

@@ -113,7 +113,7 @@ def _jobs(cfg: DataConfig, kind: str) -> Iterator[tuple[str, str, Any]]:
         index = shards.read_index(cfg.path or "")
         for split, entries in index.splits.items():
             for shard in entries:
-                yield split, shard.path, None
+                yield split, shard.path, len(index.classes)
         return
     splits = sources.open_splits(cfg, with_train=True, class_names=None)
     for split, dataset in (("train", splits.train), ("val", splits.val)):
@@ -122,17 +122,24 @@ def _jobs(cfg: DataConfig, kind: str) -> Iterator[tuple[str, str, Any]]:
 
 
 def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
-    split, path, _ = job
+    split, path, classes = job
     if path.endswith(".tar"):
-        return [
-            _decode(split, f"{path}:{key}", next((v for k, v in fields.items() if k != "cls"), b""))
-            for key, fields in shards._samples(path)
-        ]
+        return [_check_sample(split, f"{path}:{key}", fields, classes) for key, fields in shards._samples(path)]
     try:
         encoded = read_bytes(path)
     except OSError as exc:
         return FileResult(path, split, problem=one_line(exc))
     return _decode(split, path, encoded)
+
+
+def _check_sample(split: str, source: str, fields: dict[str, bytes], classes: int) -> FileResult:
+    """A shard's sample: its label must number one of the index's classes, as training requires, and its
+    picture must decode."""
+    try:
+        shards.label_of(fields, classes)
+    except ValueError as exc:
+        return FileResult(source, split, problem=str(exc))
+    return _decode(split, source, next((v for k, v in fields.items() if k != "cls"), b""))
 
 
 def _decode(split: str, source: str, encoded: torch.Tensor | bytes) -> FileResult:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import random
 from dataclasses import dataclass
 
@@ -242,8 +243,19 @@ def sample_box(
 
 
 def read_bytes(path: str) -> torch.Tensor:
-    """A file's bytes, read once whichever decoder runs: the loader of every file-based source."""
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    """A file's bytes, read once whichever decoder runs: the loader of every file-based source. A file
+    larger than any picture this tool decodes is refused before a byte of it is read into memory."""
+    with open(path, "rb") as f:
+        check_encoded_size(os.fstat(f.fileno()).st_size)
+        return torch.from_numpy(np.fromfile(f, dtype=np.uint8))
+
+
+def check_encoded_size(size: int, what: str = "the file") -> None:
+    """Refuse an encoded picture (a file, a shard's member) above MAX_ENCODED_BYTES."""
+    if size > MAX_ENCODED_BYTES:
+        raise ValueError(
+            f"{what} has {size:,} bytes, more than the {MAX_ENCODED_BYTES:,} this tool reads as one picture"
+        )
 
 
 # PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
@@ -251,6 +263,14 @@ def read_bytes(path: str) -> torch.Tensor:
 # actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
 MAX_DECODED_PIXELS = 178_956_970
 Image.MAX_IMAGE_PIXELS = None
+# The most bytes one encoded picture may have: that limit's pixels stored uncompressed (a BMP or PPM of
+# three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
+# this tool could decode, so it is refused before it is read.
+MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
+# What torchvision's decoder reads here; anything else goes to PIL. Not GIF: torchvision decodes every
+# frame of an animated GIF (4-D, and a small file of many large frames asks for gigabytes), where PIL
+# decodes the first frame only, as every other format here gives one picture.
+TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 
 
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
@@ -288,8 +308,9 @@ def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> in
 def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 1) -> torch.Tensor:
     """Pixels as uint8 (3, H, W) whatever the file's colour mode, laid out channels-last in memory:
     torch's vectorised uint8 resize needs that layout, and crops of it stay views. PIL decodes when the
-    DCT can reduce (torchvision's decoder cannot) or the format is one torchvision does not read."""
-    if reduce == 1 and encoded is not None and decode_image is not None:
+    DCT can reduce (torchvision's decoder cannot) or the format is not one of TORCHVISION_FORMATS; an
+    animated picture gives its first frame."""
+    if reduce == 1 and encoded is not None and decode_image is not None and header.format in TORCHVISION_FORMATS:
         try:
             chw = decode_image(encoded, mode=ImageReadMode.RGB)
         except RuntimeError:

@@ -13,9 +13,38 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from .engine import EpochResult, Metrics
+
+# Characters that act on a terminal instead of showing: C0 and C1 controls, DEL, and the Unicode
+# bidirectional overrides that reorder what follows them. Each is shown as its escape (`\x1b`, `\u202e`).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+_CONTROLS_BUT_LINES = {c: shown for c, shown in _CONTROLS.items() if chr(c) != "\n"}
+CLIP = 80  # characters of a value from a file echoed in a one-line message
+
+
+def printable(value: object, keep_lines: bool = False) -> str:
+    """`value` as text that only shows itself: class names, paths and labels come from files (a checkpoint,
+    a folder, a manifest), and an escape sequence in one must print as `\\x1b`, not recolour the terminal,
+    retitle it or hide what follows. `keep_lines`: newlines stay (for messages of several lines)."""
+    return str(value).translate(_CONTROLS_BUT_LINES if keep_lines else _CONTROLS)
+
+
+def literal(value: object) -> Text:
+    """`printable`, as rich text shown as written where rich would read markup and emoji codes (table
+    cells, titles): a class named `[/]` or `:cat:` is a name, never a tag (a stray closing tag is an error
+    in rich) nor a picture."""
+    return Text(printable(value))
+
+
+def clip(value: object, limit: int = CLIP) -> str:
+    """`printable`, cut to `limit` characters: a value echoed in a message is there to be recognised, and
+    a field of a megabyte must not become a megabyte-long error line."""
+    text = printable(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Reporter:
@@ -187,15 +216,18 @@ class ConsoleReporter(Reporter):
         elif result["most_confused"]:
             self.console.print(_most_confused_table(result["most_confused"]))
         if result.get("confusion_plot"):
-            self._print(f"confusion matrix drawn in {result['confusion_plot']}")
+            self._print(f"confusion matrix drawn in {printable(result['confusion_plot'])}")
 
     def _print(self, text: str) -> None:
-        self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+        """Plain lines: never markup, and no control character of a path or name reaches the terminal."""
+        self.console.print(printable(text, keep_lines=True), soft_wrap=True, highlight=False, markup=False)
 
 
 def _titled(title: str) -> Table:
-    """A table at least as wide as its title, so the title is never wrapped over several lines."""
-    return Table(title=title, title_justify="left", min_width=len(title))
+    """A table at least as wide as its title, so the title is never wrapped over several lines. The title
+    is shown literally: it may hold a path."""
+    shown = literal(title)
+    return Table(title=shown, title_justify="left", min_width=len(shown))
 
 
 def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
@@ -209,7 +241,7 @@ def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
     for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(row["class"], str(row["images"]), f"{row['acc1']:.1f}%")
+        table.add_row(literal(row["class"]), str(row["images"]), f"{row['acc1']:.1f}%")
     return table
 
 
@@ -217,9 +249,9 @@ def _confusion_table(matrix: list[list[int]], names: list[str]) -> Table:
     table = _titled("Confusion matrix (rows: true class, columns: predicted)")
     table.add_column("")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(literal(name), justify="right")
     for name, row in zip(names, matrix, strict=True):
-        table.add_row(name, *(str(n) for n in row))
+        table.add_row(literal(name), *(str(n) for n in row))
     return table
 
 
@@ -229,7 +261,9 @@ def _most_confused_table(pairs: list[dict[str, Any]]) -> Table:
                             ("share of the class", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for pair in pairs:
-        table.add_row(pair["true"], pair["predicted"], str(pair["count"]), f"{100 * pair['share']:.1f}%")
+        table.add_row(
+            literal(pair["true"]), literal(pair["predicted"]), str(pair["count"]), f"{100 * pair['share']:.1f}%"
+        )
     return table
 
 
@@ -238,19 +272,21 @@ def print_inspection(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary), flush=True)
         return
-    table = Table(title=f"{summary['path']}", title_justify="left", show_header=False)
+    table = Table(title=literal(summary["path"]), title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in summary.items():
         if key == "path" or value is None:
             continue
         if key == "class_names":
-            value = ", ".join(value[:10]) + (f" … ({len(value)} in all)" if len(value) > 10 else "")
+            value = ", ".join(clip(name) for name in value[:10]) + (
+                f" … ({len(value)} in all)" if len(value) > 10 else ""
+            )
         elif key == "versions":
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif key in ("parameters", "size_bytes"):
             value = f"{value:,}"
-        table.add_row(key.replace("_", " "), str(value))
+        table.add_row(key.replace("_", " "), literal(value))
     Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
@@ -283,7 +319,7 @@ def print_data_check(report: dict[str, Any], as_json: bool) -> None:
         return
     console = Console(width=None if sys.stdout.isatty() else 120)
     for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        console.print(f"note: {printable(note)}", highlight=False, markup=False)
     per_split = ", ".join(f"{split} {n}" for split, n in report["per_split"].items())
     console.print(f"checked {report['files']} images ({per_split}): {len(report['unreadable'])} unreadable")
     if report["unreadable"]:
@@ -291,14 +327,14 @@ def print_data_check(report: dict[str, Any], as_json: bool) -> None:
         table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
         for row in report["unreadable"][:50]:
-            table.add_row(row["file"], row["problem"])
+            table.add_row(literal(row["file"]), literal(row["problem"]))
         console.print(table)
     for title, key in (("Colour modes", "modes"), ("Formats", "formats"), ("Shorter side", "shorter_side")):
         table = Table(title=title, title_justify="left")
         table.add_column(title.lower())
         table.add_column("images", justify="right")
         for name, count in report[key].items():
-            table.add_row(str(name), f"{count:,}")
+            table.add_row(literal(name), f"{count:,}")
         console.print(table)
 
 
@@ -328,17 +364,19 @@ def print_predictions(outcome: dict[str, Any], as_json: bool) -> None:
     """`predict`: one line per image, best class first, or one JSON object; notes and unreadable files go to
     stderr either way, so stdout holds only results."""
     for note in outcome["notes"]:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+        print(f"note: {printable(note)}", file=sys.stderr, flush=True)
     for error in outcome["errors"]:
-        print(f"error: cannot read {error['path']}: {error['reason']}", file=sys.stderr, flush=True)
+        print(
+            f"error: cannot read {printable(error['path'])}: {printable(error['reason'])}", file=sys.stderr, flush=True
+        )
     if as_json:
         shown = {k: outcome[k] for k in ("checkpoint", "predictions", "errors")}
         print(json.dumps(shown), flush=True)
         return
     console = Console(width=None if sys.stdout.isatty() else 120)
     for row in outcome["predictions"]:
-        classes = ", ".join(f"{top['class']} {top['probability']:.3f}" for top in row["top"])
-        console.print(f"{row['path']}: {classes}", soft_wrap=True, highlight=False, markup=False)
+        classes = ", ".join(f"{printable(top['class'])} {top['probability']:.3f}" for top in row["top"])
+        console.print(f"{printable(row['path'])}: {classes}", soft_wrap=True, highlight=False, markup=False)
 
 
 def print_models(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -373,12 +411,12 @@ def print_environment(report: dict[str, Any], as_json: bool) -> None:
     launcher.add_column(style="bold")
     launcher.add_column(overflow="fold")
     for name, value in report["launcher_env"].items():
-        launcher.add_row(name, value)
+        launcher.add_row(literal(name), literal(value))
     if report["launcher_env"]:
         console.print(launcher)
     else:
         console.print("launcher variables: none set (torchrun, SLURM, CUDA_VISIBLE_DEVICES, NCCL_*)", highlight=False)
-    console.print(f"plan: {report['plan']['summary']}", soft_wrap=True, highlight=False, markup=False)
+    console.print(f"plan: {printable(report['plan']['summary'])}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _environment_table(report: dict[str, Any]) -> Table:
@@ -387,7 +425,7 @@ def _environment_table(report: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for name, version in report["versions"].items():
-        table.add_row(name.replace("_", " "), version or "-")
+        table.add_row(name.replace("_", " "), literal(version or "-"))
     table.add_row("distributed backends", _backends(report["distributed_backends"]))
     cpu = report["cpu"]
     usable = f", {cpu['usable']} usable by this process" if cpu["usable"] not in (None, cpu["count"]) else ""
@@ -407,8 +445,8 @@ def _cuda_table(devices: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for d in devices:
         table.add_row(
-            f"cuda:{d['index']}", d["name"], d["capability"], _gib(d["total_bytes"]), _gib(d["used_bytes"]),
-            _gib(d["free_bytes"]) if d["free_bytes"] is not None else d.get("error", "-"),
+            f"cuda:{d['index']}", literal(d["name"]), d["capability"], _gib(d["total_bytes"]), _gib(d["used_bytes"]),
+            _gib(d["free_bytes"]) if d["free_bytes"] is not None else literal(d.get("error", "-")),
         )  # fmt: skip
     return table
 

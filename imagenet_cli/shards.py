@@ -16,6 +16,7 @@ at all in one epoch when shards are dealt unevenly; validation reads every sampl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -26,7 +27,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -34,11 +35,20 @@ from torch.utils.data import IterableDataset, get_worker_info
 from . import formats
 from .config import DataConfig
 from .errors import UserError, one_line
+from .presets import check_encoded_size
 from .randomness import mix_seed
+from .reporting import clip
 from .unreadable import Unreadable
 
 INDEX_FORMAT = "imagenet-cli shards 1"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
+# Integer labels number the classes 0..K-1 (shards without an index, CSV manifests with numbers), so one
+# label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
+# landmark sets about 200,000) a label is a typo or hostile, and its class list alone would fill memory.
+MAX_CLASSES = 1_000_000
+# Our own temporary names (`train-000003.tar.tmp`, `shards.json.tmp`): what an interrupted make-shards
+# leaves behind, removed by the next one. Nothing else in the folder is touched.
+OWN_TEMPORARIES = re.compile(r"(?:train|val)-\d{6}\.tar\.tmp|" + re.escape(formats.SHARD_INDEX) + r"\.tmp")
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,12 @@ def _scan(root: str) -> ShardIndex:
         if split is None:
             continue
         path, count = os.path.join(root, name), 0
-        for _key, fields in _samples(path):
+        for key, fields in _samples(path):
             count += 1
-            top = max(top, _label(fields, path))
+            try:
+                top = max(top, label_of(fields))
+            except ValueError as exc:
+                raise UserError(f"shard {path}, sample {clip(key)}: {exc}") from exc
         splits[split].append(Shard(path, count))
     if not splits["val"]:
         raise UserError(f"{root} has no val*.tar shards (nor a {formats.SHARD_INDEX}); see `imagenet-cli make-shards`")
@@ -257,7 +270,7 @@ class ShardStream(IterableDataset):
         if suffix is None:
             raise ValueError(f"no image among its members ({', '.join(fields)})")
         encoded = torch.frombuffer(bytearray(fields[suffix]), dtype=torch.uint8)
-        label = int(fields["cls"])
+        label = label_of(fields, len(self.classes) or None)
         if self.seed is None:
             return self.transform(encoded), label
         state = random.getstate()
@@ -300,33 +313,61 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
     long_name = None
     try:
         with open(path, "rb", buffering=1 << 20) as f:
+            file_size = os.fstat(f.fileno()).st_size
             while len(header := f.read(512)) == 512 and header.strip(b"\0"):
                 kind, size = header[156:157], _header_size(header, path)
+                name = long_name or _header_name(header)
+                _check_member_size(path, name, size, file_size - f.tell())
+                if kind not in (b"L", b"x", b"0", b"\0", b"7"):  # directories, links, devices: nothing to read
+                    f.seek(size + -size % 512, os.SEEK_CUR)
+                    continue
                 data = f.read(size)
                 f.read(-size % 512)
                 if len(data) < size:
                     raise UserError(f"shard {path} is truncated")
                 if kind in (b"L", b"x"):  # the next member's name: GNU long name, or a pax path record
-                    long_name = data.rstrip(b"\0").decode() if kind == b"L" else _pax_path(data) or long_name
-                elif kind in (b"0", b"\0", b"7"):
-                    yield long_name or _header_name(header), data
+                    long_name = _text(data.rstrip(b"\0")) if kind == b"L" else _pax_path(data) or long_name
+                else:
+                    yield name, data
                     long_name = None
     except OSError as exc:
         raise UserError(f"cannot read shard {path}: {exc}") from exc
 
 
 def _header_size(header: bytes, path: str) -> int:
-    stored = header[148:156].replace(b"\0", b" ").strip()
-    if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's own 8 spaces
-        raise UserError(f"shard {path} has a damaged tar header")
-    if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
-        return int.from_bytes(header[125:136], "big")
-    return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+    try:
+        stored = header[148:156].replace(b"\0", b" ").strip()
+        if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's 8 spaces
+            raise ValueError("checksum")
+        if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
+            return int.from_bytes(header[125:136], "big")
+        return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError:  # a checksum that does not add up, or fields that are not octal numbers
+        raise UserError(f"shard {path} has a damaged tar header") from None
+
+
+def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
+    """Refuse a member before reading it when its header claims more than the shard holds (a damaged or
+    hostile header asking for a terabyte) or more than any picture this tool decodes."""
+    if size > remaining:
+        raise UserError(
+            f"shard {path}: member {clip(name)} claims {size:,} bytes but the file ends {remaining:,} bytes "
+            "later; the shard is truncated or damaged"
+        )
+    try:
+        check_encoded_size(size, "the member")
+    except ValueError as exc:
+        raise UserError(f"shard {path}: member {clip(name)}: {exc}") from None
+
+
+def _text(raw: bytes) -> str:
+    """A name from a header: UTF-8 as tar writes it, any other byte shown as a replacement character."""
+    return raw.decode("utf-8", errors="replace")
 
 
 def _header_name(header: bytes) -> str:
-    name = header[:100].rstrip(b"\0").decode()
-    prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+    name = _text(header[:100].rstrip(b"\0"))
+    prefix = _text(header[345:500].rstrip(b"\0")) if header[257:262] == b"ustar" else ""
     return f"{prefix}/{name}" if prefix else name
 
 
@@ -338,11 +379,19 @@ def _pax_path(records: bytes) -> str | None:
     return None
 
 
-def _label(fields: dict[str, bytes], path: str) -> int:
-    try:
-        return int(fields["cls"])
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"a sample in {path} has no integer .cls label") from exc
+def label_of(fields: dict[str, bytes], classes: int | None = None) -> int:
+    """A sample's `.cls` label, checked: a class number from 0 to `classes` - 1 when the index says how many
+    there are, else below MAX_CLASSES. ValueError, saying what is wrong with it, otherwise."""
+    raw = fields.get("cls")
+    if raw is None:
+        raise ValueError("it has no .cls label")
+    text = _text(raw[:40]).strip()
+    if len(raw) > 40 or not re.fullmatch(r"-?[0-9]+", text):
+        raise ValueError(f"its .cls label {clip(text)!r} is not a whole number")
+    label, bound = int(text), classes if classes is not None else MAX_CLASSES
+    if not 0 <= label < bound:
+        raise ValueError(f"its .cls label {label} is not a class number (0 to {bound - 1:,})")
+    return label
 
 
 # -- writing shards -------------------------------------------------------------------------------------------
@@ -365,31 +414,71 @@ def make_shards(
     samples_by_split: dict[str, list[tuple[str, int]]], classes: list[str], out: str, shard_size: int
 ) -> dict[str, Any]:
     """Write each split's (path, label) samples, in order, into tar shards of about `shard_size` bytes,
-    each written to a temporary name and renamed when whole; then the index. Returns the index."""
-    os.makedirs(out, exist_ok=True)
+    each written to a temporary name and renamed when whole; then the index. Returns the index. A failure
+    (a full disk, an unreadable source file) leaves no temporary file behind and is one line naming the
+    file; temporaries of an earlier run that was killed outright are removed first."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        _remove_own_temporaries(out)
+    except OSError as exc:
+        raise UserError(f"cannot write shards into {out}: {exc.strerror or one_line(exc)}") from exc
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": classes, "splits": {}}
     for split, samples in samples_by_split.items():
         index["splits"][split] = _write_split(split, samples, out, shard_size)
-    tmp = os.path.join(out, formats.SHARD_INDEX + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp, os.path.join(out, formats.SHARD_INDEX))
+    _write_whole(os.path.join(out, formats.SHARD_INDEX), lambda f: f.write(json.dumps(index, indent=1).encode()))
     return index
+
+
+def _remove_own_temporaries(out: str) -> None:
+    """What a make-shards killed mid-way (SIGKILL, a power cut) left: only names this module writes."""
+    for entry in os.scandir(out):
+        if OWN_TEMPORARIES.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.remove(entry.path)
+
+
+def _write_whole(path: str, write: Callable[[IO[bytes]], Any]) -> None:
+    """`write` into `path + ".tmp"`, renamed to `path` once whole; on any failure the temporary file is
+    removed and an OSError becomes one line naming `path`."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or one_line(exc)}") from exc
+        raise
 
 
 def _write_split(split: str, samples: list[tuple[str, int]], out: str, shard_size: int) -> list[dict[str, Any]]:
     written = []
     for number, chunk in enumerate(_chunks(samples, shard_size)):
         name = f"{split}-{number:06d}.tar"
-        with tarfile.open(os.path.join(out, name + ".tmp"), mode="w") as tar:
-            for position, path, label in chunk:
-                suffix = os.path.splitext(path)[1].lower().lstrip(".") or "jpg"
-                with open(path, "rb") as f:
-                    _add(tar, f"{position:08d}.{suffix}", f.read())
-                _add(tar, f"{position:08d}.cls", str(label).encode())
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+        _write_whole(os.path.join(out, name), lambda f, chunk=chunk: _write_shard(f, chunk))
         written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
     return written
+
+
+def _write_shard(f: IO[bytes], chunk: list[tuple[int, str, int]]) -> None:
+    with tarfile.open(fileobj=f, mode="w") as tar:
+        for position, path, label in chunk:
+            suffix = os.path.splitext(path)[1].lower().lstrip(".") or "jpg"
+            _add(tar, f"{position:08d}.{suffix}", _source_bytes(path))
+            _add(tar, f"{position:08d}.cls", str(label).encode())
+
+
+def _source_bytes(path: str) -> bytes:
+    """A source picture's bytes; a file that cannot be read, or is larger than any picture, is named (as a
+    UserError, so it is not mistaken for a failure to write)."""
+    try:
+        with open(path, "rb") as f:
+            check_encoded_size(os.fstat(f.fileno()).st_size)
+            return f.read()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise UserError(f"cannot pack {path}: {reason}") from exc
 
 
 def _chunks(samples: list[tuple[str, int]], shard_size: int) -> Iterator[list[tuple[int, str, int]]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from . import augment, formats, shards
 from .config import DataConfig
 from .errors import UserError
 from .presets import DeviceDecoded, InterpolationMode, PadCropPreset, Preset, TrainPreset, ValPreset, read_bytes
+from .reporting import clip
 
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 Transform = Callable[[Any], torch.Tensor]
@@ -115,8 +117,8 @@ def _check_known(present: set[str], known: Sequence[str], where: str) -> None:
     unknown = sorted(present - set(known))
     if unknown:
         raise UserError(
-            f"{where} has classes the model does not know: {', '.join(unknown[:5])}; to adapt a model to "
-            "these classes, use `imagenet-cli finetune --weights CHECKPOINT DATA`"
+            f"{where} has classes the model does not know: {', '.join(clip(name) for name in unknown[:5])}; to adapt "
+            "a model to these classes, use `imagenet-cli finetune --weights CHECKPOINT DATA`"
         )
 
 
@@ -179,33 +181,59 @@ class ManifestRow:
 
 def read_manifest(path: str) -> list[ManifestRow]:
     """Rows of a `path,label` CSV (a header names the columns; other columns are ignored). Paths are
-    relative to the manifest's folder unless absolute. Every malformed row is reported by line number."""
+    relative to the manifest's folder unless absolute. Every malformed row is reported by line number,
+    and what it echoes of a field is cut short (a field may be a megabyte long)."""
     if not os.path.isfile(path):
         raise UserError(f"manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        path_col, label_col = _column(header, PATH_COLUMNS, 0), _column(header, LABEL_COLUMNS, 1)
-        if path_col == label_col or len(header) < 2:
-            raise UserError(f"{path}: the first line must name a path column and a label column, e.g. `path,label`")
-        base, rows, problems = os.path.dirname(os.path.abspath(path)), [], []
-        for line, fields in enumerate(reader, start=2):
-            if not any(field.strip() for field in fields):
-                continue  # blank lines are not rows
-            problem = _row_problem(fields, path_col, label_col, len(header))
-            if problem is None:
-                file = os.path.join(base, fields[path_col].strip())
-                problem = None if os.path.isfile(file) else f"no such file {fields[path_col].strip()}"
-            if problem:
-                problems.append(f"line {line}: {problem}")
-            else:
-                rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip(), line))
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(_utf8_lines(f, path))
+        try:
+            header = [h.strip().lower() for h in next(reader, [])]
+            path_col, label_col = _column(header, PATH_COLUMNS, 0), _column(header, LABEL_COLUMNS, 1)
+            if path_col == label_col or len(header) < 2:
+                raise UserError(f"{path}: the first line must name a path column and a label column, e.g. `path,label`")
+            rows, problems = _manifest_rows(reader, base, path_col, label_col, len(header))
+        except csv.Error as exc:  # a field past csv's size limit, a NUL byte, a quote left open
+            raise UserError(f"{path}: line {reader.line_num}: not a CSV row ({exc})") from exc
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UserError(f"{path}: {'; '.join(problems[:3])}{more}")
     if not rows:
         raise UserError(f"{path} lists no images")
     return rows
+
+
+def _utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
+    """The file's lines, each checked to be UTF-8: the file is read with `surrogateescape`, so a byte that
+    is not UTF-8 shows up in its own line, which can then be named."""
+    for number, line in enumerate(lines, start=1):
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{path}: line {number} is not UTF-8 text; save the manifest as UTF-8") from None
+        yield line
+
+
+def _manifest_rows(
+    reader: Iterator[list[str]], base: str, path_col: int, label_col: int, width: int
+) -> tuple[list[ManifestRow], list[str]]:
+    """The rows after the header, and a `line N: what` for each malformed one."""
+    rows, problems = [], []
+    for fields in reader:
+        line = reader.line_num  # type: ignore[attr-defined]
+        if not any(field.strip() for field in fields):
+            continue  # blank lines are not rows
+        problem = _row_problem(fields, path_col, label_col, width)
+        if problem is None:
+            file = os.path.join(base, fields[path_col].strip())
+            problem = None if os.path.isfile(file) else f"no such file {clip(fields[path_col].strip())}"
+        if problem:
+            problems.append(f"line {line}: {problem}")
+        else:
+            rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip(), line))
+    return rows, problems
 
 
 def _column(header: list[str], names: Sequence[str], fallback: int) -> int:
@@ -220,15 +248,23 @@ def _row_problem(fields: list[str], path_col: int, label_col: int, width: int) -
     label = fields[label_col].strip()
     if not label:
         return "empty label"
-    if label.lstrip("-").isdigit() and int(label) < 0:
-        return f"negative label {label}"
+    if re.fullmatch(r"-[0-9]+", label):
+        return f"negative label {clip(label)}"
+    if _is_number(label) and (len(label.lstrip("0")) > 7 or int(label) >= shards.MAX_CLASSES):
+        return f"label {clip(label)} is past {shards.MAX_CLASSES - 1:,}, the largest class number this tool accepts"
     return None
 
 
+def _is_number(label: str) -> bool:
+    """Only ASCII digits: `str.isdigit` also takes "²", which `int` refuses."""
+    return label.isascii() and label.isdigit()
+
+
 def manifest_classes(rows: Sequence[ManifestRow]) -> list[str]:
-    """Class names in a fixed order: sorted names, or for integer labels "0".."K-1" (so label k stays k)."""
+    """Class names in a fixed order: sorted names, or for integer labels "0".."K-1" (so label k stays k;
+    each label is below MAX_CLASSES, checked row by row)."""
     labels = {row.label for row in rows}
-    if all(label.isdigit() for label in labels):
+    if all(_is_number(label) for label in labels):
         return [str(i) for i in range(max(int(label) for label in labels) + 1)]
     return sorted(labels)
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, default_collate
 
 from .errors import RunFailed, UserError, one_line
 from .presets import Deferred, DeferredBatch
+from .reporting import printable
 
 SUBSTITUTE_TRIES = 16
 
@@ -92,15 +93,18 @@ class BadImages:
         return images, labels
 
     def _note(self, problem: Unreadable) -> None:
+        """Stop, or warn once per file; the file's name and the reason are shown, never acted on by the
+        terminal (a file may be named with escape sequences)."""
+        source, reason = printable(problem.source), printable(problem.reason)
         if not problem.replaced:
             raise UserError(
-                f"cannot read {problem.source}: {problem.reason}; fix or remove it, or pass --skip-bad-images "
+                f"cannot read {source}: {reason}; fix or remove it, or pass --skip-bad-images "
                 "(`imagenet-cli check-data DATA` lists every such file)"
             )
         self.count += 1
         if problem.source not in self.warned:
             self.warned.add(problem.source)
-            print(f"warning: rank {self.rank}: skipped {problem.source}: {problem.reason}", file=sys.stderr, flush=True)
+            print(f"warning: rank {self.rank}: skipped {source}: {reason}", file=sys.stderr, flush=True)
         if self.count > self.limit:
             raise RunFailed(
                 f"more than --max-bad-images {self.limit} unreadable images on rank {self.rank} "
