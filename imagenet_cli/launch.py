@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import datacheck, distributed, worker
+from . import datacheck, distributed, records, worker
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME
 from .config import RunConfig
 from .control import STOP_SIGNALS
 from .distributed import Topology
@@ -56,9 +57,12 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
         if path and not os.path.isfile(path):
             raise UserError(f"{label}: file not found: {path}")
     if cfg.command != "evaluate" and not cfg.evaluate_only:
+        _refuse_another_run(cfg)
         _check_writable(cfg.output_dir, "--output-dir")
     if cfg.log_dir:
         _check_writable(cfg.log_dir, "--log-dir")
+        for rank in _local_ranks(topology):
+            records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, rank))
 
 
 def _check_flags(cfg: RunConfig, topology: Topology) -> None:
@@ -78,6 +82,39 @@ def _check_flags(cfg: RunConfig, topology: Topology) -> None:
             "--gpu pins the one process of a single-process run; a distributed run gives each process "
             "its local rank's GPU (leave --gpu out)"
         )
+
+
+def _refuse_another_run(cfg: RunConfig) -> None:
+    """A run never overwrites another run's files in its --output-dir (the current directory unless
+    given). Only their own run may go on there: resumed from one of its checkpoints in that directory
+    (`resume`, `--resume`, `--resume auto`), or, when it never saved one (killed early), started again
+    with exactly its options, which is what `--resume auto` does when it finds no checkpoint."""
+    directory = cfg.output_dir
+    saved = [name for name in (CHECKPOINT_NAME, BEST_NAME) if os.path.lexists(os.path.join(directory, name))]
+    found = records.existing_records(directory) + saved
+    if not found or _continues_from(cfg.resume, directory):
+        return
+    if not saved and records.records_same_options(directory, cfg):
+        return
+    if CHECKPOINT_NAME in saved:
+        advice = f"or continue it with `imagenet-cli resume {os.path.join(directory, CHECKPOINT_NAME)}`"
+    else:
+        advice = "(it saved no checkpoint: only its own command, with the same options, may start it again there)"
+    raise UserError(f"{directory} already holds another run ({', '.join(found)}); choose a new --output-dir {advice}")
+
+
+def _continues_from(checkpoint: str | None, directory: str) -> bool:
+    """Whether `checkpoint` lies in `directory`: the run recorded there is the one continuing."""
+    if not checkpoint:
+        return False
+    return os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(directory)
+
+
+def _local_ranks(topology: Topology) -> list[int]:
+    """The global ranks of the processes this machine runs (or this process is)."""
+    if topology.launcher == "spawn":
+        return [topology.global_rank(index) for index in range(topology.nproc_per_node)]
+    return [topology.global_rank(topology.external_local_rank or 0)]
 
 
 def _check_writable(directory: str, flag: str) -> None:

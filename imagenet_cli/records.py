@@ -8,11 +8,13 @@ written after the checkpoint it continues from, so the file tells one consistent
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import importlib.util
 import json
 import os
 import resource
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import torch
 
 from .atomicfile import write_text
 from .config import RunConfig, to_options
+from .errors import UserError
 from .reporting import Reporter
 
 if TYPE_CHECKING:
@@ -40,6 +43,72 @@ def write_config(cfg: RunConfig) -> str:
     return path
 
 
+def existing_records(output_dir: str) -> list[str]:
+    """The names of the run records already in `output_dir`: what a run starting there would overwrite."""
+    return [name for name in (CONFIG_NAME, METRICS_NAME) if os.path.lexists(os.path.join(output_dir, name))]
+
+
+def records_same_options(output_dir: str, cfg: RunConfig) -> bool:
+    """Whether OUTPUT_DIR/config.json holds exactly the options this run would write there: the same run
+    started again, not another one."""
+    try:
+        with open(os.path.join(output_dir, CONFIG_NAME)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return recorded == json.loads(json.dumps(to_options(cfg)))
+
+
+def worker_log_path(log_dir: str, rank: int) -> str:
+    return os.path.join(log_dir, f"workerlog.{rank}")
+
+
+def refuse_unsafe_log(path: str) -> None:
+    """Before any process starts: a worker log that is already there must be a plain file of its own
+    (see `open_worker_log`), so a planted link costs seconds, not a spawned run."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    _refuse_if_unsafe(path, info)
+
+
+def open_worker_log(path: str) -> IO[str]:
+    """LOG_DIR/workerlog.RANK, emptied and line-buffered; never through a symbolic link (a planted
+    `workerlog.0 -> ~/notes` would empty the link's target) and never if it is anything but a plain file
+    with one name (a FIFO, a device, a directory, a hard link to another file): a one-line error instead.
+    The checks are made on the opened file itself, so nothing can swap the name in between."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_if_unsafe(path, os.lstat(path))
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO nobody reads, a directory
+            raise UserError(f"--log-dir: {path} is not a regular file; remove it or choose another --log-dir") from exc
+        raise UserError(f"--log-dir: cannot write {path}: {exc.strerror}") from exc
+    try:
+        _refuse_if_unsafe(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        return os.fdopen(fd, "w", buffering=1)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_if_unsafe(path: str, info: os.stat_result) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link (a log is never written through one)"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_nlink > 1:
+        problem = "is a hard link to another file"
+    else:
+        return
+    raise UserError(f"--log-dir: {path} {problem}; remove it or choose another --log-dir")
+
+
 @contextmanager
 def rank_log(log_dir: str | None, rank: int, redirect: bool) -> Iterator[IO[str] | None]:
     """LOG_DIR/workerlog.RANK, line-buffered (None without --log-dir). With `redirect` (every rank but
@@ -49,7 +118,7 @@ def rank_log(log_dir: str | None, rank: int, redirect: bool) -> Iterator[IO[str]
         yield None
         return
     os.makedirs(log_dir, exist_ok=True)
-    with open(os.path.join(log_dir, f"workerlog.{rank}"), "w", buffering=1) as log:
+    with open_worker_log(worker_log_path(log_dir, rank)) as log:
         if redirect:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -164,12 +233,13 @@ def _ema_figures(result: EpochResult) -> dict[str, float]:
 
 class TensorBoard(Reporter):
     """The same figures as `metrics.jsonl`, as TensorBoard scalars in OUTPUT_DIR/tensorboard; the
-    global step is the number of batches trained since the start of the run."""
+    global step is the number of batches trained since the start of the run. Opened at the first training
+    phase, which says where the run starts: like `metrics.jsonl`, the event files then drop what was
+    written after that point, so a resumed run's replayed steps are not drawn twice."""
 
     def __init__(self, output_dir: str) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        self.directory = os.path.join(output_dir, "tensorboard")
+        self.writer: Any = None
         self._phase: tuple[str, int, int] = ("train", 0, 0)
         self._steps_per_epoch = 0
 
@@ -177,10 +247,19 @@ class TensorBoard(Reporter):
         self._phase = (phase, epoch, total)
         if phase == "train":
             self._steps_per_epoch = total
+            if self.writer is None:
+                self.writer = self._open(first_step=epoch * total + done + 1)
+
+    def _open(self, first_step: int) -> Any:
+        """A writer whose first event tells TensorBoard to discard every earlier event at `first_step` or
+        later: the steps after the checkpoint this run continues from, which it trains again."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(self.directory, purge_step=first_step)
 
     def phase_update(self, step: int, metrics: Metrics, lr: float | None = None) -> None:
         phase, epoch, total = self._phase
-        if phase != "train":
+        if phase != "train" or self.writer is None:
             return
         at = epoch * total + step
         for name, value in (("loss", metrics.loss), ("top1", metrics.acc1), ("top5", metrics.acc5),
@@ -190,6 +269,8 @@ class TensorBoard(Reporter):
                 self.writer.add_scalar(f"train/{name}", value, at)
 
     def epoch_end(self, result: EpochResult) -> None:
+        if self.writer is None:
+            return
         at = (result.epoch + 1) * self._steps_per_epoch
         splits = [("train", result.train), ("val", result.val), *([("ema_val", result.ema)] if result.ema else [])]
         for split, metrics in splits:
@@ -200,4 +281,6 @@ class TensorBoard(Reporter):
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

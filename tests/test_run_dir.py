@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,102 @@ def test_a_bad_recipe_is_one_clear_line(tmp_path, text, message):
     recipe.write_text(text + "\n")
     result = run_cli("train", "--config", str(recipe), "--fake-data")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# -- a run never writes through links or over another run ---------------------------------------------------------
+
+
+def test_log_dir_refuses_a_planted_symlink_before_any_rank_starts(tmp_path):
+    logs, notes = tmp_path / "logs", tmp_path / "notes.txt"
+    logs.mkdir()
+    notes.write_text("precious\n")
+    (logs / "workerlog.1").symlink_to(notes)  # rank 1's log, so every local rank is checked, not only 0
+    result = run_cli(*RUN, "--epochs", "1", *TWO_RANKS,
+                     "--output-dir", str(tmp_path / "out"), "--log-dir", str(logs))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --log-dir: {logs / 'workerlog.1'} is a symbolic link (a log is never written through one); "
+        "remove it or choose another --log-dir"
+    ]
+    assert notes.read_text() == "precious\n"
+    assert not (tmp_path / "out" / "config.json").exists()  # refused before any process started
+
+
+@pytest.mark.parametrize("kind", ["link-to-a-file", "dangling-link", "directory", "hard-link"])
+def test_a_rank_opens_its_log_without_following_links_or_emptying_other_files(tmp_path, kind):
+    """The rank's own open checks the file it opened (no window between a check and the open)."""
+    from imagenet_cli.errors import UserError
+    from imagenet_cli.records import rank_log
+
+    notes, log = tmp_path / "notes.txt", tmp_path / "workerlog.0"
+    notes.write_text("precious\n")
+    if kind == "link-to-a-file":
+        log.symlink_to(notes)
+    elif kind == "dangling-link":
+        log.symlink_to(tmp_path / "created-through-the-link")
+    elif kind == "directory":
+        log.mkdir()
+    else:
+        log.hardlink_to(notes)
+    refused = r"^--log-dir: .*workerlog\.0 (is a symbolic link|is not a regular file|is a hard link)"
+    with pytest.raises(UserError, match=refused), rank_log(str(tmp_path), 0, redirect=False):
+        pass
+    assert notes.read_text() == "precious\n" and not (tmp_path / "created-through-the-link").exists()
+
+
+def test_a_different_run_in_a_used_directory_is_refused_before_it_starts(tmp_path):
+    """Without --output-dir a run writes into the current directory: a second run there must not
+    silently overwrite the first one's records and checkpoints."""
+    ok(run_cli(*RUN, "--epochs", "1", cwd=tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    started = time.monotonic()
+    for again in ((*RUN, "--epochs", "1", "--lr", "0.05", *TWO_RANKS), (*RUN, "--epochs", "1")):
+        result = run_cli(*again, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: {tmp_path} already holds another run (config.json, metrics.jsonl, checkpoint.pth.tar, "
+            f"model_best.pth.tar); choose a new --output-dir or continue it with "
+            f"`imagenet-cli resume {tmp_path / 'checkpoint.pth.tar'}`"
+        ]
+    assert time.monotonic() - started < 40  # refused before any process was spawned
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    resumed = ok(run_cli("resume", str(tmp_path / "checkpoint.pth.tar"), "--epochs", "2"))  # its own run goes on
+    assert "at epoch 1" in resumed.stdout
+
+
+def test_a_run_killed_before_its_first_save_may_restart_but_no_other_run_takes_its_directory(tmp_path):
+    """`--resume auto` after a crash before any checkpoint starts the same run afresh; another run is refused."""
+    command = (*RUN, "--epochs", "1", "--resume", "auto", "--output-dir", str(tmp_path))
+    killed = run_cli(*command, env=cli_env(IMAGENET_CLI_FAULT="raise:epoch=0,step=3"))
+    assert killed.returncode == 1 and (tmp_path / "config.json").exists()
+    assert not (tmp_path / "checkpoint.pth.tar").exists()
+    other = run_cli(*RUN, "--epochs", "1", "--lr", "0.05", "--output-dir", str(tmp_path))
+    assert other.returncode == 2 and "already holds another run (config.json, metrics.jsonl)" in other.stderr
+    assert "it saved no checkpoint" in other.stderr
+    restarted = ok(run_cli(*command))
+    assert "no checkpoint in" in restarted.stderr and "starting fresh" in restarted.stderr
+    assert [(line["epoch"], line.get("step")) for line in _lines(tmp_path / "metrics.jsonl")] == [
+        (0, 2), (0, 4), (0, None),
+    ]  # fmt: skip
+
+
+def test_tensorboard_after_a_resume_draws_every_step_once(tmp_path):
+    """The resumed run trains the steps after its checkpoint again: TensorBoard must drop the first
+    run's events for them, as metrics.jsonl drops its lines."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = (*RUN, "--epochs", "2", "-p", "1", "--tensorboard", "--save-every-steps", "2")
+    stopped = run_cli(*common, "--output-dir", str(tmp_path), env=cli_env(IMAGENET_CLI_FAULT="raise:epoch=1,step=4"))
+    assert stopped.returncode == 1  # steps 1-3 of epoch 1 (global 5-7) were drawn; the checkpoint is at step 2
+    assert (load(tmp_path / "checkpoint.pth.tar")["epoch"], load(tmp_path / "checkpoint.pth.tar")["step"]) == (1, 2)
+    ok(run_cli("resume", str(tmp_path / "checkpoint.pth.tar")))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "epoch/val_top1"} <= set(tags)
+    for tag in tags:
+        steps = [e.step for e in events.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag}: {steps}"
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [e.step for e in events.Scalars("epoch/val_top1")] == [4, 8]
