@@ -124,7 +124,9 @@ def _jobs(cfg: DataConfig, kind: str) -> Iterator[tuple[str, str, Any]]:
 def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
     split, path, classes = job
     if path.endswith(".tar"):
-        return [_check_sample(split, f"{path}:{key}", fields, classes) for key, fields in shards._samples(path)]
+        return [
+            _check_sample(split, f"{path}:{key}", fields, classes) for key, fields in shards.samples_or_damage(path)
+        ]
     try:
         encoded = read_bytes(path)
     except OSError as exc:
@@ -135,6 +137,8 @@ def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
 def _check_sample(split: str, source: str, fields: dict[str, bytes], classes: int) -> FileResult:
     """A shard's sample: its label must number one of the index's classes, as training requires, and its
     picture must decode."""
+    if shards.DAMAGED in fields:
+        return FileResult(source, split, problem=fields[shards.DAMAGED].decode())
     try:
         shards.label_of(fields, classes)
     except ValueError as exc:

@@ -38,9 +38,10 @@ from .errors import UserError, one_line
 from .presets import check_encoded_size
 from .randomness import mix_seed
 from .reporting import clip
-from .unreadable import Unreadable
+from .unreadable import SUBSTITUTE_TRIES, Unreadable
 
 INDEX_FORMAT = "imagenet-cli shards 1"
+DAMAGED = "/damaged"  # a field no member can give (its name would hold a slash): see samples_or_damage
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
 # Integer labels number the classes 0..K-1 (shards without an index, CSV manifests with numbers), so one
 # label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
@@ -197,14 +198,16 @@ class ShardStream(IterableDataset):
     def _readable(self, samples: Iterator[tuple[int, dict[str, bytes]]]) -> Iterator[tuple[Any, int, tuple]]:
         """Decoded samples, each with the problems met since the last one: with --skip-bad-images an
         unreadable sample is passed over (its successor takes its place in the batch); otherwise it goes on
-        as a failure for the training process to report by name."""
+        as a failure for the training process to report by name. SUBSTITUTE_TRIES failures in a row go on
+        without an image, as with folders: the training process then stops, rather than this worker
+        skipping forever through shards that are all damaged."""
         problems: list[Unreadable] = []
         for key, fields in samples:
             try:
                 image, label = self._decoded(key, fields)
             except Exception as exc:
                 problems.append(Unreadable(f"sample {key} of the shards", one_line(exc), self.skip_bad))
-                if self.skip_bad:
+                if self.skip_bad and len(problems) < SUBSTITUTE_TRIES:
                     continue
                 image, label = None, -1
             yield image, label, tuple(problems)
@@ -266,9 +269,11 @@ class ShardStream(IterableDataset):
 
     def _decoded(self, key: int, fields: dict[str, bytes]) -> tuple[torch.Tensor, int]:
         """The preset applied under the sample's own seed when the run is seeded, as for folders."""
+        if DAMAGED in fields:
+            raise UserError(fields[DAMAGED].decode())
         suffix = next((s for s in IMAGE_SUFFIXES if s in fields), None)
         if suffix is None:
-            raise ValueError(f"no image among its members ({', '.join(fields)})")
+            raise ValueError(f"no image among its members ({clip(', '.join(fields))})")
         encoded = torch.frombuffer(bytearray(fields[suffix]), dtype=torch.uint8)
         label = label_of(fields, len(self.classes) or None)
         if self.seed is None:
@@ -288,14 +293,36 @@ def _numbered(shard: Shard) -> Iterator[tuple[int, dict[str, bytes]]]:
     """(position key, fields) of a shard's samples: our keys are sample positions; others are numbered
     from the shard's name and the order within it."""
     base = mix_seed(zlib.crc32(os.path.basename(shard.path).encode()))
-    for position, (key, fields) in enumerate(_samples(shard.path)):
+    for position, (key, fields) in enumerate(samples_or_damage(shard.path)):
         yield (int(key) if key.isdigit() else base + position), fields
+
+
+def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """`_samples`, and when the shard turns out damaged part-way (a bad header, a member claiming more than
+    the file holds), one last pseudo-sample, keyed `damaged`, whose DAMAGED field says why. A loader worker
+    or check-data then reports it like any unreadable sample, by name, and goes on with the next shard,
+    where an exception would end the worker with a traceback."""
+    damage: list[UserError] = []
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        try:
+            yield from _members(path)
+        except UserError as exc:  # the samples before it are whole and go on
+            damage.append(exc)
+
+    yield from _grouped(members())
+    if damage:
+        yield "damaged", {DAMAGED: str(damage[0]).encode()}
 
 
 def _samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Read a tar file front to back, grouping consecutive members by key."""
+    return _grouped(_members(path))
+
+
+def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
     key, fields = None, {}
-    for name, data in _members(path):
+    for name, data in members:
         member_key, _, suffix = os.path.basename(name).partition(".")
         if key is not None and member_key != key:
             yield key, fields

@@ -90,6 +90,11 @@ class BadImages:
         images, labels, problems = batch
         for problem in problems:
             self._note(problem)
+        if images is None:  # every substitute failed too
+            raise RunFailed(
+                f"{len(problems)} images in a row could not be read on rank {self.rank}; the data looks damaged: "
+                "run `imagenet-cli check-data DATA`"
+            )
         return images, labels
 
     def _note(self, problem: Unreadable) -> None:

@@ -210,6 +210,40 @@ def test_a_tar_member_claiming_a_terabyte_is_named_not_read(tmp_path):
     )
 
 
+def _index(root: Path, classes: list[str], counts: dict[str, int]) -> None:
+    splits = {split: [{"file": f"{split}-000000.tar", "samples": n}] for split, n in counts.items()}
+    (root / "shards.json").write_text(json.dumps({"format": shards.INDEX_FORMAT, "classes": classes, "splits": splits}))
+
+
+def test_a_damaged_shard_read_by_loader_workers_is_named_in_one_line(tmp_path):
+    """The good sample before the damage is still read (check-data counts it); the damage is reported like
+    an unreadable picture, by the training process, not as a worker's traceback."""
+    train = [m for i in range(8) for m in ((f"{i:08d}.png", _png()), (f"{i:08d}.cls", str(i % 2).encode()))]
+    _tar(tmp_path / "train-000000.tar", train)
+    good = _tar(tmp_path / "good.tar", [("00000100.png", _png()), ("00000100.cls", b"0")]).read_bytes()
+    (tmp_path / "val-000000.tar").write_bytes(good[: 4 * 512] + _claiming(10**12))  # two members, then the lie
+    _index(tmp_path, ["a", "b"], {"train": 8, "val": 2})
+    claim = "member 00000000.jpg claims 1,000,000,000,000 bytes"
+    result = run_cli("train", str(tmp_path), "-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1",
+                     "-j", "2", "--output-dir", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read sample ") and claim in result.stderr
+    report = json.loads(run_cli("check-data", str(tmp_path), "--json", "-j", "1").stdout)
+    assert report["per_split"] == {"train": 8, "val": 2} and claim in report["unreadable"][0]["problem"]
+
+
+def test_skipping_through_shards_where_nothing_is_readable_stops_instead_of_spinning(tmp_path):
+    """--skip-bad-images passes over unreadable samples; when every one is, the worker must not cycle
+    through its shards forever looking for a readable one."""
+    train = [m for i in range(8) for m in ((f"{i:08d}.png", b"not a picture"), (f"{i:08d}.cls", b"0"))]
+    _tar(tmp_path / "train-000000.tar", train)
+    _tar(tmp_path / "val-000000.tar", [("00000100.png", _png()), ("00000100.cls", b"0")])
+    _index(tmp_path, ["a"], {"train": 8, "val": 1})
+    result = run_cli("train", str(tmp_path), "-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1",
+                     "-j", "0", "--skip-bad-images", "--max-bad-images", "1000", timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "images in a row could not be read on rank 0" in result.stderr, result.stderr
+
+
 def test_files_and_members_larger_than_any_picture_are_refused_before_they_are_read(tmp_path, monkeypatch):
     monkeypatch.setattr(presets, "MAX_ENCODED_BYTES", 1000)
     big = tmp_path / "big.bin"
