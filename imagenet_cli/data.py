@@ -6,6 +6,7 @@ copies) and become normalised floats on the device, in one batched operation.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import presets, sources
-from .config import DataConfig
+from .config import DataConfig, RunConfig
 from .distributed import DistContext
 from .errors import UserError
 from .fakedata import DeviceBatches, FakeImages
@@ -182,8 +183,58 @@ def set_position(loader: DataLoader | DeviceBatches, epoch: int, samples_done: i
 
 
 def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:
-    """`-b` is the batch of the whole run; each process takes its share (checked to divide at launch)."""
-    return batch_size if data_parallel or not ctx.distributed else batch_size // ctx.world_size
+    """`-b` is the batch of the whole run; each process takes its share, the first `b % N` ranks one image
+    more. A training batch always divides (`fit_batch`, at launch), so its shares are equal; a validation
+    batch may not, and need not: it changes no figure, since every image is counted once on some rank.
+    At least 1, since a loader needs a batch."""
+    if data_parallel or not ctx.distributed:
+        return batch_size
+    share, rest = divmod(batch_size, ctx.world_size)
+    return max(1, share + (ctx.rank < rest))
+
+
+def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
+    """The run's configuration with a training batch that splits evenly over `processes`, and a note for
+    the user when it had to change.
+
+    A batch typed with -b is the optimisation the user asked for: one that does not divide is refused,
+    naming the nearest ones that do. A batch nobody typed (the default, or a resumed run's batch that was
+    itself a default) is rounded down to a multiple of the process count, as the reference script's
+    `int(b / N)` per process does; the configuration then records the batch really used, so a resume
+    on the same processes continues exactly. Evaluation splits any batch as it comes."""
+    if cfg.dist.data_parallel and processes > 1:
+        raise UserError(
+            f"--data-parallel drives every local GPU from one process, but this run has {processes} processes "
+            "(torchrun, srun or --world-size), each with its own GPU: leave --data-parallel out"
+        )
+    batch = cfg.optim.batch_size
+    if cfg.command == "evaluate" or cfg.evaluate_only or batch % processes == 0:
+        return cfg, None
+    if cfg.optim.batch_size_given:
+        raise UserError(
+            f"--batch-size {batch} is the total over {processes} processes and must divide evenly (each process "
+            f"would get {batch / processes:g}); the nearest that do are {_nearest_multiples(batch, processes)}"
+        )
+    share = max(1, batch // processes)
+    fitted = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=share * processes))
+    return fitted, _rounding_note(cfg, batch, processes, share)
+
+
+def _nearest_multiples(batch: int, processes: int) -> str:
+    below, above = batch // processes * processes, (batch // processes + 1) * processes
+    return f"{below} and {above}" if below else f"{above} (1 per process)"
+
+
+def _rounding_note(cfg: RunConfig, batch: int, processes: int, share: int) -> str:
+    """One line: the batch really used, how it splits, and how to choose another."""
+    used = share * processes
+    steps = cfg.optim.grad_accum_steps
+    per_step = f"; {used * steps} per optimizer step with --grad-accum-steps {steps}" if steps > 1 else ""
+    whose = "the resumed run's batch" if cfg.resume else "the default batch"
+    return (
+        f"{whose} {batch} (no -b given) does not split evenly over {processes} processes: this run uses "
+        f"{used} = {processes} × {share}{per_step}; give -b to choose another (a multiple of {processes})"
+    )
 
 
 def resolve_workers(workers: int | None, ctx: DistContext) -> int:

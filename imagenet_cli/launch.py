@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import datacheck, distributed, records, worker
+from . import data, datacheck, distributed, records, worker
 from .checkpoint import BEST_NAME, CHECKPOINT_NAME
 from .config import RunConfig
 from .control import STOP_SIGNALS
@@ -25,6 +25,7 @@ from .errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserErro
 
 def launch(cfg: RunConfig) -> None:
     topology = distributed.plan(cfg.dist)
+    cfg = fit_batch(cfg, topology)
     preflight(cfg, topology)
     if topology.launcher == "spawn":
         spawn(cfg, topology)
@@ -40,12 +41,6 @@ def launch(cfg: RunConfig) -> None:
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
     """Cheap checks before any process starts, so mistakes cost seconds, not a cluster allocation."""
-    world = 1 if cfg.dist.data_parallel else topology.world_size
-    if cfg.optim.batch_size % world:
-        raise UserError(
-            f"--batch-size {cfg.optim.batch_size} is the total over {world} processes and must divide evenly "
-            f"(each process would get {cfg.optim.batch_size / world:g})"
-        )
     _check_flags(cfg, topology)
     if not cfg.data.fake and topology.global_rank(topology.external_local_rank or 0) == 0:  # one survey a run
         needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
@@ -63,6 +58,15 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
         _check_writable(cfg.log_dir, "--log-dir")
         for rank in _local_ranks(topology):
             records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, rank))
+
+
+def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
+    """The configuration every process gets: a training batch that splits evenly over the run's processes
+    (a typed -b that does not is refused). Said once, by the run's first process, when the batch changed."""
+    fitted, note = data.fit_batch(cfg, topology.world_size)
+    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return fitted
 
 
 def _check_flags(cfg: RunConfig, topology: Topology) -> None:

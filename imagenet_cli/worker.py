@@ -91,10 +91,22 @@ def describe_run(cfg: RunConfig, ctx: DistContext, topology: Topology) -> str:
     processes = f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''}"
     if ctx.distributed:
         processes += f" ({topology.source}, {ctx.backend}, {topology.world_size // topology.nproc_per_node} node(s))"
-    batch = f"batch {cfg.optim.batch_size}"
-    if ctx.distributed and not cfg.dist.data_parallel:
-        batch += f" ({data.per_process_batch(cfg.optim.batch_size, ctx, False)} per process)"
-    return f"{cfg.command} {cfg.model.arch} on {ctx.device.type}: {processes}, {batch}"
+    return f"{cfg.command} {cfg.model.arch} on {ctx.device.type}: {processes}, {_describe_batch(cfg, ctx)}"
+
+
+def _describe_batch(cfg: RunConfig, ctx: DistContext) -> str:
+    """The batch of the run and how it splits: `85 per process`, or `85-86` for an evaluation that does
+    not divide; with accumulation, also the batch of an optimizer step, the one the LR is chosen for."""
+    total = cfg.optim.batch_size
+    text = f"batch {total}"
+    if ctx.distributed:
+        smallest, largest = max(1, total // ctx.world_size), max(1, -(-total // ctx.world_size))
+        share = f"{smallest}" if smallest == largest else f"{smallest}-{largest}"
+        text += f" ({share} per process)"
+    training = cfg.command != "evaluate" and not cfg.evaluate_only
+    if training and cfg.optim.grad_accum_steps > 1:
+        text += f", {total * cfg.optim.grad_accum_steps} per optimizer step"
+    return text
 
 
 def configure_process(cfg: RunConfig, ctx: DistContext) -> None:
