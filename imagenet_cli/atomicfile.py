@@ -5,37 +5,84 @@ No torch here, so light commands (`plot`) can use it without paying for the impo
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import UserError
 
+TMP_SUFFIX = ".tmp"
+Steps = Callable[[str, str], None]  # (path, "written" | "renamed"): where a save stands, for fault tests
 
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+
+def _no_steps(_path: str, _point: str) -> None:
+    return None
+
+
+def atomic_write(path: str, write: Callable[[Any], None], on_step: Steps = _no_steps) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
 
     The rename is atomic on POSIX file systems, so readers see the old file or the new one, never half.
     The file gets the permissions an ordinary `open` would (the umask's), not the temporary file's 0600:
-    a cluster's group must still be able to read a run's checkpoints."""
+    a cluster's group must still be able to read a run's checkpoints. A failed write removes its temporary
+    file; one left by a killed process is removed by `remove_stale_temporaries` at the next start."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        on_step(path, "written")
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous file is unchanged") from exc
+            raise UserError(_write_failure(path, exc)) from exc
         raise
     _fsync_dir(directory)
+    on_step(path, "renamed")
+
+
+def _write_failure(path: str, exc: OSError) -> str:
+    """One line a user can act on; a full disk names the file system, not the writer's internals."""
+    before = "the previous file is intact" if os.path.exists(path) else "nothing was written"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on {mount_point(os.path.dirname(os.path.abspath(path)))} writing {path}; {before}"
+    return f"could not write {path}: {exc.strerror or exc}; {before}"
+
+
+def mount_point(directory: str) -> str:
+    """The file system a directory lives on, as `df` names it: where a full disk must be freed."""
+    path = os.path.abspath(directory)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def remove_stale_temporaries(directory: str, name_patterns: Iterable[str]) -> list[str]:
+    """Delete the temporary files `atomic_write` left in `directory` for the files whose names match
+    `name_patterns` (regular expressions) when its process was killed mid-write (`.NAME.XXXXXXXX.tmp`):
+    they are never whole, and can be as large as a checkpoint. Returns what was removed."""
+    if not os.path.isdir(directory):
+        return []
+    names = "|".join(f"(?:{p})" for p in name_patterns)
+    pattern = re.compile(rf"^\.(?:{names})\.[^./]+{re.escape(TMP_SUFFIX)}$")
+    removed = []
+    for entry in os.scandir(directory):
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed.append(entry.path)
+    return removed
 
 
 def write_text(path: str, text: str) -> None:

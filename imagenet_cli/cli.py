@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from . import options as opt
-from .config import RunConfig, build_config, changed_values, default_for
+from .config import PLACEMENT, RunConfig, build_config, changed_values, default_for
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, Preempted, UserError, one_line
 
 app = typer.Typer(
@@ -108,18 +108,53 @@ def _launch(cfg: RunConfig) -> None:
     launch(cfg)
 
 
-def _stored_base(path: str, given: dict[str, Any], command: str | None) -> tuple[RunConfig | None, dict[str, Any]]:
-    """A checkpoint's stored configuration (its command replaced by `command` when given), and `given`
-    adjusted to it: a DATA path given for a fake-data run means real data now."""
+def _stored_base(
+    path: str, given: dict[str, Any], command: str | None, quiet: bool = True, keys: frozenset[str] | None = None
+) -> tuple[RunConfig | None, dict[str, Any]]:
+    """A checkpoint's stored configuration (its command replaced by `command` when given) without where
+    that run happened, and `given` adjusted to it: a DATA path given for a fake-data run means real data
+    now. A torchvision reference checkpoint has no configuration but its `args`: `given` gets the recipe
+    they hold where this tool has the same option (a typed flag still wins; only `keys`, when given)."""
     from .checkpoint import read_checkpoint
 
     loaded = read_checkpoint(path)
     if loaded.config is None:
-        return None, given
-    base = RunConfig.from_dict({**loaded.config, **({"command": command} if command else {})})
+        return None, _with_file_recipe(loaded, given, quiet, keys)
+    stored = RunConfig.from_dict({**loaded.config, **({"command": command} if command else {})})
+    _say_placement_ignored(path, stored, quiet)
+    base = stored.without_placement()
     if "path" in given and "fake" not in given and base.data.fake:
         given = {**given, "fake": False}
     return base, given
+
+
+def _with_file_recipe(loaded: Any, given: dict[str, Any], quiet: bool, keys: frozenset[str] | None) -> dict[str, Any]:
+    if loaded.recipe is None:
+        return given
+    from .torchvision_args import translate
+
+    translation = translate(loaded.recipe)
+    if not quiet:
+        for line in translation.lines(os.path.basename(loaded.path)):
+            typer.echo(line, err=True)
+    options = {k: v for k, v in translation.options.items() if keys is None or k in keys}
+    return {**options, **given}
+
+
+# What an evaluation takes of the run that wrote a checkpoint: how it validated, not how it trained.
+EVALUATION_KEYS = frozenset({"arch", "val_resize_size", "val_crop_size", "interpolation"})
+
+
+def _say_placement_ignored(path: str, stored: RunConfig, quiet: bool) -> None:
+    """A run stored as spread over nodes continues here only as this command line places it."""
+    ignored = {k: v for k, v in stored.placement().items() if k not in ("output_dir", "log_dir")}
+    if ignored and not quiet:
+        listed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ignored.items())
+        typer.echo(
+            f"{os.path.basename(path)} was written by a run with {listed}; where a run happens is never taken "
+            "from a file: give those flags again to continue it that way",
+            err=True,
+        )
 
 
 def _recorded_arch(path: str, required: bool = False) -> dict[str, str]:
@@ -147,10 +182,13 @@ def _input_size_of_weights(given: dict[str, Any]) -> dict[str, int]:
 def _resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """`--resume auto`: what a restarted job (torchrun --max-restarts, SLURM --requeue) runs every time."""
     from .checkpoint import find_resumable
+    from .config import DistConfig
+    from .distributed import plan
 
-    latest, skipped = find_resumable(given["output_dir"])
-    for problem in skipped:
-        typer.echo(f"--resume auto: passing over {problem}", err=True)
+    first_process = plan(DistConfig(), dict(os.environ)).external_rank in (None, 0)
+    latest, notes = find_resumable(given["output_dir"], move_damaged=first_process)
+    for note in notes:
+        typer.echo(f"--resume auto: {note}", err=True)
     rest = {k: v for k, v in given.items() if k != "resume"}
     if latest is None:
         if not quiet:
@@ -162,7 +200,7 @@ def _resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
 
 
 def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
-    ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "log_dir"}
+    ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "batch_size_given", *PLACEMENT}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
     if changes and not quiet:
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
@@ -268,7 +306,7 @@ def train(
             given = _resume_auto(given, quiet)
         base = None
         if "resume" in given and not given.get("evaluate_only"):
-            base, given = _stored_base(given["resume"], given, "train")
+            base, given = _stored_base(given["resume"], given, "train", quiet)
         if "resume" in given and base is None and "arch" not in given:
             given = {**given, **_recorded_arch(given["resume"])}
         cfg = build_config("train", given, base)
@@ -311,6 +349,7 @@ def evaluate(
     decode_on_device: opt.DecodeOnDevice = False,
     amp: opt.Amp = None,
     channels_last: opt.ChannelsLast = None,
+    ema: opt.EvaluateEma = False,
     json_output: opt.Json = False,
     plot: opt.ConfusionPlot = None,
     log_dir: opt.LogDir = None,
@@ -328,7 +367,7 @@ def evaluate(
         from .config import ModelConfig
 
         given = _given(params)
-        stored, given = _stored_base(given["checkpoint"], given, "evaluate")
+        stored, given = _stored_base(given["checkpoint"], given, "evaluate", keys=EVALUATION_KEYS)
         arch = arch or (stored.model.arch if stored else read_checkpoint(given["checkpoint"]).arch)
         if arch is None:
             raise UserError(f"{checkpoint} does not record its architecture; pass --arch")
@@ -343,7 +382,9 @@ def evaluate(
 def resume(
     checkpoint: opt.ToolCheckpoint,
     data: opt.MovedDataDir = None,
+    arch: opt.RecordedArch = None,
     epochs: opt.epochs("train") = None,
+    batch_size: opt.batch("train") = None,
     lr: opt.lr("train") = None,
     grad_clip: opt.GradClip = None,
     workers: opt.Workers = None,
@@ -380,15 +421,25 @@ def resume(
     with _errors(debug):
         given = _given(locals(), checkpoint="resume")
         given.setdefault("output_dir", os.path.dirname(given["resume"]))
-        base, given = _stored_base(given["resume"], given, None)
-        if base is None:
-            raise UserError(
-                f"{checkpoint} stores no configuration (a reference-script or weights file?); continue it with "
-                "`imagenet-cli train --resume CHECKPOINT --arch ARCH DATA`"
-            )
+        base, given = _stored_base(given["resume"], given, None, quiet)
+        if base is None:  # the reference script's, torchvision's: DATA and the arch come from here
+            _require_for_foreign(checkpoint, given)
+            _launch(build_config("train", given))
+            return
         cfg = build_config(base.command, given, base)
         _report_overrides(base, cfg, quiet)
         _launch(cfg)
+
+
+def _require_for_foreign(checkpoint: str, given: dict[str, Any]) -> None:
+    """A file that stores no configuration of this tool needs DATA and the arch from the command line."""
+    given.update({k: v for k, v in _recorded_arch(given["resume"]).items() if "arch" not in given})
+    missing = [what for what, key in (("DATA", "path"), ("--arch ARCH", "arch")) if key not in given]
+    if missing:
+        raise UserError(
+            f"{checkpoint} stores no configuration of this tool (a reference-script or weights file?): "
+            f"continue it with `imagenet-cli resume {checkpoint} {' '.join(missing)}`"
+        )
 
 
 @app.command()
@@ -642,6 +693,7 @@ def predict(
     top_k: opt.TopK = 5,
     batch_size: opt.PredictBatch = 32,
     arch: opt.RecordedArch = None,
+    data: opt.ClassNamesFrom = None,
     workers: opt.Workers = None,
     no_accel: opt.NoAccel = False,
     json_output: opt.Json = False,
@@ -658,7 +710,7 @@ def predict(
         from .predict import predict as run_predict
         from .reporting import print_predictions
 
-        request = Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel)
+        request = Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data)
         outcome = run_predict(request)
         print_predictions(asdict(outcome), json_output)
         if outcome.errors:
@@ -699,6 +751,7 @@ def export_model(
     ema: opt.ExportEma = False,
     arch: opt.RecordedArch = None,
     image_size: opt.ExportImageSize = None,
+    data: opt.ClassNamesFrom = None,
     debug: opt.Debug = False,
 ) -> None:
     """A checkpoint as a deployable file (TorchScript, ONNX or a plain state_dict) with its class names and preprocessing.
@@ -709,7 +762,7 @@ def export_model(
         from .export import Request
         from .export import export as run_export
 
-        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size))
+        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size, data))
         for note in outcome.notes:
             typer.echo(note, err=True)
         for path in outcome.written:

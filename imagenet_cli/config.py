@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -165,6 +166,7 @@ class OptimConfig:
     epochs: int = 90
     start_epoch: int = 0
     batch_size: int = 256  # the total over all processes of the run, per optimizer step: × grad_accum_steps
+    batch_size_given: bool = True  # False: a default, rounded down at launch to divide among the processes
     opt: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -345,6 +347,7 @@ class RunConfig:
     resume: str | None = None  # a checkpoint whose training state this run continues
     evaluate_only: bool = False  # the reference's -e: validate and exit
     checkpoint: str | None = None  # `evaluate`: the checkpoint under test
+    ema: bool = False  # `evaluate --ema`: score the checkpoint's weight average instead of its weights
     confusion_plot: str | None = None  # `evaluate --plot`: a PNG of the confusion matrix
     json: bool = False
     quiet: bool = False
@@ -380,6 +383,22 @@ class RunConfig:
         kwargs.update(_known(cls, {k: v for k, v in raw.items() if k not in _SECTIONS}))
         return cls(**kwargs)
 
+    def without_placement(self) -> RunConfig:
+        """This configuration with where it ran taken out (addresses, ranks, GPUs, output and log
+        directories): a stored configuration is data, and must not make a resume connect to an address
+        or write to a folder. The number of local processes stays when this machine has a core for each."""
+        cores = os.cpu_count() or 1
+        nproc = self.dist.nproc_per_node if (self.dist.nproc_per_node or 0) <= cores else None
+        dist = dataclasses.replace(
+            self.dist, world_size=1, rank=0, dist_url=None, dist_backend=None, gpu=None, nproc_per_node=nproc
+        )
+        return dataclasses.replace(self, dist=dist, output_dir=".", log_dir=None)
+
+    def placement(self) -> dict[str, Any]:
+        """The options `without_placement` takes out, where they differ from the defaults."""
+        plain = self.flat()
+        return {k: plain[k] for k in sorted(PLACEMENT) if plain[k] != default_for("train", k)}
+
     def flat(self) -> dict[str, Any]:
         """Every option by its flag-style name, the inverse of `build_config`'s input."""
         out = {k: getattr(self, k) for k in _TOP_FIELDS}
@@ -403,11 +422,15 @@ OPTION_NAMES = frozenset(_TOP_FIELDS).union(*({f.name for f in fields(s)} for s 
 
 # Options whose flag is not their configuration name with dashes (DATA is also --data).
 FILE_KEYS = {"path": "data", "fake": "fake-data", "evaluate_only": "evaluate"}
-# Options of one invocation, not of a run: never recorded in config.json, refused in a recipe file.
+# Options of one invocation, not of a run, and batch_size_given (no flag sets it: -b typed or not; checkpoints
+# keep it): never recorded in config.json, refused in a recipe file.
 INVOCATION_ONLY = frozenset({"resume", "checkpoint", "confusion_plot", "evaluate_only", "json", "quiet", "verbose",
-                             "debug"})  # fmt: skip
-# Nor recorded, but a recipe may set them: where a run writes, and this node's place in it.
-_NOT_RECORDED = INVOCATION_ONLY | {"output_dir", "log_dir", "rank", "dist_url", "gpu"}
+                             "debug", "batch_size_given", "ema"})  # fmt: skip
+# Where a run happens: only ever from this command line and this launcher's environment, never from a
+# checkpoint's stored configuration (`RunConfig.without_placement`).
+PLACEMENT = frozenset({"output_dir", "log_dir", "world_size", "rank", "dist_url", "dist_backend", "gpu"})
+# Nor recorded, nor taken from a recipe: where a run writes, and this node's place in it.
+_NOT_RECORDED = INVOCATION_ONLY | PLACEMENT
 
 
 def section_of(name: str) -> type:
@@ -462,6 +485,8 @@ def build_config(command: str, given: dict[str, Any], base: RunConfig | None = N
             if derived not in given:
                 flat[derived] = None
     flat.update(given)
+    if "batch_size_given" not in given:  # typed now, or by the run this one continues
+        flat["batch_size_given"] = "batch_size" in given or (base is not None and base.optim.batch_size_given)
     sections = {
         name: section(**{f.name: flat[f.name] for f in fields(section) if f.name in flat})
         for name, section in _SECTIONS.items()

@@ -1,7 +1,8 @@
 """`--config FILE`: options from a JSON, TOML or YAML file whose keys are the long flag names.
 
 A recipe file is read as if its options had been typed before everything on the command line, so a flag
-typed after it wins. A run's own `config.json` is such a file.
+typed after it wins. A run's own `config.json` is such a file. A recipe says what to train, never where:
+options that name addresses, ranks, GPUs or folders to write to are refused in it.
 
 A recipe is a flat table of a few dozen options, so what one may hold is bounded: at most MAX_RECIPE_BYTES,
 and no YAML aliases (`*name`). Aliases are never needed to write a table of options, and nested ones make
@@ -18,7 +19,7 @@ import types
 import typing
 from typing import Any
 
-from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, section_of
+from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, PLACEMENT, section_of
 from .errors import UserError
 from .reporting import clip
 
@@ -40,6 +41,11 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
         name = option_name(key, aliases)
         if name not in OPTION_NAMES or name in INVOCATION_ONLY:
             raise UserError(f"{path}: unknown option {clip(repr(key))}{_suggest(key)}")
+        if name in PLACEMENT:
+            raise UserError(
+                f"{path} sets {clip(repr(key))}: where a run happens (addresses, ranks, GPUs, output and log "
+                "folders) is never taken from a file; give it on the command line"
+            )
         if value is None:
             continue  # a null is the default: not given
         _check_type(path, key, name, value)

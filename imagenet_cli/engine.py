@@ -56,13 +56,15 @@ class Metrics:
 class Meter:
     """Sums of loss and correct predictions kept as device tensors: no sync until `read`."""
 
-    def __init__(self, device: torch.device, topk: int) -> None:
+    def __init__(self, device: torch.device, topk: int = 5) -> None:
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-k, count
         self.topk = topk
 
     @torch.no_grad()
     def add(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        top = logits.topk(self.topk, dim=1).indices
+        """Top-k over every output of the model, as the reference counts it (a 1000-output model on
+        10 classes: any of the 1000)."""
+        top = logits.topk(min(self.topk, logits.shape[1]), dim=1).indices
         hits = top.eq(targets.unsqueeze(1))
         batch = torch.stack(
             [loss_sum.double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
@@ -154,12 +156,12 @@ def train_one_epoch(
     """Steps count batches from 1 within the epoch; a resumed epoch starts after `first_step` batches (its
     loader already skips them). With accumulation the optimizer steps every `grad_accum_steps` batches
     and at the epoch's end; `after_step(step)` runs after each optimizer step, on every rank."""
-    model, ctx, reporter, topk = parts.model, parts.ctx, parts.reporter, min(5, parts.num_classes)
+    model, ctx, reporter = parts.model, parts.ctx, parts.reporter
     model.train()
     for norm in parts.frozen_norms:
         norm.eval()
     parts.optimizer.zero_grad(set_to_none=True)
-    meter, since_print = Meter(ctx.device, topk), Meter(ctx.device, topk)
+    meter, since_print = Meter(ctx.device), Meter(ctx.device)
     start = last_print = waiting_since = time.perf_counter()
     waited = waited_since_print = 0.0
     total = first_step + len(loader)
@@ -181,7 +183,7 @@ def train_one_epoch(
             parts.guard.check(ctx)
             now = time.perf_counter()
             reporter.phase_update(step, since_print.read(now - last_print, waited_since_print), _lr(parts.optimizer))
-            since_print, last_print, waited_since_print = Meter(ctx.device, topk), now, 0.0
+            since_print, last_print, waited_since_print = Meter(ctx.device), now, 0.0
         else:
             reporter.phase_advance(step)
         if last_of_group:
@@ -248,10 +250,11 @@ def evaluate(
 ) -> Metrics:
     """Exact over the whole validation set, whatever the number of ranks: each rank sees a disjoint
     shard, runs the unwrapped model (no collectives, so uneven shards cannot hang), and the sums are
-    added once at the end. The confusion matrix (num_classes squared counts) only when asked."""
+    added once at the end. The confusion matrix (num_classes squared counts) only when asked; it counts
+    the predictions that name one of the data's classes (a wider model can predict an output beyond them)."""
     net = unwrap(model)
     net.eval()
-    meter = Meter(ctx.device, min(5, num_classes))
+    meter = Meter(ctx.device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=ctx.device)  # correct, images
     cells = torch.zeros(num_classes * num_classes if confusion else 0, dtype=torch.float64, device=ctx.device)
     start = time.perf_counter()
@@ -268,8 +271,9 @@ def evaluate(
         predicted = logits.argmax(dim=1)
         per_class[0].index_add_(0, targets, predicted.eq(targets).double())
         per_class[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
-        if confusion:
-            cells.index_add_(0, targets * num_classes + predicted, torch.ones_like(targets, dtype=torch.float64))
+        if confusion:  # clamped and weighted by 0 beyond the classes: no host sync for a mask
+            inside = predicted.lt(num_classes).double()
+            cells.index_add_(0, targets * num_classes + predicted.clamp(max=num_classes - 1), inside)
         if step % print_freq == 0 or step == len(loader):
             reporter.phase_update(step, meter.read(time.perf_counter() - start))
         else:

@@ -12,23 +12,22 @@ from . import compute, data, distributed, engine, models, plots
 from .checkpoint import read_checkpoint
 from .config import RunConfig
 from .distributed import DistContext
-from .errors import UserError
 from .reporting import Reporter
 from .unreadable import BadImages
 
 
 def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
-    """The label order is the checkpoint's own when it recorded one."""
+    """The label order is the checkpoint's own when it recorded one. A model with more outputs than the
+    data has classes (the reference script's 1000) is scored over all of them, as the reference does."""
     assert cfg.checkpoint is not None
     loaded = read_checkpoint(cfg.checkpoint)
+    weights = loaded.weights(cfg.ema)
     splits = data.build_splits(cfg.data, with_train=False, class_names=loaded.class_names)
-    num_classes = models.head_num_classes(cfg.model.arch, loaded.state_dict) or len(splits.class_names)
-    if num_classes != len(splits.class_names):
-        raise UserError(
-            f"{cfg.checkpoint} predicts {num_classes} classes but the data has {len(splits.class_names)}; "
-            f"to adapt it to these classes, use `imagenet-cli finetune --weights {cfg.checkpoint} DATA`"
-        )
-    model = models.from_state(cfg.model.arch, loaded.state_dict, num_classes)
+    num_classes = len(splits.class_names)
+    outputs = models.output_width(cfg.model.arch, weights, num_classes, cfg.checkpoint)
+    if outputs > num_classes:
+        reporter.message(models.wider_head_note(outputs, num_classes, cfg.data.path))
+    model = models.from_state(cfg.model.arch, weights, outputs)
     settings = compute.resolve(cfg.compute, ctx.device, model)
     model = distributed.wrap_model(compute.place(model, settings), ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
@@ -58,6 +57,7 @@ def evaluate_and_report(
         result = {
             "checkpoint": source,
             "arch": cfg.model.arch,
+            "weights": "ema" if cfg.ema else "model",
             "images": metrics.images,
             "acc1": metrics.acc1,
             "acc5": metrics.acc5,
@@ -74,6 +74,7 @@ def evaluate_and_report(
                 for name, (correct, images) in zip(class_names, metrics.per_class, strict=True)
             ],
             "confusion": matrix,  # [true class][predicted class], in the order of per_class
+            "predicted_beyond_classes": metrics.images - sum(map(sum, matrix)),  # outputs past the data's classes
             "most_confused": plots.most_confused(matrix, class_names),
             "confusion_plot": None,
         }

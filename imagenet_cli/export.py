@@ -44,6 +44,7 @@ class Request:
     ema: bool = False
     arch: str | None = None
     image_size: int | None = None
+    data: str | None = None  # a dataset whose classes name the outputs (a file that stores no names)
 
 
 @dataclass
@@ -70,10 +71,10 @@ def export(request: Request) -> Outcome:
     arch = resolve_arch(loaded, request.arch)
     target = os.path.abspath(request.output or default_output(request.checkpoint, request.format, request.ema))
     _check_target(target, request.checkpoint)
-    weights = dataclasses.replace(loaded, state_dict=ema_state_dict(loaded)) if request.ema else loaded
+    weights = dataclasses.replace(loaded, state_dict=loaded.weights(request.ema))
     model, num_classes = load_model(weights, arch)
     outcome = Outcome()
-    names = class_labels(loaded, num_classes, outcome.notes)
+    names = class_labels(loaded, num_classes, outcome.notes, request.data)
     resize, crop = _sizes(loaded, arch, request.image_size)
     metadata = {
         "arch": arch,
@@ -113,13 +114,6 @@ def _check_target(target: str, checkpoint: str) -> None:
         raise UserError(f"exporting to {target} would overwrite the checkpoint itself; choose a file with -o")
     if not os.path.isdir(os.path.dirname(target)):
         raise UserError(f"cannot write {target}: no such directory")
-
-
-def ema_state_dict(loaded: LoadedCheckpoint) -> dict[str, torch.Tensor]:
-    """The averaged weights of a `--model-ema` run."""
-    if not loaded.state_dict_ema:
-        raise UserError(f"{loaded.path} has no EMA weights (the run had no --model-ema); export without --ema")
-    return loaded.state_dict_ema
 
 
 def _sizes(loaded: LoadedCheckpoint, arch: str, image_size: int | None) -> tuple[int, int]:

@@ -66,9 +66,6 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
-_parameters_on_meta = parameters_on_meta  # its former, private name
-
-
 @functools.cache
 def head_keys(arch: str) -> frozenset[str]:
     """State-dict keys of the classifier head(s) of `arch`."""
@@ -86,11 +83,45 @@ def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int |
     return None
 
 
+def output_width(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int, source: str) -> int:
+    """How many outputs a model must have to take these weights, for data of `num_classes` classes.
+
+    A head wider than the data is kept, as the reference script trains it: it always builds torchvision's
+    1000-output model, whatever the data, and its labels index the first outputs. A narrower head cannot
+    predict every class: that file is for finetuning, not for this data."""
+    head = head_num_classes(arch, state_dict)
+    if head is None or head >= num_classes:
+        return head or num_classes
+    layer = _head_weight(arch, state_dict)
+    raise UserError(
+        f"{source} has a classifier of {head} outputs ({layer} {tuple(state_dict[layer].shape)}) but the data has "
+        f"{num_classes} classes: it was trained for fewer classes; to train it on these, use "
+        f"`imagenet-cli finetune --weights {source} DATA`"
+    )
+
+
+def wider_head_note(outputs: int, num_classes: int, data: str | None) -> str:
+    """The one line that says how a wider head is read."""
+    return (
+        f"the model has {outputs} outputs; the {num_classes} classes of {data or 'the data'} are outputs "
+        f"0–{num_classes - 1}, as the reference script trains them"
+    )
+
+
+def _head_weight(arch: str, state_dict: Mapping[str, torch.Tensor]) -> str:
+    return next(
+        key
+        for key in sorted(head_keys(arch))
+        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits"))
+    )
+
+
 def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, skip_head: bool) -> None:
-    """Load weights, keeping the model's own new head when `skip_head`; any other mismatch means
-    the weights belong to another architecture, which deserves a clear error, not a partial load."""
+    """Load weights, keeping the model's own new head when `skip_head`; any other mismatch is a clear
+    error naming the layer, both shapes and the likely cause, not a partial load."""
     own = model.state_dict()
     metadata = getattr(state_dict, "_metadata", None) or own._metadata  # type: ignore[attr-defined]
+    state_dict = _inner_wrappers_removed(state_dict, own)
     if skip_head:
         heads = head_keys(arch)
         state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
@@ -102,13 +133,42 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: s
     missing = [k for k in own if k not in state_dict and not (skip_head and k in head_keys(arch))]
     unexpected = [k for k in state_dict if k not in own]
     if wrong_shape or missing or unexpected:
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for label, keys in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", unexpected))
-            if keys
-        )
-        raise UserError(f"these weights do not fit {arch} ({details}); is --arch right?")
+        raise UserError(_mismatch(arch, state_dict, own, wrong_shape, missing, unexpected))
     model.load_state_dict(state_dict, strict=not skip_head)
+
+
+def _mismatch(
+    arch: str,
+    state_dict: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    wrong_shape: list[str],
+    missing: list[str],
+    unexpected: list[str],
+) -> str:
+    """Which layers differ, with the file's shape and the model's, and what most likely went wrong."""
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)}" for k in wrong_shape[:3]]
+    details = "; ".join(
+        f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+        for label, keys in (("wrong shape:", shapes), ("missing:", missing), ("unexpected:", unexpected))
+        if keys
+    )
+    if wrong_shape and not missing and not unexpected and set(wrong_shape) <= head_keys(arch):
+        cause = "only the classifier differs: the file was trained for another number of classes"
+    else:
+        cause = f"the file holds another architecture than {arch}: is --arch right?"
+    return f"these weights do not fit {arch} ({details}); {cause}"
+
+
+def _inner_wrappers_removed(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Mapping:
+    """The reference script wraps only `features` of AlexNet and VGG in DataParallel, so its files name
+    `features.module.0.weight`: such inner `module.` parts go when the model has no such names."""
+    if all(k in own for k in state_dict) or not any(".module." in k for k in state_dict):
+        return state_dict
+    renamed = OrderedDict((k if k in own else k.replace(".module.", "."), v) for k, v in state_dict.items())
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        renamed._metadata = OrderedDict((k.replace(".module", ""), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return renamed
 
 
 def from_state(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int) -> nn.Module:

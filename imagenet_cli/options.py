@@ -131,11 +131,16 @@ def epochs(command: str) -> Any:
 
 
 def batch(command: str) -> Any:
+    split = (
+        "split as evenly as it goes: it changes no figure"
+        if command == "evaluate"
+        else "a typed -b must divide; the default is rounded down to divide"
+    )
     return Annotated[
         int | None,
         typer.Option(
             "-b", "--batch-size",
-            help="Total batch over ALL processes of the run; each of N processes takes batch/N (it must divide). "
+            help=f"Total batch over ALL processes of the run; each of N processes takes batch/N ({split}). "
             "Unlike the reference script, the same -b means the same optimisation on 1 GPU or 64.",
             show_default=_d("batch_size", command), rich_help_panel=OPTIM_PANEL,
         ),
@@ -382,11 +387,19 @@ RecordedArch = Annotated[
 
 ToolCheckpoint = Annotated[
     str,
-    typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by this tool (it stores its configuration)."),
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="A checkpoint of this tool (it stores its configuration), or of the reference scripts (give DATA; "
+        "--arch when the file does not name it).",
+    ),
 ]
 
 MovedDataDir = Annotated[
-    str | None, typer.Argument(metavar="DATA", help="Dataset root, if it moved since the run started.")
+    str | None,
+    typer.Argument(
+        metavar="DATA",
+        help="Dataset root, if it moved since the run started (required for files of the reference scripts).",
+    ),
 ]
 
 ResumeOutputDir = Annotated[
@@ -727,6 +740,23 @@ ExportEma = Annotated[
     bool,
     typer.Option(
         "--ema", help="Export the averaged weights of a --model-ema run instead.", rich_help_panel=MODEL_PANEL
+    ),
+]
+EvaluateEma = Annotated[
+    bool,
+    typer.Option(
+        "--ema",
+        help="Score the checkpoint's weight average (--model-ema, torchvision's model_ema) instead of its weights.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+ClassNamesFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="A dataset whose classes name the outputs (for files that store no class names, as the "
+        "reference script's).",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
 ExportImageSize = Annotated[

@@ -41,6 +41,7 @@ class Request:
     batch_size: int = 32
     workers: int | None = None
     no_accel: bool = False
+    data: str | None = None  # a dataset whose classes name the outputs (a file that stores no names)
 
 
 @dataclass
@@ -107,19 +108,28 @@ def resolve_arch(loaded: LoadedCheckpoint, given: str | None) -> str:
     return arch
 
 
-def class_labels(loaded: LoadedCheckpoint, num_classes: int, notes: list[str]) -> list[str]:
-    """The checkpoint's class names; numbered labels (and a note saying why) when it has none that fit."""
-    names = loaded.class_names
-    if names and len(names) == num_classes:
-        return [str(name) for name in names]
+def class_labels(loaded: LoadedCheckpoint, outputs: int, notes: list[str], data_dir: str | None = None) -> list[str]:
+    """A name for each output: DATA's classes when given (as training on DATA numbers them), else the
+    checkpoint's. A model wider than its classes (the reference script's 1000 outputs) names the rest by
+    number; names that cannot fit give numbers throughout, with a note saying why."""
+    names = class_names_of(data_dir) if data_dir else loaded.class_names
+    where = data_dir or loaded.path
+    if names and len(names) <= outputs:
+        if len(names) < outputs:
+            notes.append(models.wider_head_note(outputs, len(names), where))
+        return [str(name) for name in names] + [f"output {i}" for i in range(len(names), outputs)]
     if names:
-        notes.append(
-            f"{loaded.path} stores {len(names)} class names but its model predicts {num_classes} classes; "
-            "showing class numbers"
-        )
+        notes.append(f"{where} names {len(names)} classes but the model predicts {outputs}; showing class numbers")
     else:
-        notes.append(f"{loaded.path} stores no class names; showing class numbers")
-    return [f"class {i}" for i in range(num_classes)]
+        notes.append(f"{loaded.path} stores no class names; showing class numbers (--data DATA names them)")
+    return [f"class {i}" for i in range(outputs)]
+
+
+def class_names_of(data_dir: str) -> list[str]:
+    """The classes of a dataset, numbered as training on it numbers them."""
+    from .config import DataConfig
+
+    return data.build_splits(DataConfig(path=os.path.abspath(data_dir)), with_train=True).class_names
 
 
 def load_model(loaded: LoadedCheckpoint, arch: str) -> tuple[nn.Module, int]:
@@ -187,7 +197,7 @@ def predict(request: Request) -> Outcome:
     arch = resolve_arch(loaded, request.arch)
     model, num_classes = load_model(loaded, arch)
     outcome = Outcome(checkpoint=request.checkpoint)
-    names = class_labels(loaded, num_classes, outcome.notes)
+    names = class_labels(loaded, num_classes, outcome.notes, request.data)
     device = select_device(DistConfig(no_accel=request.no_accel), 0, Topology("single", 1, 1))
     settings = compute.resolve(ComputeConfig(), device, model)
     model = compute.place(model, settings)

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from . import compute, data, distributed, engine, finetune, models, optim, randomness, records
-from .checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    LoadedCheckpoint,
+    make_checkpoint,
+    read_checkpoint,
+    remove_stale_saves,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .control import StepControl
 from .distributed import DistContext
@@ -35,6 +42,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         raise UserError(f"the data's classes differ from those {cfg.resume} was trained on")
     num_classes = len(splits.class_names)
     plain = create_model(cfg, num_classes, resumed, reporter)
+    outputs = models.head_num_classes(cfg.model.arch, plain.state_dict()) or num_classes
     settings = compute.resolve(cfg.compute, ctx.device, plain)
     plain = compute.place(plain, settings)
     if cfg.dist.sync_bn and ctx.distributed:  # same parameters, new modules: before anything holds them
@@ -66,6 +74,8 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         if resumed.scaler and stored_amp == cfg.compute.amp:  # another precision starts its own scale
             scaler.load_state_dict(resumed.scaler)
     if ctx.is_main:
+        for stale in remove_stale_saves(cfg.output_dir):
+            reporter.message(f"removed {stale}, left by a save that was cut off")
         records.write_config(cfg)
     if start_epoch >= cfg.optim.epochs:
         reporter.message(
@@ -93,7 +103,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         bad_images=BadImages(skip_bad, cfg.data.max_bad_images, ctx.rank),
         schedule=Schedule.from_config(cfg.optim),
         grad_accum_steps=cfg.optim.grad_accum_steps,
-        mixer=BatchMixer(num_classes, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed),
+        mixer=BatchMixer(outputs, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed),
         ema=ema,
         ema_warmup_epochs=cfg.optim.model_ema_warmup_epochs,
     )
@@ -222,25 +232,53 @@ def _hooks(
 
 
 def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:
-    """A model with `num_classes` outputs and its starting weights: the resumed run's, a weights file,
-    or torchvision's pretrained ones. A finetune always gets a fresh head for its new classes."""
+    """A model for data of `num_classes` classes and its starting weights: the resumed run's, a weights
+    file, or torchvision's pretrained ones. A resumed model keeps its head, even a wider one (the
+    reference's 1000 outputs); a finetune always gets a fresh head for its new classes."""
     arch = cfg.model.arch
-    model = models.build_model(arch, num_classes)
     if resumed is not None:
+        outputs = models.output_width(arch, resumed.state_dict, num_classes, resumed.path)
+        model = models.build_model(arch, outputs)
         models.load_state(model, resumed.state_dict, arch, skip_head=False)
+        if outputs > num_classes:
+            reporter.message(models.wider_head_note(outputs, num_classes, cfg.data.path))
         return model
+    model = models.build_model(arch, requested_outputs(cfg, num_classes))
     if cfg.model.weights:
         state, source = read_checkpoint(cfg.model.weights).state_dict, cfg.model.weights
     elif cfg.model.pretrained:
         state, source = models.pretrained_state_dict(arch), f"torchvision's pretrained {arch}"
     else:
         return model
-    new_head = cfg.command == "finetune" or models.head_num_classes(arch, state) != num_classes
+    outputs = models.head_num_classes(arch, model.state_dict())
+    new_head = cfg.command == "finetune" or models.head_num_classes(arch, state) != outputs
     models.load_state(model, state, arch, skip_head=new_head)
     reporter.message(
         f"loaded weights from {source}" + (f" with a new head for {num_classes} classes" if new_head else "")
     )
     return model
+
+
+def requested_outputs(cfg: RunConfig, num_classes: int) -> int:
+    """The data's class count, or more with `--num-classes` on real data (the reference's 1000 outputs,
+    whatever the data): never fewer, or some labels could not be predicted."""
+    wanted = cfg.data.num_classes if not cfg.data.fake and cfg.data.num_classes else num_classes
+    if wanted < num_classes:
+        raise UserError(f"--num-classes {wanted} is fewer than the {num_classes} classes of the data")
+    return wanted
+
+
+def _compare_stored_lr(resumed: LoadedCheckpoint, ours: float, reporter: Reporter) -> None:
+    """torchvision's files keep their scheduler's next LR: say so when this run's schedule differs (a
+    changed --lr, or a schedule this tool sets every step where torchvision steps once an epoch)."""
+    stored = (resumed.scheduler or {}).get("_last_lr") if resumed.recipe is not None else None
+    if not isinstance(stored, (list, tuple)) or not stored or not isinstance(stored[0], (int, float)):
+        return
+    if abs(float(stored[0]) - ours) > 1e-9 * max(1.0, abs(ours)):
+        reporter.message(
+            f"{os.path.basename(resumed.path)}'s scheduler would continue at LR {float(stored[0]):g}; this run's "
+            f"schedule gives {ours:g} (from --lr and the schedule options)"
+        )
 
 
 def restore_training(
@@ -255,10 +293,17 @@ def restore_training(
     rank's generators restored as they were when the checkpoint was written."""
     epoch = resumed.epoch if resumed.epoch is not None else cfg.optim.start_epoch
     optim.restore(optimizer, resumed.optimizer)
+    _compare_stored_lr(resumed, Schedule.from_config(cfg.optim).lr_at(float(epoch)), reporter)
     if ema is not None and resumed.state_dict_ema is not None:
         models.load_state(ema.module, resumed.state_dict_ema, cfg.model.arch, skip_head=False)
     elif ema is not None:
         reporter.message("the checkpoint has no weight average: --model-ema starts from its weights")
+    stored_batch = ((resumed.config or {}).get("optim") or {}).get("batch_size")
+    if stored_batch not in (None, cfg.optim.batch_size):
+        reporter.message(
+            f"the checkpoint's run used batch {stored_batch}, this run {cfg.optim.batch_size}: training continues, "
+            "but not bit-identically to the original run"
+        )
     states = resumed.rng_states or []
     if len(states) == ctx.world_size:
         randomness.restore(states[ctx.rank])
@@ -269,4 +314,6 @@ def restore_training(
         )
     where = f"epoch {epoch}, step {resumed.step}" if resumed.step else f"epoch {epoch}"
     reporter.message(f"resuming {cfg.resume} at {where} (best top-1 so far {resumed.best_acc1 or 0.0:.2f}%)")
+    for note in resumed.notes:
+        reporter.message(note)
     return epoch, resumed.step, resumed.best_acc1 or 0.0

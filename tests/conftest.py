@@ -27,7 +27,7 @@ CLASSES = ("ants", "bees", "wasps")
 COLOURS = {
     "ants": (200, 40, 40), "bees": (40, 200, 40), "wasps": (40, 40, 200),
     "red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220),
-    "yellow": (220, 220, 30), "cyan": (30, 220, 220), "magenta": (220, 30, 220),
+    "yellow": (220, 220, 30), "cyan": (30, 220, 220), "magenta": (220, 30, 220), "orange": (240, 140, 20),
 }  # fmt: skip
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
@@ -211,3 +211,194 @@ def make_checkpoint_file(tmp_path: Path) -> Callable[[str, object], Path]:
         return path
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints written the way the two reference programs write theirs. Each follows its program's own code
+# path step by step (model construction, transforms, optimizer and scheduler, the loop, what is saved and
+# how): their users' files are what this tool must read, not look-alikes made to fit it.
+
+REFERENCE_NORMALIZE = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+def reference_script_checkpoint(
+    data: Path, out: Path, arch: str = "resnet18", epochs: int = 1, batch: int = 20
+) -> Path:
+    """pytorch/examples `imagenet/main.py` on CPU: `models.__dict__[arch]()` (torchvision's default head of
+    1000 outputs, whatever the data), ImageFolder with RandomResizedCrop(224) and flips, SGD (0.1, momentum
+    0.9, wd 1e-4), StepLR(30, 0.1) stepped after each epoch's validation, and `torch.save` of `{'epoch':
+    epoch + 1, 'arch', 'state_dict', 'best_acc1' (a tensor: its accuracy() returns tensors), 'optimizer',
+    'scheduler'}` as checkpoint.pth.tar, copied to model_best.pth.tar when best."""
+    import shutil
+
+    from torchvision import datasets, models, transforms
+
+    torch.manual_seed(0)
+    model = models.__dict__[arch]()
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30, gamma=0.1)
+    normalize = transforms.Normalize(**REFERENCE_NORMALIZE)
+    train_set = datasets.ImageFolder(
+        str(data / "train"),
+        transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+        ),
+    )
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True)
+    best_acc1 = torch.tensor(0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(epochs):
+        model.train()
+        for images, target in loader:
+            loss = criterion(model(images), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        acc1 = reference_script_accuracy(model, data)[0]
+        scheduler.step()
+        is_best = bool(acc1 > best_acc1)
+        best_acc1 = torch.maximum(acc1, best_acc1)
+        state = {"epoch": epoch + 1, "arch": arch, "state_dict": model.state_dict(), "best_acc1": best_acc1,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}  # fmt: skip
+        torch.save(state, out / "checkpoint.pth.tar")
+        if is_best:
+            shutil.copyfile(out / "checkpoint.pth.tar", out / "model_best.pth.tar")
+    return out / "checkpoint.pth.tar"
+
+
+def reference_script_predictions(model: torch.nn.Module, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, top-5 output indices) of every val/ image, through the reference's validation transforms
+    (Resize(256), CenterCrop(224), ToTensor, Normalize) and its sequential loader."""
+    from torchvision import datasets, transforms
+
+    val_set = datasets.ImageFolder(
+        str(data / "val"),
+        transforms.Compose(
+            [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+             transforms.Normalize(**REFERENCE_NORMALIZE)]
+        ),
+    )  # fmt: skip
+    targets, top5 = [], []
+    model.eval()
+    with torch.no_grad():
+        for images, target in torch.utils.data.DataLoader(val_set, batch_size=20, shuffle=False):
+            targets.append(target)
+            top5.append(model(images).topk(5, dim=1).indices)
+    return torch.cat(targets), torch.cat(top5)
+
+
+def reference_script_accuracy(model: torch.nn.Module, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Acc@1 and Acc@5 in percent, as the reference's `validate` prints them."""
+    targets, top5 = reference_script_predictions(model, data)
+    hits = top5.eq(targets.unsqueeze(1))
+    return 100 * hits[:, 0].double().mean(), 100 * hits.any(dim=1).double().mean()
+
+
+def torchvision_reference_run(
+    data: Path,
+    out: Path,
+    *,
+    epochs: int = 2,
+    crop: int = 64,
+    resize: int = 72,
+    batch: int = 8,
+    ema: bool = False,
+    ema_steps: int = 4,
+    ema_decay: float = 0.999,
+    arch: str = TINY_ARCH,
+) -> dict[str, object]:
+    """torchvision's `references/classification/train.py` on CPU (its defaults: SGD 0.1/0.9/1e-4,
+    steplr 30/0.1, no warmup; --model-ema optional), trained for `epochs` epochs. Like that script:
+    `get_model(arch, weights=None, num_classes=len(classes))`, ClassificationPresetTrain/Eval transforms
+    (antialiased resizes, PILToTensor, float, Normalize), RandomSampler, the EMA an AveragedModel whose
+    decay is scaled by world size × batch × EMA steps / epochs and updated when `i % model_ema_steps == 0`,
+    `lr_scheduler.step()` after each epoch, and after each epoch `torch.save` of `{model, optimizer,
+    lr_scheduler, epoch (this epoch's index), args (its argparse Namespace)}` plus `model_ema` to
+    model_{epoch}.pth and checkpoint.pth. Returns what its own `evaluate` printed last: Acc@1/Acc@5 of the
+    model and, with EMA, of the average."""
+    import argparse
+
+    import torchvision
+    from torchvision import datasets
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    args = argparse.Namespace(
+        data_path=str(data), model=arch, device="cpu", batch_size=batch, epochs=epochs, workers=0, opt="sgd",
+        lr=0.1, momentum=0.9, weight_decay=1e-4, norm_weight_decay=None, bias_weight_decay=None,
+        transformer_embedding_decay=None, label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
+        lr_scheduler="steplr", lr_warmup_epochs=0, lr_warmup_method="constant", lr_warmup_decay=0.01,
+        lr_step_size=30, lr_gamma=0.1, lr_min=0.0, print_freq=10, output_dir=str(out), resume="", start_epoch=0,
+        cache_dataset=False, sync_bn=False, test_only=False, auto_augment=None, ra_magnitude=9, augmix_severity=3,
+        random_erase=0.0, amp=False, world_size=1, dist_url="env://", model_ema=ema, model_ema_steps=ema_steps,
+        model_ema_decay=ema_decay, use_deterministic_algorithms=False, interpolation="bilinear",
+        val_resize_size=resize, val_crop_size=crop, train_crop_size=crop, clip_grad_norm=None, ra_sampler=False,
+        ra_reps=3, weights=None, backend="pil", use_v2=False, distributed=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    mean, std = REFERENCE_NORMALIZE["mean"], REFERENCE_NORMALIZE["std"]
+    train_tf = T.Compose([T.RandomResizedCrop(crop, interpolation=InterpolationMode.BILINEAR, antialias=True),
+                          T.RandomHorizontalFlip(0.5), T.PILToTensor(), T.ConvertImageDtype(torch.float),
+                          T.Normalize(mean, std)])  # fmt: skip
+    dataset = datasets.ImageFolder(str(data / "train"), train_tf)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=torch.utils.data.RandomSampler(dataset))
+    model = torchvision.models.get_model(arch, weights=None, num_classes=len(dataset.classes))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    model_ema = None
+    if ema:
+        alpha = min(1.0, (1.0 - ema_decay) * args.world_size * batch * ema_steps / epochs)
+        decay = 1.0 - alpha
+
+        def ema_avg(avg_param: torch.Tensor, param: torch.Tensor, _num_averaged: torch.Tensor) -> torch.Tensor:
+            return decay * avg_param + (1 - decay) * param
+
+        model_ema = torch.optim.swa_utils.AveragedModel(model, "cpu", ema_avg, use_buffers=True)
+    out.mkdir(parents=True, exist_ok=True)
+    printed: dict[str, object] = {}
+    for epoch in range(epochs):
+        model.train()
+        for i, (image, target) in enumerate(loader):
+            output = model(image)
+            optimizer.zero_grad()
+            loss = criterion(output, target)
+            loss.backward()
+            optimizer.step()
+            if model_ema and i % ema_steps == 0:
+                model_ema.update_parameters(model)
+                if epoch < args.lr_warmup_epochs:
+                    model_ema.n_averaged.fill_(0)
+        lr_scheduler.step()
+        printed["acc"] = torchvision_reference_accuracy(model, data, crop, resize)
+        if model_ema:
+            printed["ema_acc"] = torchvision_reference_accuracy(model_ema, data, crop, resize)
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": args}  # fmt: skip
+        if model_ema:
+            checkpoint["model_ema"] = model_ema.state_dict()
+        torch.save(checkpoint, out / f"model_{epoch}.pth")
+        torch.save(checkpoint, out / "checkpoint.pth")
+    printed["model_ema"] = model_ema
+    return printed
+
+
+def torchvision_reference_accuracy(model: torch.nn.Module, data: Path, crop: int, resize: int) -> tuple[int, int, int]:
+    """(top-1 correct, top-5 correct, images) of val/ through torchvision's ClassificationPresetEval and
+    its `evaluate` loop (a SequentialSampler, inference mode)."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    eval_tf = T.Compose([T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+                         T.CenterCrop(crop), T.PILToTensor(), T.ConvertImageDtype(torch.float),
+                         T.Normalize(REFERENCE_NORMALIZE["mean"], REFERENCE_NORMALIZE["std"])])  # fmt: skip
+    val_set = datasets.ImageFolder(str(data / "val"), eval_tf)
+    top1 = top5 = count = 0
+    model.eval()
+    with torch.inference_mode():
+        for image, target in torch.utils.data.DataLoader(val_set, batch_size=8):
+            hits = model(image).topk(5, dim=1).indices.eq(target.unsqueeze(1))
+            top1, top5, count = top1 + int(hits[:, 0].sum()), top5 + int(hits.any(1).sum()), count + len(target)
+    return top1, top5, count

@@ -127,6 +127,7 @@ def test_inspect_summarises_any_checkpoint(original, tmp_path):
     torch.save(_files(model)["torchvision-references"], tmp_path / "tv.pth")
     summary = json_result(run_cli("inspect", str(tmp_path / "tv.pth"), "--json"))
     assert summary["format"] == "torchvision references checkpoint (model)" and summary["epoch"] == 7
+    assert summary["next_epoch"] == 8  # torchvision stores the last finished epoch's index
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
     shown = ok(run_cli("inspect", str(tmp_path / "tv.pth"))).stdout
     assert "torchvision references" in shown and "parameters" in shown
@@ -176,9 +177,10 @@ def test_an_architecture_mismatch_names_the_layers_that_disagree(trained_run):
 def test_a_class_mismatch_points_to_finetune(trained_run, image_folder, tmp_path):
     named = _one_line_error(run_cli("evaluate", str(trained_run / "checkpoint.pth.tar"), str(image_folder)))
     assert "classes the model does not know: ants, bees, wasps" in named and "imagenet-cli finetune --weights" in named
-    torch.save(models.build_model(TINY_ARCH, 10).state_dict(), tmp_path / "ten.pth")  # no class names inside
-    counted = _one_line_error(run_cli("evaluate", str(tmp_path / "ten.pth"), str(image_folder), "--arch", TINY_ARCH))
-    assert "predicts 10 classes but the data has 3" in counted and "imagenet-cli finetune --weights" in counted
+    torch.save(models.build_model(TINY_ARCH, 2).state_dict(), tmp_path / "two.pth")  # no class names inside
+    counted = _one_line_error(run_cli("evaluate", str(tmp_path / "two.pth"), str(image_folder), "--arch", TINY_ARCH))
+    assert "has a classifier of 2 outputs (fc.weight (2, 1024)) but the data has 3 classes" in counted
+    assert "imagenet-cli finetune --weights" in counted
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_by_the_cli(booby_trapped_checkpoint):
