@@ -46,6 +46,16 @@ class Compute:
             return torch.amp.GradScaler(self.device.type)
         return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30)
 
+    def restore_scaler(self, scaler: torch.amp.GradScaler, stored: dict | None) -> bool:
+        """Continue a stored loss scale only when it was made for the same kind of scaling: `--amp auto`
+        means bf16 on one GPU and fp16 on another, and fp16's scale must not leak into bf16's fixed 1, nor
+        the reverse (fp16 would then run unscaled). The kind shows in the growth interval."""
+        own = scaler.state_dict()
+        if not stored or not own or stored.get("growth_interval") != own.get("growth_interval"):
+            return False
+        scaler.load_state_dict(stored)
+        return True
+
     def describe(self) -> str:
         parts = [f"{_amp_name(self.amp_dtype)} autocast" if self.amp_dtype else "fp32"]
         parts.append("channels-last" if self.channels_last else "NCHW")
@@ -80,6 +90,22 @@ def place(model: nn.Module, compute: Compute) -> nn.Module:
     """On its device, in its memory layout (parameters keep their layout through DDP and checkpoints:
     state dicts hold the same values either way)."""
     return model.to(compute.device, memory_format=compute.memory_format)
+
+
+class AutocastInEachReplica(nn.Module):
+    """`nn.DataParallel` runs each replica in a thread of its own and enters autocast there again without
+    its dtype, so bf16 silently becomes fp16 (with bf16's loss scale of 1: gradients may underflow). Each
+    replica enters autocast with the run's dtype itself. `models.unwrap` sees through it."""
+
+    is_thin_wrapper = True
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, dtype=self.dtype):
+            return self.module(images)
 
 
 def _amp_name(dtype: torch.dtype | None) -> str:

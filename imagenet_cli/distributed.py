@@ -394,8 +394,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, data_parallel: bool) -> nn.Module:
-    """DDP on every backend (the reference skipped it on CPU, so its ranks trained apart)."""
+def wrap_model(
+    model: nn.Module, ctx: DistContext, data_parallel: bool, autocast_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """DDP on every backend (the reference skipped it on CPU, so its ranks trained apart). DataParallel's
+    replicas each enter the run's autocast themselves (see compute.AutocastInEachReplica)."""
     model = model.to(ctx.device)
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -403,7 +406,9 @@ def wrap_model(model: nn.Module, ctx: DistContext, data_parallel: bool) -> nn.Mo
     if data_parallel:
         if ctx.device.type != "cuda":
             raise UserError("--data-parallel needs CUDA GPUs")
-        return nn.DataParallel(model)
+        from .compute import AutocastInEachReplica
+
+        return nn.DataParallel(AutocastInEachReplica(model, autocast_dtype) if autocast_dtype else model)
     return model
 
 

@@ -214,9 +214,11 @@ def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP, DataParallel and torch.compile wrappers."""
+    """The plain module under DDP, DataParallel, torch.compile and this tool's own thin wrappers."""
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or getattr(
+            model, "is_thin_wrapper", False
+        ):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod

@@ -42,13 +42,17 @@ def restore(optimizer: torch.optim.Optimizer, optimizer_state: Mapping[str, Any]
     LR needs nothing: the schedule sets it from the configuration before every step."""
     if optimizer_state is None:
         return
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    state = dict(optimizer_state)
+    saved_groups = state.get("param_groups") or []
+    if len(saved_groups) == len(optimizer.param_groups):
+        # This run's settings go in before loading: torch places each state tensor by the group's own
+        # settings (a fused kernel wants its step counts on the GPU, a CPU-written file has them on the host).
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        state["param_groups"] = [{**saved, **own} for saved, own in zip(saved_groups, fresh, strict=True)]
     try:
-        optimizer.load_state_dict(dict(optimizer_state))
+        optimizer.load_state_dict(state)
     except ValueError as exc:
         raise UserError(
             f"the checkpoint's optimizer state does not fit this run ({exc}); were --opt, --backbone-lr-mult "
             "or the weight-decay options changed?"
         ) from exc
-    for group, settings in zip(optimizer.param_groups, fresh, strict=True):
-        group.update(settings)

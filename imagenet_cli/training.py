@@ -70,9 +70,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     if resumed is not None:
         start_epoch, start_step, best_acc1 = restore_training(cfg, ctx, resumed, optimizer, ema, reporter)
-        stored_amp = (resumed.config or {}).get("compute", {}).get("amp")
-        if resumed.scaler and stored_amp == cfg.compute.amp:  # another precision starts its own scale
-            scaler.load_state_dict(resumed.scaler)
+        settings.restore_scaler(scaler, resumed.scaler)  # another precision starts its own scale
     if ctx.is_main:
         for stale in remove_stale_saves(cfg.output_dir):
             reporter.message(f"removed {stale}, left by a save that was cut off")
@@ -170,7 +168,7 @@ class Saver:
 def wrap(plain: nn.Module, ctx: DistContext, cfg: RunConfig, settings: compute.Compute) -> nn.Module:
     """The module the training steps call: DDP (or DataParallel) around the plain one, compiled in
     place when asked, so state dicts keep their plain keys."""
-    model = distributed.wrap_model(plain, ctx, cfg.dist.data_parallel)
+    model = distributed.wrap_model(plain, ctx, cfg.dist.data_parallel, settings.amp_dtype)
     if settings.compile:
         model.compile()
     return model

@@ -93,3 +93,54 @@ def test_compiling_keeps_the_plain_parameter_names_and_the_outputs():
     assert torch.allclose(model(images), eager, atol=1e-5)
     assert list(model.state_dict()) == list(plain.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias",
         "1.running_mean", "1.running_var", "1.num_batches_tracked", "4.weight", "4.bias"]  # fmt: skip
+
+
+def test_a_loss_scale_is_continued_only_by_the_same_kind_of_scaling():
+    """`--amp auto` is bf16 on one GPU and fp16 on another: fp16's scale must not leak into bf16's fixed
+    1 (nor the reverse, which would leave fp16 unscaled)."""
+    fp16, fixed = compute.Compute(CPU, torch.float16, False, False), compute.Compute(CPU, None, False, False)
+    scaled = fp16.grad_scaler()
+    scaled.load_state_dict({**scaled.state_dict(), "scale": 1024.0})
+    into_fixed = fixed.grad_scaler()
+    assert not fixed.restore_scaler(into_fixed, scaled.state_dict()) and into_fixed.get_scale() == 1.0
+    into_fp16 = fp16.grad_scaler()
+    assert not fp16.restore_scaler(into_fp16, fixed.grad_scaler().state_dict())
+    assert fp16.restore_scaler(into_fp16, scaled.state_dict()) and into_fp16.get_scale() == 1024.0
+
+
+def test_a_resumed_optimizer_has_this_runs_settings_before_its_state_is_placed():
+    """torch places each state tensor by its group's settings when loading (a fused kernel wants its step
+    counts on the parameters' device): the settings of this run must be there first, not after."""
+    model = nn.Linear(4, 2)
+    before = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+    model(torch.randn(3, 4)).sum().backward()
+    before.step()
+    fused = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5, fused=True)
+    from imagenet_cli.optim import restore
+
+    restore(fused, before.state_dict())
+    group = fused.param_groups[0]
+    assert group["fused"] and group["weight_decay"] == 0.5  # the configuration's, not the file's
+    assert all(torch.equal(fused.state[p]["exp_avg"], before.state[p]["exp_avg"]) for p in model.parameters())
+    fused.step()  # the fused kernel accepts the restored state
+
+
+def test_random_states_of_files_holding_every_gpus_state_restore_anywhere():
+    """Earlier files kept every visible GPU's generator; a machine showing fewer (or none) still resumes."""
+    from imagenet_cli import randomness
+
+    state = randomness.capture()
+    randomness.restore({**state, "cuda": [torch.get_rng_state()] * 8})
+    assert "cuda" not in state or isinstance(state["cuda"], torch.Tensor)  # now: this process's own GPU only
+
+
+def test_each_dataparallel_replica_computes_in_the_runs_autocast_dtype():
+    """DataParallel runs replicas in threads of their own, where autocast's dtype would be lost."""
+    import threading
+
+    replica = compute.AutocastInEachReplica(nn.Linear(4, 2), torch.bfloat16)
+    out: list[torch.Tensor] = []
+    worker = threading.Thread(target=lambda: out.append(replica(torch.randn(3, 4))))
+    worker.start()
+    worker.join()
+    assert out[0].dtype == torch.bfloat16 and models.unwrap(nn.DataParallel(replica)) is replica.module
