@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from . import compute, data, distributed, engine, finetune, models, optim, randomness, records
+from . import compute, data, distributed, engine, finetune, models, optim, randomness, records, torchvision_args
 from .checkpoint import (
     CHECKPOINT_NAME,
     LoadedCheckpoint,
@@ -290,7 +290,7 @@ def restore_training(
     """Where to continue (epoch, step) and the best top-1 so far; optimizer, weight average and this
     rank's generators restored as they were when the checkpoint was written."""
     epoch = resumed.epoch if resumed.epoch is not None else cfg.optim.start_epoch
-    optim.restore(optimizer, resumed.optimizer)
+    optim.restore(optimizer, torchvision_args.resumed_optimizer_state(resumed, optimizer, cfg))
     _compare_stored_lr(resumed, Schedule.from_config(cfg.optim).lr_at(float(epoch)), reporter)
     if ema is not None and resumed.state_dict_ema is not None:
         models.load_state(ema.module, resumed.state_dict_ema, cfg.model.arch, skip_head=False)
