@@ -335,13 +335,18 @@ def read_checkpoint(path: str) -> LoadedCheckpoint:
         raw = _load(path)
     except pickle.UnpicklingError as exc:
         raise UserError(_unpickling_problem(path, str(exc))) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # a damaged file fails in many ways inside torch's reader: each is damage
         raise UserError(
-            f"{path} is not a readable checkpoint (truncated or not a PyTorch file?): {_first_line(exc)}"
+            f"{path} is not a readable checkpoint (damaged, truncated or not a PyTorch file): {_first_line(exc)}"
         ) from exc
     if not isinstance(raw, Mapping):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint or state dict")
-    loaded = _interpret(path, raw)
+    try:
+        loaded = _interpret(path, raw)
+    except UserError:
+        raise
+    except Exception as exc:  # values of unexpected types or shapes: the file is not what it claims to be
+        raise UserError(f"{path} holds values this tool cannot read ({_first_line(exc)}); damaged?") from exc
     return dataclasses.replace(loaded, notes=(note,)) if note else loaded
 
 
@@ -400,12 +405,12 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
             f"{path} has no model weights (looked for a state dict or the keys {', '.join(STATE_DICT_KEYS)})"
         )
     key, state = found
-    best = raw.get("best_acc1")
-    stored_epoch = int(raw["epoch"]) if isinstance(raw.get("epoch"), (int, torch.Tensor)) else None
+    stored_epoch = _whole(raw, "epoch", path)
     torchvision_style = _torchvision_references(raw, key)
     ema = raw.get("state_dict_ema") if isinstance(raw.get("state_dict_ema"), Mapping) else None
     if torchvision_style and isinstance(raw.get("model_ema"), Mapping) and key != "model_ema":
         ema = raw["model_ema"]
+    _check_sizes(path, {**state, **{f"ema.{k}": v for k, v in (ema or {}).items() if isinstance(v, torch.Tensor)}})
     return LoadedCheckpoint(
         path=path,
         state_dict=_weights(state),
@@ -413,12 +418,12 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         arch=_arch(raw),
         # torchvision's references store the index of the last finished epoch; everyone else the count
         epoch=stored_epoch + 1 if torchvision_style and stored_epoch is not None else stored_epoch,
-        step=int(raw.get("step", 0)) if isinstance(raw.get("step", 0), int) else 0,
-        best_acc1=float(best) if isinstance(best, (int, float, torch.Tensor)) else None,
+        step=_whole(raw, "step", path) or 0,
+        best_acc1=_accuracy(raw.get("best_acc1")),
         optimizer=_mapping(raw, "optimizer"),
         scheduler=_mapping(raw, "lr_scheduler" if torchvision_style else "scheduler"),
         config=_mapping(raw, "config"),
-        class_names=list(raw["class_names"]) if isinstance(raw.get("class_names"), list) else None,
+        class_names=_class_names(raw.get("class_names"), path),
         rng_states=list(raw["rng_states"]) if isinstance(raw.get("rng_states"), list) else None,
         versions=_mapping(raw, "versions"),
         scaler=_mapping(raw, "scaler"),
@@ -427,6 +432,52 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         recipe=_recipe(raw) if torchvision_style else None,
         ema_updates=_count(ema.get("n_averaged")) if ema is not None else None,
     )
+
+
+MAX_INDEX = 10**9  # an epoch or step beyond this is not a position any run reached
+MAX_CLASS_NAME = 1000  # characters: a label, not a text
+MAX_CLASS_NAMES = 1_000_000
+
+
+def _whole(raw: Mapping[str, Any], key: str, path: str) -> int | None:
+    """An epoch or step count: a whole number in range, or the file is refused by name."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INDEX:
+        raise UserError(f"{path} stores {key} {str(value)[:40]!r}, not a count of epochs or steps; damaged?")
+    return value
+
+
+def _accuracy(value: Any) -> float | None:
+    """best_acc1: a percentage (the reference script stores a one-element tensor)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= float(value) <= 100:
+        return float(value)
+    return None
+
+
+def _class_names(value: Any, path: str) -> list[str] | None:
+    """Class names are labels (a manifest's may hold any text): strings of a sane length, and no more of
+    them than a model may have outputs. They name folders only where they match a folder's entries."""
+    if not isinstance(value, list):
+        return None
+    if len(value) > MAX_CLASS_NAMES or not all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME for n in value):
+        raise UserError(f"{path} stores class names that are not names (empty, too long, not text, or too many)")
+    return list(value)
+
+
+def _check_sizes(path: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Tensors that claim far more elements than the file holds bytes (broadcast views saved as such)
+    would make every model built from them exhaust memory: such a file is refused."""
+    claimed = sum(t.numel() * t.element_size() for t in state.values())
+    if claimed > 4 * os.path.getsize(path) + (64 << 20):
+        raise UserError(
+            f"{path} declares {claimed / 2**30:.1f} GiB of weights in a {os.path.getsize(path) / 2**20:.1f} MiB file; refused"
+        )
 
 
 def _torchvision_references(raw: Mapping[str, Any], key: str | None) -> bool:
@@ -458,7 +509,9 @@ def _recipe(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     args = raw.get("args")
     if not isinstance(args, argparse.Namespace):
         return None
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        k: v for k, v in vars(args).items() if isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None)))
+    }
 
 
 def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
@@ -581,7 +634,8 @@ def _never_taken(loaded: LoadedCheckpoint) -> dict[str, Any]:
     from .config import PLACEMENT, default_for
 
     config = loaded.config or {}
-    stored = {**(config.get("dist") or {}), **{k: config.get(k) for k in ("output_dir", "log_dir")}}
+    dist = config.get("dist") if isinstance(config.get("dist"), Mapping) else {}
+    stored = {**dist, **{k: config.get(k) for k in ("output_dir", "log_dir")}}
     ignored = {k: v for k, v in stored.items() if k in PLACEMENT and v is not None and v != default_for("train", k)}
     if loaded.recipe is not None:
         from .torchvision_args import NEVER_TAKEN

@@ -16,8 +16,9 @@ from typing import Any
 import typer
 
 from . import options as opt
-from .config import PLACEMENT, RunConfig, build_config, changed_values, default_for
+from .config import PLACEMENT, RunConfig, build_config, changed_values, default_for, from_stored
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, Preempted, UserError, one_line
+from .text import clip, printable
 
 app = typer.Typer(
     name="imagenet-cli",
@@ -120,9 +121,9 @@ def _stored_base(
     loaded = read_checkpoint(path)
     if loaded.config is None:
         return None, _with_file_recipe(loaded, given, quiet, keys)
-    stored = RunConfig.from_dict({**loaded.config, **({"command": command} if command else {})})
+    stored = from_stored({**loaded.config, **({"command": command} if command else {})}, path)
     _say_placement_ignored(path, stored, quiet)
-    base = stored.without_placement()
+    base = stored.as_recipe()
     if "path" in given and "fake" not in given and base.data.fake:
         given = {**given, "fake": False}
     return base, given
@@ -134,9 +135,13 @@ def _with_file_recipe(loaded: Any, given: dict[str, Any], quiet: bool, keys: fro
     from .torchvision_args import translate
 
     translation = translate(loaded.recipe)
+    try:  # checked as a command line would be, but named as the file's: the user typed none of it
+        build_config("train", {**translation.options, "path": "."})
+    except UserError as exc:
+        raise UserError(f"{loaded.path}: the recipe in its args is not valid here: {exc}") from exc
     if not quiet:
         for line in translation.lines(os.path.basename(loaded.path)):
-            typer.echo(line, err=True)
+            typer.echo(printable(line), err=True)
     options = {k: v for k, v in translation.options.items() if keys is None or k in keys}
     return {**options, **given}
 
@@ -149,7 +154,7 @@ def _say_placement_ignored(path: str, stored: RunConfig, quiet: bool) -> None:
     """A run stored as spread over nodes continues here only as this command line places it."""
     ignored = {k: v for k, v in stored.placement().items() if k not in ("output_dir", "log_dir")}
     if ignored and not quiet:
-        listed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ignored.items())
+        listed = ", ".join(f"--{k.replace('_', '-')} {clip(v)}" for k, v in ignored.items())
         typer.echo(
             f"{os.path.basename(path)} was written by a run with {listed}; where a run happens is never taken "
             "from a file: give those flags again to continue it that way",
@@ -188,7 +193,7 @@ def _resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
     first_process = plan(DistConfig(), dict(os.environ)).external_rank in (None, 0)
     latest, notes = find_resumable(given["output_dir"], move_damaged=first_process)
     for note in notes:
-        typer.echo(f"--resume auto: {note}", err=True)
+        typer.echo(f"--resume auto: {printable(note)}", err=True)
     rest = {k: v for k, v in given.items() if k != "resume"}
     if latest is None:
         if not quiet:
@@ -203,7 +208,7 @@ def _report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
     ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "batch_size_given", *PLACEMENT}
     changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
     if changes and not quiet:
-        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+        listed = ", ".join(f"{k} {clip(repr(old))} -> {clip(repr(new))}" for k, (old, new) in sorted(changes.items()))
         typer.echo(f"overriding the checkpoint's configuration: {listed}", err=True)
 
 
@@ -770,8 +775,20 @@ def export_model(
 
 
 def main() -> None:
-    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`)."""
-    app(prog_name="imagenet-cli")
+    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`). A usage
+    error (an unknown flag, a value of the wrong type) is one line too, like every other error."""
+    try:
+        code = app(prog_name="imagenet-cli", standalone_mode=False)
+    except Exception as exc:
+        if not hasattr(exc, "format_message") or type(exc).__name__ == "NoArgsIsHelpError":
+            if hasattr(exc, "show"):  # no command given: the overview, as before
+                exc.show()
+                sys.exit(getattr(exc, "exit_code", 2))
+            raise
+        command = getattr(getattr(exc, "ctx", None), "command_path", "imagenet-cli")
+        typer.echo(f"error: {one_line(UserError(exc.format_message()))} (see `{command} --help`)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +30,17 @@ FAKE_NUM_CLASSES = 10
 VAL_CROP_RATIO = 0.875  # 224 / 256, torchvision's and the reference's evaluation resize
 AUTO_AUGMENT_POLICIES = ("ra", "ta_wide", "augmix", "imagenet")  # RandAugment, TrivialAugmentWide, AugMix, AutoAugment
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Bounds on what a value may ask for, so that no file (a recipe, a stored configuration) can make the tool
+# exhaust memory, processes or time: each is far beyond what a classifier is trained with.
+MAX_SIDE = 2048  # training and validation crops, in pixels (a validation resize up to 1.25x that)
+MAX_FAKE_SIDE = 1024  # --fake-data keeps a bank of noise patterns of this size per device
+MAX_CLASSES = 100_000  # a model's outputs (ImageNet-21k has 21,841)
+MAX_FAKE_IMAGES = 100_000_000
+MAX_EPOCHS = 100_000
+MAX_PREFETCH = 64
+MAX_SHUFFLE_BUFFER = 100_000  # samples held per loader worker
+WORKERS_PER_CORE = 4  # local processes of a CPU run
+MAX_WORKERS = 256  # loader workers per process (a stored count is also kept only up to this machine's cores)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -85,25 +99,48 @@ class DataConfig:
         _check(
             self.data_format != "torchvision" or bool(self.dataset), "--data-format torchvision needs --dataset NAME"
         )
-        _check(self.workers is None or self.workers >= 0, f"--workers must be 0 or more, got {self.workers}")
+        _check(
+            self.workers is None or 0 <= self.workers <= MAX_WORKERS,
+            f"--workers must be from 0 to {MAX_WORKERS}, got {self.workers}",
+        )
         image_size = self.image_size or native or (FAKE_IMAGE_SIZE if self.fake else 224)
         crop = self.val_crop_size or image_size
         resize = self.val_resize_size or (crop if crop == native else round(crop / VAL_CROP_RATIO))
         num_classes = self.num_classes or (FAKE_NUM_CLASSES if self.fake else None)
-        for name, value in (("--image-size", image_size), ("--val-crop-size", crop), ("--val-resize-size", resize)):
-            _check(value >= 8, f"{name} must be at least 8 pixels, got {value}")
-        _check(resize >= crop, f"--val-resize-size ({resize}) must not be smaller than --val-crop-size ({crop})")
-        _check(num_classes is None or num_classes >= 2, f"--num-classes must be at least 2, got {num_classes}")
-        _check(self.fake_train_images > 0, "--fake-train-images must be positive")
-        _check(self.fake_val_images > 0, "--fake-val-images must be positive")
-        _check(self.prefetch_factor >= 1, f"--prefetch-factor must be at least 1, got {self.prefetch_factor}")
+        self._check_sizes(image_size, crop, resize)
+        _check(
+            num_classes is None or 2 <= num_classes <= MAX_CLASSES,
+            f"--num-classes must be from 2 to {MAX_CLASSES:,}, got {num_classes}",
+        )
+        for flag, count in (
+            ("--fake-train-images", self.fake_train_images),
+            ("--fake-val-images", self.fake_val_images),
+        ):
+            _check(0 < count <= MAX_FAKE_IMAGES, f"{flag} must be from 1 to {MAX_FAKE_IMAGES:,}, got {count}")
+        _check(
+            1 <= self.prefetch_factor <= MAX_PREFETCH,
+            f"--prefetch-factor must be from 1 to {MAX_PREFETCH}, got {self.prefetch_factor}",
+        )
         _check(self.max_bad_images >= 0, f"--max-bad-images must be 0 or more, got {self.max_bad_images}")
-        _check(self.shuffle_buffer >= 0, f"--shuffle-buffer must be 0 or more, got {self.shuffle_buffer}")
+        _check(
+            0 <= self.shuffle_buffer <= MAX_SHUFFLE_BUFFER,
+            f"--shuffle-buffer must be from 0 to {MAX_SHUFFLE_BUFFER:,}, got {self.shuffle_buffer}",
+        )
         self._check_augmentation()
         object.__setattr__(self, "image_size", image_size)
         object.__setattr__(self, "val_crop_size", crop)
         object.__setattr__(self, "val_resize_size", resize)
         object.__setattr__(self, "num_classes", num_classes)
+
+    def _check_sizes(self, image_size: int, crop: int, resize: int) -> None:
+        largest = MAX_FAKE_SIDE if self.fake else MAX_SIDE
+        for flag, value, most in (
+            ("--image-size", image_size, largest),
+            ("--val-crop-size", crop, largest),
+            ("--val-resize-size", resize, largest * 5 // 4),
+        ):
+            _check(8 <= value <= most, f"{flag} must be from 8 to {most} pixels, got {value}")
+        _check(resize >= crop, f"--val-resize-size ({resize}) must not be smaller than --val-crop-size ({crop})")
 
     @property
     def augmented(self) -> bool:
@@ -199,7 +236,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
         _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _check(self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}")
+        _check(0 <= self.epochs <= MAX_EPOCHS, f"--epochs must be from 0 to {MAX_EPOCHS:,}, got {self.epochs}")
         _check(self.start_epoch >= 0, f"--start-epoch must be 0 or more, got {self.start_epoch}")
         _check(self.momentum >= 0, f"--momentum must be 0 or more, got {self.momentum}")
         _check(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
@@ -383,19 +420,27 @@ class RunConfig:
         kwargs.update(_known(cls, {k: v for k, v in raw.items() if k not in _SECTIONS}))
         return cls(**kwargs)
 
-    def without_placement(self) -> RunConfig:
-        """This configuration with where it ran taken out (addresses, ranks, GPUs, output and log
-        directories): a stored configuration is data, and must not make a resume connect to an address
-        or write to a folder. The number of local processes stays when this machine has a core for each."""
+    def as_recipe(self) -> RunConfig:
+        """A stored configuration as a recipe: what to train, without where that run happened (addresses,
+        ranks, GPUs, output and log directories) or what one command line asked (evaluate only, a plot to
+        draw, a download...). It is data, and must not make a resume connect to an address, write to a
+        folder or do something else than train. Process and worker counts stay when this machine has a
+        core for each."""
         cores = os.cpu_count() or 1
         nproc = self.dist.nproc_per_node if (self.dist.nproc_per_node or 0) <= cores else None
         dist = dataclasses.replace(
             self.dist, world_size=1, rank=0, dist_url=None, dist_backend=None, gpu=None, nproc_per_node=nproc
         )
-        return dataclasses.replace(self, dist=dist, output_dir=".", log_dir=None)
+        workers = self.data.workers if (self.data.workers or 0) <= cores else None
+        data = dataclasses.replace(self.data, download=False, workers=workers)
+        one_command_line = {f.name: f.default for f in fields(RunConfig) if f.name in INVOCATION_ONLY}
+        command = self.command if self.command in ("train", "finetune") else "train"
+        return dataclasses.replace(
+            self, command=command, data=data, dist=dist, output_dir=".", log_dir=None, **one_command_line
+        )
 
     def placement(self) -> dict[str, Any]:
-        """The options `without_placement` takes out, where they differ from the defaults."""
+        """The settings of where a run happened, where they differ from the defaults."""
         plain = self.flat()
         return {k: plain[k] for k in sorted(PLACEMENT) if plain[k] != default_for("train", k)}
 
@@ -425,9 +470,9 @@ FILE_KEYS = {"path": "data", "fake": "fake-data", "evaluate_only": "evaluate"}
 # Options of one invocation, not of a run, and batch_size_given (no flag sets it: -b typed or not; checkpoints
 # keep it): never recorded in config.json, refused in a recipe file.
 INVOCATION_ONLY = frozenset({"resume", "checkpoint", "confusion_plot", "evaluate_only", "json", "quiet", "verbose",
-                             "debug", "batch_size_given", "ema"})  # fmt: skip
+                             "debug", "batch_size_given", "ema", "download"})  # fmt: skip
 # Where a run happens: only ever from this command line and this launcher's environment, never from a
-# checkpoint's stored configuration (`RunConfig.without_placement`).
+# checkpoint's stored configuration (`RunConfig.as_recipe`).
 PLACEMENT = frozenset({"output_dir", "log_dir", "world_size", "rank", "dist_url", "dist_backend", "gpu"})
 # Nor recorded, nor taken from a recipe: where a run writes, and this node's place in it.
 _NOT_RECORDED = INVOCATION_ONLY | PLACEMENT
@@ -439,6 +484,43 @@ def section_of(name: str) -> type:
         if name in {f.name for f in fields(section)}:
             return section
     raise KeyError(name)
+
+
+def type_problem(name: str, value: Any) -> str | None:
+    """What an option's value must be when it is not (a value from a file: `lr = "0.1"`), else None."""
+    hint = typing.get_type_hints(section_of(name))[name]
+    allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+    if value is None and type(None) in allowed:
+        return None
+    allowed.discard(type(None))
+    if float in allowed:
+        allowed.add(int)
+    if isinstance(value, tuple(allowed)) and (bool in allowed or not isinstance(value, bool)):
+        return None
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    return " or ".join(sorted({kinds[t] for t in allowed if not (t is int and float in allowed)}))
+
+
+def from_stored(raw: Any, source: str) -> RunConfig:
+    """A configuration a checkpoint stores, checked as strictly as a command line: every section a table,
+    every value of its option's type and in range. A problem names the file, not a flag nobody typed."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise UserError(f"it is a {type(raw).__name__}, not a table")
+        values = {k: v for k, v in raw.items() if k not in _SECTIONS}
+        for name in [n for n in _SECTIONS if n in raw]:
+            if not isinstance(raw[name], Mapping):
+                raise UserError(f"its {name} section is not a table")
+            values.update(raw[name])
+        for key, value in values.items():
+            wanted = type_problem(key, value) if key in OPTION_NAMES else None
+            if wanted:
+                raise UserError(f"{key} must be {wanted}, got {str(value)[:40]!r}")
+        return RunConfig.from_dict(dict(raw))
+    except UserError as exc:
+        raise UserError(f"{source}: its stored configuration is not valid here: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise UserError(f"{source}: its stored configuration cannot be read ({exc})") from exc
 
 
 def flag_values(cfg: RunConfig) -> dict[str, Any]:

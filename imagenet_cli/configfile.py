@@ -16,10 +16,9 @@ import difflib
 import json
 import os
 import types
-import typing
 from typing import Any
 
-from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, PLACEMENT, section_of
+from .config import FILE_KEYS, INVOCATION_ONLY, OPTION_NAMES, PLACEMENT, default_for, type_problem
 from .errors import UserError
 from .reporting import clip
 
@@ -39,8 +38,15 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
         if not isinstance(key, str):
             raise UserError(f"{path}: option names are words, not {clip(repr(key))}")
         name = option_name(key, aliases)
-        if name not in OPTION_NAMES or name in INVOCATION_ONLY:
+        if name not in OPTION_NAMES:
             raise UserError(f"{path}: unknown option {clip(repr(key))}{_suggest(key)}")
+        if name in INVOCATION_ONLY | PLACEMENT and value in (None, default_for(command, name)):
+            continue  # config.json of earlier versions records these at their defaults: nothing is asked
+        if name in INVOCATION_ONLY:
+            raise UserError(
+                f"{path} sets {clip(repr(key))}: that is a choice of one command line (like --resume, --json or "
+                "--download), not of a recipe; give it there"
+            )
         if name in PLACEMENT:
             raise UserError(
                 f"{path} sets {clip(repr(key))}: where a run happens (addresses, ranks, GPUs, output and log "
@@ -124,16 +130,9 @@ def _load_yaml(text: bytes, path: str) -> Any:
 
 def _check_type(path: str, key: str, name: str, value: Any) -> None:
     """Catch `lr = "0.1"` in the file, not deep inside a worker."""
-    hint = typing.get_type_hints(section_of(name))[name]
-    allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
-    allowed.discard(type(None))
-    if float in allowed:
-        allowed.add(int)
-    if isinstance(value, tuple(allowed)) and (bool in allowed or not isinstance(value, bool)):
-        return
-    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-    wanted = " or ".join(sorted({kinds[t] for t in allowed if not (t is int and float in allowed)}))
-    raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")
+    wanted = type_problem(name, value)
+    if wanted:
+        raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")
 
 
 def _suggest(key: str) -> str:

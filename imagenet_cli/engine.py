@@ -308,13 +308,14 @@ class Hooks:
 
     before_epoch(epoch, parts) -> parts: the parts to train this epoch with (unfreezing a backbone).
     after_step(epoch, step): after each optimizer step (mid-epoch saves, agreeing to stop).
-    save(epoch, best_acc1, is_best) -> path written or None: after each epoch's validation.
+    save(epoch, best_acc1, is_best): after each epoch's validation and its record, writes `saves_to`.
     after_epoch(epoch): once the epoch is reported (stop there if a signal came during validation)."""
 
     before_epoch: Callable[[int, TrainParts], TrainParts] = lambda _epoch, parts: parts
     after_step: Callable[[int, int], None] = _nothing
     save: Callable[[int, float, bool], str | None] = _nothing
     after_epoch: Callable[[int], None] = _nothing
+    saves_to: str | None = None  # the file each epoch's save writes (on the main rank), for its record
 
 
 def fit(
@@ -343,9 +344,11 @@ def fit(
         judged = ema if best_by_ema and ema is not None else val
         is_best = judged.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)
         best_acc1 = max(judged.acc1, best_acc1)
-        saved = hooks.save(epoch, best_acc1, is_best)
-        result = EpochResult(epoch, train, val, _lr(parts.optimizer), best_acc1, is_best, saved, ema)
+        # The epoch's record first, then its checkpoint: a crash between the two resumes from the previous
+        # checkpoint, and metrics.jsonl is trimmed back to it; the reverse order would lose the record.
+        result = EpochResult(epoch, train, val, _lr(parts.optimizer), best_acc1, is_best, hooks.saves_to, ema)
         parts.reporter.epoch_end(result)
+        hooks.save(epoch, best_acc1, is_best)
         hooks.after_epoch(epoch)
     return best_acc1
 

@@ -33,8 +33,11 @@ class Preempted(UserError):
 
 
 def one_line(exc: BaseException) -> str:
-    """Collapse an exception into a single line a log reader can grep for."""
-    text = " ".join(str(exc).split())
+    """Collapse an exception into a single line a log reader can grep for; what it quotes from files
+    (names, values) shows as text, never as terminal control sequences."""
+    from .text import printable
+
+    text = printable(" ".join(str(exc).split()))
     if isinstance(exc, UserError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -52,9 +52,12 @@ class FakeImages(Dataset):
     def _bank(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Class colours and noise patterns on `device`, hashed from the seed (the same bytes anywhere)."""
         if device not in self._banks:
-            size = self.image_size
-            pixels = torch.arange(NOISE_PATTERNS * 3 * size * size, device=device).view(-1, 3, size, size)
-            noise = (_mix(pixels ^ (self.seed * 0x9E3779B1 & _MASK31)) & 255).to(torch.int16)
+            size, salt = self.image_size, self.seed * 0x9E3779B1 & _MASK31
+            noise = torch.empty(NOISE_PATTERNS, 3, size, size, dtype=torch.int16, device=device)
+            for pattern in range(NOISE_PATTERNS):  # one at a time: the int64 hashing of all would take GBs
+                first = pattern * 3 * size * size
+                pixels = torch.arange(first, first + 3 * size * size, device=device).view(3, size, size)
+                noise[pattern] = _mix(pixels ^ salt) & 255
             self._banks[device] = (self.colours.to(device, torch.int16), noise)
         return self._banks[device]
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import data, datacheck, distributed, records, worker
-from .checkpoint import BEST_NAME, CHECKPOINT_NAME
-from .config import RunConfig
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint
+from .config import WORKERS_PER_CORE, RunConfig
 from .control import STOP_SIGNALS
 from .distributed import Topology
 from .errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserError, one_line
@@ -25,6 +25,7 @@ from .errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserErro
 
 def launch(cfg: RunConfig) -> None:
     topology = distributed.plan(cfg.dist)
+    _check_process_count(cfg, topology)
     cfg = fit_batch(cfg, topology)
     preflight(cfg, topology)
     if topology.launcher == "spawn":
@@ -53,6 +54,7 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
             raise UserError(f"{label}: file not found: {path}")
     if cfg.command != "evaluate" and not cfg.evaluate_only:
         _refuse_another_run(cfg)
+        _refuse_going_back(cfg)
         _check_writable(cfg.output_dir, "--output-dir")
     if cfg.log_dir:
         _check_writable(cfg.log_dir, "--log-dir")
@@ -67,6 +69,18 @@ def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
     if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
         print(f"note: {note}", file=sys.stderr, flush=True)
     return fitted
+
+
+def _check_process_count(cfg: RunConfig, topology: Topology) -> None:
+    """CPU processes share the cores: a count far beyond them (a typo, a recipe) cannot train faster and
+    must not fork thousands of processes."""
+    cores = os.cpu_count() or 1
+    on_cpus = topology.launcher == "spawn" and not distributed.accelerator_count(cfg.dist)
+    if on_cpus and topology.nproc_per_node > WORKERS_PER_CORE * cores:
+        raise UserError(
+            f"--nproc-per-node {topology.nproc_per_node} asks for more than {WORKERS_PER_CORE} processes per "
+            f"CPU core of this machine ({cores} cores); CPU processes share the cores, so more cannot train faster"
+        )
 
 
 def _check_flags(cfg: RunConfig, topology: Topology) -> None:
@@ -105,6 +119,23 @@ def _refuse_another_run(cfg: RunConfig) -> None:
     else:
         advice = "(it saved no checkpoint: only its own command, with the same options, may start it again there)"
     raise UserError(f"{directory} already holds another run ({', '.join(found)}); choose a new --output-dir {advice}")
+
+
+def _refuse_going_back(cfg: RunConfig) -> None:
+    """Resuming an older checkpoint (model_best, an epoch copy) where the run's newer one lies would
+    overwrite the newer one at the first save: an epoch of work lost without a word."""
+    latest = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
+    if not cfg.resume or not os.path.isfile(latest) or os.path.samefile(latest, cfg.resume):
+        return
+    try:
+        resumed, newer = read_checkpoint(cfg.resume), read_checkpoint(latest)
+    except UserError:
+        return  # an unreadable file is reported where it is read
+    if newer.kind.startswith("imagenet-cli") and (newer.epoch or 0, newer.step) > (resumed.epoch or 0, resumed.step):
+        raise UserError(
+            f"{latest} is further on (epoch {newer.epoch}, step {newer.step}) than {cfg.resume} (epoch "
+            f"{resumed.epoch}, step {resumed.step}); continuing here would overwrite it: give another --output-dir"
+        )
 
 
 def _continues_from(checkpoint: str | None, directory: str) -> bool:

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 
 from . import compute, data, models
 from .checkpoint import LoadedCheckpoint, read_checkpoint
-from .config import ComputeConfig, DistConfig, RunConfig
+from .config import ComputeConfig, DistConfig, from_stored
 from .distributed import Topology, select_device
 from .errors import UserError, one_line
 from .presets import ValPreset, read_bytes
@@ -84,7 +84,7 @@ def _images_under(directory: str) -> list[str]:
 def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
     """(resize, crop) the model was validated at: the stored run's, else torchvision's for the arch."""
     if loaded.config is not None:
-        stored = RunConfig.from_dict(loaded.config).data
+        stored = from_stored(loaded.config, loaded.path).data
         assert stored.val_resize_size and stored.val_crop_size
         return stored.val_resize_size, stored.val_crop_size
     expected = models.expected_input(arch)
@@ -95,7 +95,7 @@ def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
 
 def interpolation(loaded: LoadedCheckpoint) -> str:
     """The resampling the stored run validated with (--interpolation); bilinear otherwise."""
-    return RunConfig.from_dict(loaded.config).data.interpolation if loaded.config is not None else "bilinear"
+    return from_stored(loaded.config, loaded.path).data.interpolation if loaded.config is not None else "bilinear"
 
 
 def resolve_arch(loaded: LoadedCheckpoint, given: str | None) -> str:

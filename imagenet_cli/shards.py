@@ -72,13 +72,27 @@ def read_index(root: str) -> ShardIndex:
     try:
         with open(index_path) as f:
             raw = json.load(f)
-        splits = {
-            split: [Shard(os.path.join(root, s["file"]), int(s["samples"])) for s in entries]
-            for split, entries in raw["splits"].items()
-        }
+        splits = {split: [_indexed_shard(root, entry) for entry in entries] for split, entries in raw["splits"].items()}
         return ShardIndex(list(raw["classes"]), splits)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
+
+
+SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
+
+
+def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:
+    """An index entry, believed only as far as the file bears it out: a plain file name beside the index
+    (it names no other folder), and no more samples than its size can hold (a count of 10^12 would make
+    an epoch that never ends)."""
+    name, samples = str(entry["file"]), int(entry["samples"])
+    if os.path.basename(name) != name or name in ("", ".", ".."):
+        raise ValueError(f"shard file {clip(name)!r} is not a file name beside the index")
+    path = os.path.join(root, name)
+    most = os.path.getsize(path) // SMALLEST_SAMPLE if os.path.isfile(path) else samples  # missing: named later
+    if not 0 <= samples <= max(most, 1):
+        raise ValueError(f"{clip(name)} is said to hold {samples} samples, more than its size can")
+    return Shard(path, samples)
 
 
 def _scan(root: str) -> ShardIndex:

@@ -109,8 +109,11 @@ class ClassFolder(datasets.ImageFolder):
         super().__init__(root, transform=transform, loader=read_bytes, allow_empty=True)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        _check_known(set(class_folders(directory)), self._given_classes, directory)
-        return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
+        """Only names that are folders of `directory` are walked: a class list from a file ('../../x',
+        '/') is matched against the folder's entries, never joined to its path."""
+        present = set(class_folders(directory))
+        _check_known(present, self._given_classes, directory)
+        return self._given_classes, {name: i for i, name in enumerate(self._given_classes) if name in present}
 
 
 def _check_known(present: set[str], known: Sequence[str], where: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from .config import RunConfig
 from .control import StepControl
 from .distributed import DistContext
 from .ema import ModelEma
-from .errors import Preempted, UserError
+from .errors import Preempted, UserError, one_line
 from .evaluation import evaluate_and_report
 from .faults import Fault
 from .mixing import BatchMixer
@@ -84,6 +86,11 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     train_loader = data.train_loader(
         splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=skip_bad
     )
+    if start_step >= len(train_loader) > 0:
+        raise UserError(
+            f"{cfg.resume} continues at step {start_step} of epoch {start_epoch}, but an epoch here has "
+            f"{len(train_loader)} steps: were the data, -b or the number of processes changed?"
+        )
     parts = engine.TrainParts(
         model,
         optim.build_criterion(cfg.optim.label_smoothing),
@@ -226,7 +233,10 @@ def _hooks(
         if control.at_epoch_end():
             raise stop(epoch + 1, 0)
 
-    return engine.Hooks(before_epoch=before_epoch, after_step=after_step, save=save, after_epoch=after_epoch)
+    return engine.Hooks(
+        before_epoch=before_epoch, after_step=after_step, save=save, after_epoch=after_epoch,
+        saves_to=saver.path if saver.ctx.is_main else None,
+    )  # fmt: skip
 
 
 def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:
@@ -279,6 +289,17 @@ def _compare_stored_lr(resumed: LoadedCheckpoint, ours: float, reporter: Reporte
         )
 
 
+@contextmanager
+def _naming(path: str, what: str) -> Iterator[None]:
+    """A part of a checkpoint that cannot be restored is the file's problem: say which file and part."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        raise UserError(f"{path}: its {what} cannot be restored ({one_line(exc)}); damaged?") from exc
+
+
 def restore_training(
     cfg: RunConfig,
     ctx: DistContext,
@@ -290,7 +311,8 @@ def restore_training(
     """Where to continue (epoch, step) and the best top-1 so far; optimizer, weight average and this
     rank's generators restored as they were when the checkpoint was written."""
     epoch = resumed.epoch if resumed.epoch is not None else cfg.optim.start_epoch
-    optim.restore(optimizer, torchvision_args.resumed_optimizer_state(resumed, optimizer, cfg))
+    with _naming(resumed.path, "optimizer state"):
+        optim.restore(optimizer, torchvision_args.resumed_optimizer_state(resumed, optimizer, cfg))
     _compare_stored_lr(resumed, Schedule.from_config(cfg.optim).lr_at(float(epoch)), reporter)
     if ema is not None and resumed.state_dict_ema is not None:
         models.load_state(ema.module, resumed.state_dict_ema, cfg.model.arch, skip_head=False)
@@ -304,7 +326,8 @@ def restore_training(
         )
     states = resumed.rng_states or []
     if len(states) == ctx.world_size:
-        randomness.restore(states[ctx.rank])
+        with _naming(resumed.path, "random generator states"):
+            randomness.restore(states[ctx.rank])
     elif states:
         reporter.message(
             f"the checkpoint holds random states of {len(states)} ranks, this run has {ctx.world_size}: "

@@ -5,7 +5,9 @@ and folders. Nothing is lost, nothing is obeyed, and each problem is one line.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +27,7 @@ from imagenet_cli.checkpoint import (
 )
 from imagenet_cli.errors import UserError
 
-from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli
+from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli, write_image_folder
 
 RUN = ("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "16", "--seed", "0", "--fake-train-images", "32")
 
@@ -73,6 +75,8 @@ def test_a_save_killed_at_any_instant_leaves_a_run_that_resume_auto_finishes_exa
     assert not leftovers  # the cut-off save's temporary files were removed at the restart
     for name in (CHECKPOINT_NAME, BEST_NAME):
         assert verify_checksum(str(tmp_path / name)) is None  # and every checksum is true again
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]  # no epoch's record lost, none twice
 
 
 def test_a_checkpoint_renamed_before_its_checksum_is_continued_not_thrown_away(tmp_path):
@@ -272,3 +276,180 @@ def test_a_recipe_file_cannot_choose_where_a_run_happens(line, tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "is never taken from a file; give it on the command line" in result.stderr
     assert not (tmp_path / "out").exists() and not os.path.exists("/tmp/elsewhere")
+
+
+# ---- Stored settings are data: what an audit made files do, and may no longer -----------------------------
+
+
+@pytest.fixture()
+def planted(trained_run: Path, tmp_path: Path):
+    """Write a copy of a real checkpoint with some of its stored configuration changed, as an attacker
+    would; returns the new file's path."""
+
+    def plant(config: dict | None = None, **fields: object) -> Path:
+        checkpoint = load(trained_run / CHECKPOINT_NAME)
+        for section, values in (config or {}).items():
+            if isinstance(values, dict) and isinstance(checkpoint["config"].get(section), dict):
+                checkpoint["config"][section].update(values)
+            else:
+                checkpoint["config"][section] = values
+        checkpoint.update(fields)
+        folder = tmp_path / "planted"
+        folder.mkdir(exist_ok=True)
+        torch.save(checkpoint, folder / CHECKPOINT_NAME)
+        return folder / CHECKPOINT_NAME
+
+    return plant
+
+
+def test_a_stored_configuration_cannot_turn_a_resume_into_something_else(planted, tmp_path):
+    """`command`, evaluate-only, a plot to draw, the file to evaluate, --json: one command line's choices,
+    never a file's."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    path = planted({"command": "evaluate", "evaluate_only": True, "json": True, "confusion_plot": str(precious),
+                    "checkpoint": "/elsewhere/model_best.pth.tar"})  # fmt: skip
+    result = ok(run_cli("resume", str(path), "--epochs", "2", "-j", "0"))
+    assert precious.read_text() == "precious" and "Evaluation of" not in result.stdout
+    assert load(path)["epoch"] == 2 and load(path)["config"]["command"] == "train"
+    again = ok(run_cli(*RUN, "--epochs", "3", "--output-dir", str(path.parent), "--resume", "auto"))
+    assert load(path)["epoch"] == 3 and precious.read_text() == "precious" and "{" not in again.stdout
+
+
+def test_neither_a_checkpoint_nor_a_recipe_can_start_a_download(planted, tmp_path):
+    chosen = tmp_path / "chosen_by_file" / "deep"
+    path = planted({"data": {"fake": False, "dataset": "cifar10", "path": str(chosen), "download": True,
+                             "data_format": "torchvision", "image_size": 32, "val_crop_size": 32,
+                             "val_resize_size": 32, "num_classes": None}})  # fmt: skip
+    result = run_cli("resume", str(path), "-j", "0")
+    assert result.returncode == 2 and "download failed" not in result.stderr and not chosen.exists()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'dataset = "cifar10"\ndata = "{chosen}"\ndownload = true\n')
+    refused = run_cli("train", "--config", str(recipe), "--output-dir", str(tmp_path / "out"))
+    assert refused.returncode == 2 and "a choice of one command line" in refused.stderr and not chosen.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"data": {"num_classes": 10**7}}, "--num-classes must be from 2 to 100,000"),
+        ({"data": {"image_size": 30000, "val_crop_size": 30000, "val_resize_size": 30000}}, "--image-size must be"),
+        ({"data": {"fake_val_images": 10**15}}, "--fake-val-images must be from 1 to"),
+        ({"optim": {"lr": "0.1"}}, "lr must be a number"),
+        ({"optim": [1, 2]}, "its optim section is not a table"),
+    ],
+    ids=["classes", "image-size", "fake-images", "type", "section"],
+)
+def test_sizes_and_types_from_a_stored_configuration_are_checked_and_blamed_on_the_file(
+    planted, image_folder, config, message
+):
+    path = planted(config)
+    picture = next((image_folder / "val").rglob("*.png"))
+    for command in (("resume", str(path)), ("evaluate", str(path)), ("predict", str(path), str(picture))):
+        result = run_cli(*command, "-j", "0")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert f"{path}: its stored configuration" in lines[0] and message in lines[0]
+
+
+def test_stored_worker_and_process_counts_are_bounded_by_this_machine(planted, tmp_path):
+    """A file may carry the counts of a bigger machine: they are kept only where this one has the cores."""
+    from imagenet_cli.config import from_stored
+
+    path = planted({"data": {"workers": 200}, "dist": {"multiprocessing_distributed": True, "nproc_per_node": 10**4}})
+    stored = from_stored(load(path)["config"], str(path)).as_recipe()
+    assert stored.dist.nproc_per_node is None and (stored.data.workers is None or (os.cpu_count() or 1) >= 200)
+    result = ok(run_cli("resume", str(path), "--epochs", "2", "--no-accel", "-j", "0"))
+    assert "1 process" in result.stdout  # the stored 10,000 processes were not started
+    recipe = tmp_path / "r.json"
+    recipe.write_text('{"multiprocessing-distributed": true, "nproc-per-node": 10000, "no-accel": true}')
+    refused = run_cli(*RUN, "--config", str(recipe), "--output-dir", str(tmp_path / "out"))
+    assert refused.returncode == 2 and "more than 4 processes per CPU core" in refused.stderr
+
+
+def test_a_tiny_file_declaring_a_huge_head_is_refused_before_anything_is_built(planted):
+    checkpoint_path = planted()
+    checkpoint = load(checkpoint_path)
+    checkpoint["state_dict"]["fc.weight"] = torch.zeros(1, 1).expand(2_000_000, 1024)
+    checkpoint["state_dict"]["fc.bias"] = torch.zeros(1).expand(2_000_000)
+    torch.save(checkpoint, checkpoint_path)
+    result = run_cli("evaluate", str(checkpoint_path), "--fake-data", "-j", "0")
+    assert result.returncode == 2 and "declares 7.6 GiB of weights" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/", ".."])
+def test_class_names_from_a_file_never_lead_outside_the_data(planted, image_folder, tmp_path, name):
+    """A checkpoint's class list is matched against DATA's folders, never joined to its path: a class
+    named '../../outside' read images from another folder, '/' walked the whole file system."""
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    outside = write_image_folder(tmp_path / "elsewhere", {}, {"outside": 3})
+    (data / "val" / ".." / ".." / "outside").mkdir(exist_ok=True)  # what '../../outside' would reach
+    for picture in (outside / "val" / "outside").iterdir():
+        shutil.copy(picture, data / "val" / ".." / ".." / "outside")
+    path = planted(class_names=["ants", "bees", "wasps", name])
+    checkpoint = load(path)
+    head = checkpoint["state_dict"]
+    head["fc.weight"], head["fc.bias"] = (
+        torch.cat([head["fc.weight"], head["fc.weight"][:1]]),
+        torch.cat([head["fc.bias"], head["fc.bias"][:1]]),
+    )
+    torch.save(checkpoint, path)
+    result = json_result(run_cli("evaluate", str(path), str(data), "--json", "-j", "0", timeout=60))
+    assert result["images"] == 13 and [row["images"] for row in result["per_class"]] == [5, 4, 4, 0]
+    with pytest.raises(UserError, match="class names that are not names"):
+        torch.save({**checkpoint, "class_names": ["a", ""]}, path)
+        read_checkpoint(str(path))
+
+
+def test_what_a_file_stores_is_shown_never_executed_by_the_terminal(planted):
+    path = planted({"dist": {"dist_url": "tcp://\x1b[31mRED\x1b]0;PWNED\x07:1", "world_size": 4, "rank": 1}})
+    result = ok(run_cli("resume", str(path), "--epochs", "2", "-j", "0"))
+    assert "\x1b" not in result.stderr and "\\x1b]0;PWNED\\x07" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"epoch": torch.zeros(3)}, "stores epoch"),
+        ({"epoch": -2}, "stores epoch '-2'"),
+        ({"step": 10**18}, "stores step"),
+        ({"optimizer": {"state": {}}}, "its optimizer state cannot be restored"),
+        ({"rng_states": ["a"]}, "its random generator states cannot be restored"),
+    ],
+    ids=["epoch-tensor", "negative-epoch", "huge-step", "optimizer", "random-states"],
+)
+def test_odd_values_in_a_checkpoint_are_one_line_naming_the_file(planted, fields, message):
+    path = planted(**fields)
+    result = run_cli("resume", str(path), "--epochs", "2", "-j", "0")
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error.startswith(f"error: {path}") and message in error
+
+
+def test_a_file_whose_damage_torch_reports_oddly_is_passed_over_by_resume_auto(tmp_path):
+    """A bit flip in a file without a checksum can fail inside torch's reader with any exception."""
+    ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path)))
+    (tmp_path / (CHECKPOINT_NAME + CHECKSUM_SUFFIX)).unlink()
+    data = bytearray((tmp_path / CHECKPOINT_NAME).read_bytes())
+    data[0] ^= 1  # the zip's first signature byte: torch's reader fails with an IndexError
+    (tmp_path / CHECKPOINT_NAME).write_bytes(bytes(data))
+    result = ok(run_cli(*RUN, "--epochs", "2", "--output-dir", str(tmp_path), "--resume", "auto"))
+    assert (
+        "is not a readable checkpoint" in result.stderr and f"continuing from {tmp_path / BEST_NAME}" in result.stderr
+    )
+
+
+def test_resuming_an_older_file_where_a_newer_one_lies_is_refused(tmp_path):
+    ok(run_cli(*RUN, "--epochs", "2", "--keep-epochs", "2", "--output-dir", str(tmp_path)))
+    older = tmp_path / "checkpoint_epoch_000.pth.tar"
+    result = run_cli("resume", str(older), "--epochs", "3")
+    assert result.returncode == 2 and "is further on (epoch 2, step 0)" in result.stderr
+    assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 2
+
+
+def test_a_usage_mistake_is_one_line_too():
+    result = run_cli("resume", "x.pth.tar", "--image-size", "3")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: No such option: --image-size (Possible options: --batch-size) (see `imagenet-cli resume --help`)"
+    ]

@@ -344,3 +344,23 @@ def test_check_data_reports_files_named_with_markup_literally(tmp_path):
     result = run_cli("check-data", str(data), "-j", "1")
     assert result.returncode == 1 and "error" not in result.stderr, result.stderr
     assert "\x1b" not in result.stdout and "x[/]y.png" in result.stdout and "e\\x1b[31mvil.png" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"samples": 10**12}, "more than its size can"),
+        ({"file": "../outside.tar"}, "is not a file name beside the index"),
+    ],
+    ids=["count", "path"],
+)
+def test_a_shard_index_is_believed_only_as_far_as_its_files_bear_it_out(tmp_path, entry, message):
+    """An index claiming 10^12 samples made an epoch that never ends; one naming ../ read another folder."""
+    data = write_image_folder(tmp_path / "imgs", {"ants": 4, "bees": 4}, {"ants": 2, "bees": 2}, size=32)
+    ok(run_cli("make-shards", str(data), str(tmp_path / "sh")))
+    index = json.loads((tmp_path / "sh" / "shards.json").read_text())
+    index["splits"]["train"][0].update(entry)
+    (tmp_path / "sh" / "shards.json").write_text(json.dumps(index))
+    result = run_cli("train", str(tmp_path / "sh"), "-a", TINY_ARCH, "--image-size", "32", "-j", "0", "-b", "4",
+                     "--epochs", "1", "--output-dir", str(tmp_path / "out"), timeout=120)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
