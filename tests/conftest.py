@@ -51,7 +51,7 @@ def write_image_folder(
 
 def write_photo(path: Path, width: int, height: int, seed: int = 0, mode: str = "RGB", **save: object) -> Path:
     """A photograph-like picture (smooth colours, texture, grain) in any PIL mode and format."""
-    from imagenet_cli.benchmark import photo_like
+    from imagenet_cli.tools.pictures import photo_like
 
     image = photo_like(np.random.default_rng(seed), width, height)
     image.convert(mode).save(path, **save)
@@ -130,7 +130,7 @@ def run_cli(
 
 
 _PREIMPORTED = multiprocessing.get_context("forkserver")
-_PREIMPORTED.set_forkserver_preload(["imagenet_cli.launch", "imagenet_cli.benchmark", "tests.conftest"])
+_PREIMPORTED.set_forkserver_preload(["imagenet_cli.run.launch", "imagenet_cli.tools.benchmark", "tests.conftest"])
 
 
 def _cli_process(argv: list[str], env: dict[str, str], cwd: Path | None, out: str, err: str) -> None:

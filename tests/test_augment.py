@@ -13,12 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from imagenet_cli import cli, sources
-from imagenet_cli.augment import ERASE_SCALE, MEAN_PIXEL
+from imagenet_cli.cli import app, commands
 from imagenet_cli.config import AUTO_AUGMENT_POLICIES, DataConfig, RunConfig, build_config
-from imagenet_cli.data import Normalizer, train_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.randomness import PerSampleSeeded
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.randomness import PerSampleSeeded
+from imagenet_cli.data import sources
+from imagenet_cli.data.augment import ERASE_SCALE, MEAN_PIXEL
+from imagenet_cli.data.loaders import Normalizer, train_loader
 
 from .conftest import TINY_ARCH, ok, run_cli, write_image_folder
 
@@ -120,8 +121,8 @@ def test_augmentations_are_refused_where_they_could_not_run():
 def invoke(*args: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, list[RunConfig]]:
     """The command line in this process, stopped where the run would start."""
     launched: list[RunConfig] = []
-    monkeypatch.setattr(cli, "_launch", launched.append)
-    result = CliRunner().invoke(cli.app, list(args))
+    monkeypatch.setattr(commands, "launch", launched.append)
+    result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.output, launched
 
 

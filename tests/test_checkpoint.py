@@ -7,17 +7,17 @@ import os
 import pytest
 import torch
 
-from imagenet_cli import models
 from imagenet_cli.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
-    atomic_write,
     make_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
 from imagenet_cli.config import build_config
-from imagenet_cli.errors import UserError
+from imagenet_cli.core import models
+from imagenet_cli.core.atomicfile import atomic_write
+from imagenet_cli.core.errors import UserError
 
 from .conftest import TINY_ARCH, load
 

@@ -25,7 +25,7 @@ from imagenet_cli.checkpoint import (
     save_checkpoint,
     verify_checksum,
 )
-from imagenet_cli.errors import UserError
+from imagenet_cli.core.errors import UserError
 
 from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli, write_image_folder
 

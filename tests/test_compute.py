@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from imagenet_cli import compute, models
 from imagenet_cli.checkpoint import read_checkpoint
 from imagenet_cli.config import ComputeConfig, build_config
-from imagenet_cli.data import Normalizer
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.errors import UserError
-from imagenet_cli.fakedata import FakeImages
-from imagenet_cli.training import wrap
+from imagenet_cli.core import models
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data.fakedata import FakeImages
+from imagenet_cli.data.loaders import Normalizer
+from imagenet_cli.train import compute
+from imagenet_cli.train.training import wrap
 
 from .conftest import FAST_FAKE, TINY_ARCH, load, ok, run_cli
 
@@ -116,7 +117,7 @@ def test_a_resumed_optimizer_has_this_runs_settings_before_its_state_is_placed()
     model(torch.randn(3, 4)).sum().backward()
     before.step()
     fused = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5, fused=True)
-    from imagenet_cli.optim import restore
+    from imagenet_cli.train.optim import restore
 
     restore(fused, before.state_dict())
     group = fused.param_groups[0]
@@ -127,7 +128,7 @@ def test_a_resumed_optimizer_has_this_runs_settings_before_its_state_is_placed()
 
 def test_random_states_of_files_holding_every_gpus_state_restore_anywhere():
     """Earlier files kept every visible GPU's generator; a machine showing fewer (or none) still resumes."""
-    from imagenet_cli import randomness
+    from imagenet_cli.core import randomness
 
     state = randomness.capture()
     randomness.restore({**state, "cuda": [torch.get_rng_state()] * 8})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imagenet_cli.config import RunConfig, build_config, changed_values
-from imagenet_cli.errors import UserError
+from imagenet_cli.core.errors import UserError
 
 
 def test_defaults_follow_the_reference_recipe():

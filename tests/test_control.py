@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from imagenet_cli.control import StepControl
-from imagenet_cli.distributed import DistContext
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.train.stops import StepControl
 
 ALONE = DistContext(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"))
 

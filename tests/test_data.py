@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from imagenet_cli.config import build_config
-from imagenet_cli.data import FakeImages, Normalizer, ShardSampler, build_splits, train_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.errors import UserError
-from imagenet_cli.fakedata import DeviceBatches
-from imagenet_cli.randomness import mix_seed
-from imagenet_cli.sources import check_folders
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.core.randomness import mix_seed
+from imagenet_cli.data.fakedata import DeviceBatches
+from imagenet_cli.data.loaders import FakeImages, Normalizer, ShardSampler, build_splits, train_loader
+from imagenet_cli.data.sources import check_folders
 
 from .conftest import write_image_folder
 

@@ -20,14 +20,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from imagenet_cli import distributed, models
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from imagenet_cli.config import DistConfig
-from imagenet_cli.data import FakeImages, Normalizer, train_loader
-from imagenet_cli.distributed import Topology, first_slurm_host, plan, slurm_hostnames
-from imagenet_cli.engine import TrainParts, train_one_epoch
-from imagenet_cli.errors import UserError
-from imagenet_cli.reporting import Reporter
+from imagenet_cli.core import models
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data.loaders import FakeImages, Normalizer, train_loader
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.run import distributed
+from imagenet_cli.run.distributed import Topology, first_slurm_host, plan, slurm_hostnames
+from imagenet_cli.train import compute
+from imagenet_cli.train.engine import TrainParts, train_one_epoch
 
 from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, json_result, load, ok, run_cli
 
@@ -140,7 +142,7 @@ def _train_two_replicas(index: int, port: int, out: str) -> None:
         for use_ddp in (True, False):
             torch.manual_seed(100 + ctx.rank)  # different starting weights per rank: DDP must make them agree
             model = models.build_model(TINY_ARCH, 4)
-            model = distributed.wrap_model(model, ctx, False) if use_ddp else model
+            model = compute.wrap_model(model, ctx, False) if use_ddp else model
             loader = train_loader(FakeImages(32, 4, 32, seed=0), ctx, batch_size=8, workers=0, seed=0)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             parts = TrainParts(

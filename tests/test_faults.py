@@ -22,16 +22,17 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenet_cli import distributed, presets, worker
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from imagenet_cli.config import build_config
-from imagenet_cli.data import Normalizer, train_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.engine import TrainParts, train_one_epoch
-from imagenet_cli.fakedata import FakeImages
-from imagenet_cli.faults import InjectedFault
-from imagenet_cli.launch import _root_cause
-from imagenet_cli.reporting import Reporter
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.faults import InjectedFault
+from imagenet_cli.data import presets
+from imagenet_cli.data.fakedata import FakeImages
+from imagenet_cli.data.loaders import Normalizer, train_loader
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.run import distributed, worker
+from imagenet_cli.run.launch import _root_cause
+from imagenet_cli.train.engine import TrainParts, train_one_epoch
 
 from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, load, ok, run_cli, write_image_folder, write_photo
 

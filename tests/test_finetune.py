@@ -7,12 +7,13 @@ import os
 import pytest
 import torch
 
-from imagenet_cli import finetune, models, optim
 from imagenet_cli.config import build_config
-from imagenet_cli.data import FakeImages, Normalizer, train_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.engine import TrainParts, split_outputs, train_one_epoch
-from imagenet_cli.reporting import Reporter
+from imagenet_cli.core import models
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.data.loaders import FakeImages, Normalizer, train_loader
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.train import finetune, optim
+from imagenet_cli.train.engine import TrainParts, split_outputs, train_one_epoch
 
 from .conftest import CLASSES, TINY_ARCH, json_result, load, ok, run_cli, write_image_folder
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagenet_cli import models
 from imagenet_cli.checkpoint import make_checkpoint
 from imagenet_cli.config import build_config
-from imagenet_cli.data import Normalizer, build_splits, val_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.engine import evaluate
-from imagenet_cli.reporting import Reporter
+from imagenet_cli.core import models
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.data.loaders import Normalizer, build_splits, val_loader
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.train.engine import evaluate
 
 from .conftest import CLASSES, TINY_ARCH, json_result, ok, run_cli
 

@@ -21,11 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenet_cli import models, presets, shards, sources
 from imagenet_cli.checkpoint import make_checkpoint
+from imagenet_cli.cli.recipes import read_options
 from imagenet_cli.config import build_config
-from imagenet_cli.configfile import read_options
-from imagenet_cli.errors import UserError
+from imagenet_cli.core import models
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data import presets, shards, sources
 
 from .conftest import TINY_ARCH, cli_env, ok, run_cli, write_image_folder, write_manifests
 

@@ -41,7 +41,7 @@ def later_round_faults(setup: str = "", **env: str) -> int:
     return int(result.stdout)
 
 
-KEEP = "from imagenet_cli import hostmemory; assert hostmemory.keep_freed_memory()"
+KEEP = "from imagenet_cli.run import hostmemory; assert hostmemory.keep_freed_memory()"
 
 
 def test_glibc_hands_a_large_block_back_and_faults_it_in_again_every_time():
@@ -54,8 +54,8 @@ def test_a_cpu_process_reuses_the_pages_of_a_freed_block():
 
 def test_a_cpu_run_sets_the_allocator_up_before_training():
     setup = (
-        "import torch; from imagenet_cli import worker; from imagenet_cli.config import build_config;"
-        "from imagenet_cli.distributed import DistContext;"
+        "import torch; from imagenet_cli.run import worker; from imagenet_cli.config import build_config;"
+        "from imagenet_cli.core.context import DistContext;"
         "worker.configure_process(build_config('train', {'fake': True}), DistContext(0, 0, 1, 1, torch.device('cpu')))"
     )
     assert later_round_faults(setup) < PAGES * 0.01
@@ -63,7 +63,7 @@ def test_a_cpu_run_sets_the_allocator_up_before_training():
 
 @pytest.mark.parametrize("env", [{"MALLOC_ARENA_MAX": "2"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}])
 def test_an_allocator_the_user_configured_is_left_alone(env):
-    setup = "from imagenet_cli import hostmemory; assert not hostmemory.keep_freed_memory()"
+    setup = "from imagenet_cli.run import hostmemory; assert not hostmemory.keep_freed_memory()"
     if "LD_PRELOAD" in env:  # only the name matters here; nothing is really preloaded
         setup = "import os; os.environ['LD_PRELOAD'] = " + repr(env.pop("LD_PRELOAD")) + "; " + setup
     assert later_round_faults(setup, **env) >= PAGES * 0.9

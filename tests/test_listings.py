@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from imagenet_cli import listings
+from imagenet_cli.tools import catalogue, environment
 
 from .conftest import LAUNCHER_VARS, cli_env, json_result, ok, run_cli
 
@@ -84,12 +84,12 @@ def test_models_filter_matching_nothing_is_a_one_line_error() -> None:
 @pytest.mark.parametrize("arch", ["resnet18", "regnet_y_400mf", "inception_v3"])
 def test_parameters_counted_on_meta_match_the_published_weights(arch: str) -> None:
     """The fallback for architectures without weights counts what the weights' metadata says."""
-    assert listings.parameter_count(arch) == torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]
+    assert catalogue.parameter_count(arch) == torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]
 
 
 def test_an_architecture_without_weights_is_still_listed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listings, "_default_weights", lambda name: None)
-    row = listings.describe_model("resnet18")
+    monkeypatch.setattr(catalogue, "_default_weights", lambda name: None)
+    row = catalogue.describe_model("resnet18")
     expected = torchvision.models.get_model_weights("resnet18").DEFAULT.meta["num_params"]
     assert row == {
         "name": "resnet18",
@@ -146,7 +146,7 @@ def test_cuda_devices_come_freest_first(monkeypatch: pytest.MonkeyPatch) -> None
         lambda i: SimpleNamespace(name=f"GPU {i}", major=9, minor=0, total_memory=80 * gib),
     )
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 80 * gib))
-    devices = listings.cuda_devices()
+    devices = environment.cuda_devices()
     assert [d["index"] for d in devices] == [1, 2, 0]
     assert devices[0]["used_bytes"] == 10 * gib and devices[0]["free_bytes"] == 70 * gib
 

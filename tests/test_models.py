@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from imagenet_cli import models
-from imagenet_cli.errors import UserError
+from imagenet_cli.core import models
+from imagenet_cli.core.errors import UserError
 
 from .conftest import TINY_ARCH
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagenet_cli.errors import UserError
-from imagenet_cli.plots import confusion_matrix_png, most_confused, read_metrics, run_labels, training_curves
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.report.plots import confusion_matrix_png, most_confused, read_metrics, run_labels, training_curves
 
 from .conftest import ok, run_cli
 

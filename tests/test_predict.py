@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagenet_cli import models
 from imagenet_cli.checkpoint import LoadedCheckpoint
-from imagenet_cli.predict import DEFAULT_SIZES, find_images, input_sizes
+from imagenet_cli.core import models
+from imagenet_cli.tools.predict import DEFAULT_SIZES, find_images, input_sizes
 
 from .conftest import CLASSES, json_result, load, ok, run_cli, write_image_folder
 

@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from imagenet_cli import models, presets
 from imagenet_cli.checkpoint import read_checkpoint
 from imagenet_cli.config import build_config
-from imagenet_cli.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer, build_splits, train_loader
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.presets import PadCropPreset, TrainPreset, ValPreset
+from imagenet_cli.core import models
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.data import presets
+from imagenet_cli.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Normalizer, build_splits, train_loader
+from imagenet_cli.data.presets import PadCropPreset, TrainPreset, ValPreset
 
 from .conftest import write_photo
 

@@ -15,9 +15,9 @@ import torch
 
 from imagenet_cli.checkpoint import CHECKPOINT_NAME
 from imagenet_cli.config import RunConfig, build_config
-from imagenet_cli.data import fit_batch, per_process_batch
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.errors import UserError
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data.loaders import fit_batch, per_process_batch
 
 from .conftest import TINY_ARCH, json_result, load, ok, run_cli
 

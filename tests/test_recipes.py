@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from imagenet_cli import engine, optim
+from imagenet_cli.cli.recipes import read_options
 from imagenet_cli.config import build_config
-from imagenet_cli.configfile import read_options
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.ema import ModelEma
-from imagenet_cli.mixing import BatchMixer
-from imagenet_cli.reporting import Reporter
-from imagenet_cli.schedule import Schedule
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.train import engine, optim
+from imagenet_cli.train.ema import ModelEma
+from imagenet_cli.train.mixing import BatchMixer
+from imagenet_cli.train.schedule import Schedule
 
 from .conftest import FAST_FAKE, TINY_ARCH, cli_env, load, ok, run_cli
 
@@ -234,9 +234,9 @@ def test_three_recipes_are_shipped():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_each_shipped_recipe_is_a_valid_configuration(recipe):
-    from imagenet_cli.cli import _flag_aliases
+    from imagenet_cli.cli.declared import recipe_aliases
 
-    given = read_options(str(recipe), "train", _flag_aliases("train"))
+    given = read_options(str(recipe), "train", recipe_aliases("train"))
     cfg = build_config("train", {**given, "path": "/data/imagenet"})
     assert cfg.model.arch == given["arch"] and cfg.optim.epochs == given["epochs"]
     assert "published" in recipe.read_text().lower() or "reached" in recipe.read_text()  # says what it got, where

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from imagenet_cli.checkpoint import CHECKPOINT_NAME
-from imagenet_cli.errors import EXIT_PREEMPTED
+from imagenet_cli.core.errors import EXIT_PREEMPTED
 
 from .conftest import TWO_RANKS, cli_env, load, ok, run_cli
 

@@ -192,8 +192,8 @@ def test_log_dir_refuses_a_planted_symlink_before_any_rank_starts(tmp_path):
 @pytest.mark.parametrize("kind", ["link-to-a-file", "dangling-link", "directory", "hard-link"])
 def test_a_rank_opens_its_log_without_following_links_or_emptying_other_files(tmp_path, kind):
     """The rank's own open checks the file it opened (no window between a check and the open)."""
-    from imagenet_cli.errors import UserError
-    from imagenet_cli.records import rank_log
+    from imagenet_cli.core.errors import UserError
+    from imagenet_cli.report.records import rank_log
 
     notes, log = tmp_path / "notes.txt", tmp_path / "workerlog.0"
     notes.write_text("precious\n")

@@ -17,10 +17,11 @@ import torch
 import torchvision
 from torch import nn
 
-from imagenet_cli import optim, torchvision_args
 from imagenet_cli.checkpoint import read_checkpoint
+from imagenet_cli.checkpoint import torchvision as torchvision_args
+from imagenet_cli.checkpoint.torchvision import translate
 from imagenet_cli.config import build_config
-from imagenet_cli.torchvision_args import translate
+from imagenet_cli.train import optim
 
 from .conftest import CLASSES, TINY_ARCH, load, ok, run_cli, write_image_folder
 

@@ -22,7 +22,7 @@ SIZE = (500, 375)  # ImageNet's most common size, at its usual quality (as `benc
 def _write_one(path: str, seed: int) -> None:
     import numpy as np
 
-    from imagenet_cli.benchmark import photo_like
+    from imagenet_cli.tools.pictures import photo_like
 
     photo_like(np.random.default_rng(seed), *SIZE).save(path, quality=90)
 

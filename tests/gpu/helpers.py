@@ -115,7 +115,7 @@ def write_jpeg_folder(root: Path, train: int, val: int, size: tuple[int, int] = 
     import numpy as np
     from PIL import Image
 
-    from imagenet_cli.benchmark import photo_like
+    from imagenet_cli.tools.pictures import photo_like
 
     rng = np.random.default_rng(0)
     for split, count in (("train", train), ("val", val)):

@@ -9,10 +9,14 @@ import math
 import torch
 from torch import nn
 
-from imagenet_cli import compute, data, distributed, models, optim, worker
 from imagenet_cli.config import ComputeConfig, DataConfig, DistConfig, OptimConfig, RunConfig
-from imagenet_cli.distributed import DistContext, Topology
-from imagenet_cli.errors import UserError
+from imagenet_cli.core import models
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data import loaders as data
+from imagenet_cli.run import distributed, worker
+from imagenet_cli.run.distributed import Topology
+from imagenet_cli.train import compute, optim
 
 from .helpers import need_bf16, need_gpus
 
@@ -185,7 +189,7 @@ def test_data_parallel_replicas_compute_in_the_autocast_dtype_asked_for():
             self.seen.append(y.dtype)
             return y.float().mean(dim=(1, 2, 3))
 
-    wrapped = distributed.wrap_model(Probe().to(_cuda0()), _ctx(), data_parallel=True)
+    wrapped = compute.wrap_model(Probe().to(_cuda0()), _ctx(), data_parallel=True)
     assert isinstance(wrapped, nn.DataParallel) and len(wrapped.device_ids) == torch.cuda.device_count()
     settings = compute.Compute(_cuda0(), torch.bfloat16, channels_last=False, compile=False)
     with settings.autocast():

@@ -11,8 +11,8 @@ import random
 
 import torch
 
-from imagenet_cli.presets import Deferred, DeferredBatch, DeviceDecoded, TrainPreset, ValPreset, read_bytes
-from imagenet_cli.records import METRICS_NAME
+from imagenet_cli.data.presets import Deferred, DeferredBatch, DeviceDecoded, TrainPreset, ValPreset, read_bytes
+from imagenet_cli.report.records import METRICS_NAME
 
 from .helpers import ok, run_cli, start_cli, write_jpeg_folder
 

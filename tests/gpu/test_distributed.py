@@ -11,13 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from imagenet_cli import compute, data, distributed, engine, models, optim, randomness
 from imagenet_cli.config import ComputeConfig, OptimConfig
-from imagenet_cli.control import StepControl
-from imagenet_cli.distributed import DistContext
-from imagenet_cli.errors import RunFailed
-from imagenet_cli.fakedata import DeviceBatches, FakeImages
-from imagenet_cli.reporting import Reporter
+from imagenet_cli.core import context, models, randomness
+from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import RunFailed
+from imagenet_cli.data import loaders as data
+from imagenet_cli.data.fakedata import DeviceBatches, FakeImages
+from imagenet_cli.report.live import Reporter
+from imagenet_cli.run import distributed
+from imagenet_cli.train import compute, engine, optim
+from imagenet_cli.train.stops import StepControl
 
 from .helpers import CHECKPOINT, differing, load, need_gpus, ok, run_cli
 
@@ -46,7 +49,7 @@ def test_nccl_group_of_one_trains_a_sync_bn_ddp_model_and_runs_every_collective(
         plain = nn.SyncBatchNorm.convert_sync_batchnorm(compute.place(plain, settings))
         assert any(isinstance(m, nn.SyncBatchNorm) for m in plain.modules())
         assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
-        model = distributed.wrap_model(plain, ctx, data_parallel=False)
+        model = compute.wrap_model(plain, ctx, data_parallel=False)
         assert isinstance(model, nn.parallel.DistributedDataParallel) and model.device_ids == [0]
 
         train_set, val_set = FakeImages(64, 10, 32, seed=0), FakeImages(20, 10, 32, seed=1)
@@ -65,11 +68,11 @@ def test_nccl_group_of_one_trains_a_sync_bn_ddp_model_and_runs_every_collective(
         assert val.images == 20 and sum(n for _, n in val.per_class) == 20
 
         ones = torch.ones(3, dtype=torch.float64, device=device)
-        assert distributed.all_reduce_sum(ones, ctx).tolist() == [1.0, 1.0, 1.0]
+        assert context.all_reduce_sum(ones, ctx).tolist() == [1.0, 1.0, 1.0]
         assert int(distributed.all_reduce_min(torch.tensor(7, device=device), ctx)) == 7
-        [states] = distributed.gather_to_main(randomness.capture(), ctx)  # what every checkpoint keeps
+        [states] = context.gather_to_main(randomness.capture(), ctx)  # what every checkpoint keeps
         assert "cuda" in states
-        distributed.barrier(ctx)
+        context.barrier(ctx)
         guard = engine.FiniteGuard()
         guard.observe(torch.tensor(1.0, device=device), ctx, 0, 1)
         guard.check(ctx)

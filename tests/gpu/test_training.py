@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from imagenet_cli import models
-from imagenet_cli.errors import EXIT_PREEMPTED
-from imagenet_cli.records import METRICS_NAME
+from imagenet_cli.core import models
+from imagenet_cli.core.errors import EXIT_PREEMPTED
+from imagenet_cli.report.records import METRICS_NAME
 
 from .helpers import (
     CHECKPOINT,

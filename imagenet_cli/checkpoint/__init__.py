@@ -1,0 +1,25 @@
+"""The checkpoint file format: what goes in, how it reaches the disk whole, and how any file users bring
+comes back (this tool's, the reference script's, torchvision's references', plain state dicts).
+
+Everything is plain data loadable with `torch.load(..., weights_only=True)`: a checkpoint from a stranger
+cannot run code on this machine.
+"""
+
+from .files import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    EPOCH_COPY,
+    find_resumable,
+    make_checkpoint,
+    remove_stale_saves,
+    save_checkpoint,
+)
+from .integrity import CHECKSUM_SUFFIX, verify_checksum, write_with_checksum
+from .reading import FORMAT, LoadedCheckpoint, read_checkpoint, strip_prefixes
+from .summary import describe
+
+__all__ = [
+    "BEST_NAME", "CHECKPOINT_NAME", "CHECKSUM_SUFFIX", "EPOCH_COPY", "FORMAT", "LoadedCheckpoint", "describe",
+    "find_resumable", "make_checkpoint", "read_checkpoint", "remove_stale_saves", "save_checkpoint",
+    "strip_prefixes", "verify_checksum", "write_with_checksum",
+]  # fmt: skip

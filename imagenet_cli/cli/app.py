@@ -1,0 +1,64 @@
+"""The command line: run commands generated from the option declarations, and the tool commands.
+
+Torch is imported only inside commands, so `imagenet-cli --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..config.options import RUN
+from ..core.errors import UserError, one_line
+from . import commands
+from .declared import command
+from .tools import TOOLS
+
+app = typer.Typer(
+    name="imagenet-cli",
+    help="Train, evaluate, resume and finetune torchvision image classifiers, on one CPU or many GPUs and nodes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+RECIPE_FILE = {
+    "config": Annotated[
+        str | None,
+        typer.Option(
+            "--config", rich_help_panel=RUN,
+            help="Options from a recipe file (.toml, .yaml or .json; keys are the long flag names, as in a run's "
+            "config.json); flags given here override it.",
+        ),
+    ]
+}  # fmt: skip
+
+for _name, _body, _extra in (
+    ("train", commands.train, RECIPE_FILE),
+    ("evaluate", commands.evaluate, None),
+    ("resume", commands.resume, None),
+    ("finetune", commands.finetune, RECIPE_FILE),
+):
+    app.command(_name)(command(_name, _body, _extra))
+for _name, _tool in TOOLS.items():
+    app.command(_name)(_tool)
+
+
+def main() -> None:
+    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`). A usage
+    error (an unknown flag, a value of the wrong type) is one line too, like every other error."""
+    try:
+        code = app(prog_name="imagenet-cli", standalone_mode=False)
+    except Exception as exc:
+        if not hasattr(exc, "format_message") or type(exc).__name__ == "NoArgsIsHelpError":
+            if hasattr(exc, "show"):  # no command given: the overview
+                exc.show()
+                sys.exit(getattr(exc, "exit_code", 2))
+            raise
+        command = getattr(getattr(exc, "ctx", None), "command_path", "imagenet-cli")
+        typer.echo(f"error: {one_line(UserError(exc.format_message()))} (see `{command} --help`)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,330 @@
+"""The tool commands: inspect, benchmark, check-data, make-shards, plot, predict, models, env and export.
+
+Their own options are declared here, once each; those they share with the run commands (--workers,
+--json, --arch...) come from the configuration's declarations (`typed`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from ..config.options import DATA, MODEL, OPTIM, RUN
+from ..core.errors import EXIT_FAILURE
+from .declared import typed
+from .exits import one_line_errors
+
+Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
+Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
+DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
+ClassNamesFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--data", rich_help_panel=MODEL,
+        help="A dataset whose classes name the outputs (for files that store no class names, as the reference "
+        "script's).",
+    ),
+]  # fmt: skip
+BENCH_PARTS = ("train", "eval", "pipeline", "e2e")
+
+
+def inspect(
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="CHECKPOINT", help="Any checkpoint or weights file the tool can read.")
+    ],
+    json_output: Json = False,
+    debug: Debug = False,
+) -> None:
+    """What a checkpoint holds: format, arch, epoch and step, best top-1, classes, size, configuration, versions.
+
+    [dim]imagenet-cli inspect runs/r18/checkpoint.pth.tar[/dim]
+    """
+    with one_line_errors(debug):
+        from ..checkpoint import describe, read_checkpoint
+        from .printing import print_inspection
+
+        print_inspection(describe(read_checkpoint(os.path.abspath(checkpoint))), json_output)
+
+
+def benchmark(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[DATA]",
+            help="A dataset root whose train/ images the pipeline reads; without it, ImageNet-like JPEGs are generated.",
+        ),
+    ] = None,
+    arch: Annotated[
+        str, typer.Option("-a", "--arch", help="Architecture to measure.", rich_help_panel=MODEL)
+    ] = "resnet50",
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Batch size.", rich_help_panel=OPTIM)] = 64,
+    image_size: Annotated[int, typer.Option("--image-size", help="Image size in pixels.", rich_help_panel=DATA)] = 224,
+    amp: typed("amp") = None,
+    channels_last: typed("channels_last") = None,
+    compile: typed("compile") = False,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps per measurement.", rich_help_panel=RUN)] = 10,
+    warmup: Annotated[
+        int, typer.Option("--warmup", help="Untimed steps first (autotuning, compilation).", rich_help_panel=RUN)
+    ] = 3,
+    images: Annotated[
+        int,
+        typer.Option("--images", help="JPEGs the pipeline reads (and generates without DATA).", rich_help_panel=DATA),
+    ] = 256,
+    workers: Workers = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help=f"Measure only this part: {', '.join(BENCH_PARTS)} (repeatable).",
+            show_default="all four",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    no_accel: NoAccel = False,
+    json_output: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Images/s of training, evaluation, the input pipeline and training from files, each beside the reference script's way.
+
+    [dim]imagenet-cli benchmark --arch resnet50 -b 256[/dim]
+    """
+    with one_line_errors(debug):
+        from ..config import ComputeConfig
+        from ..tools.benchmark import BenchmarkConfig, run
+        from .printing import print_benchmark
+
+        compute_given = {k: v for k, v in {"amp": amp, "channels_last": channels_last}.items() if v is not None}
+        cfg = BenchmarkConfig(
+            arch=arch, batch_size=batch_size, image_size=image_size,
+            compute=ComputeConfig(**compute_given, compile=compile), steps=steps, warmup=warmup,
+            data=os.path.abspath(data) if data else None, images=images, workers=workers,
+            parts=tuple(only or BENCH_PARTS), no_accel=no_accel,
+        )  # fmt: skip
+        progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
+        print_benchmark(run(cfg, progress), json_output)
+
+
+def check_data(
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="The dataset to check: class folders, CSV manifests or shards.")
+    ],
+    data_format: DataFormat = None,
+    train_manifest: TrainManifest = None,
+    val_manifest: ValManifest = None,
+    workers: Workers = None,
+    json_output: Json = False,
+    debug: Debug = False,
+) -> None:
+    """Decode every image as training would: unreadable files, colour modes, sizes; exit 1 if any is unreadable.
+
+    [dim]imagenet-cli check-data /data/imagenet -j 16[/dim]
+    """
+    with one_line_errors(debug):
+        from ..data.checks import check_all
+        from ..data.loaders import default_workers
+        from .printing import print_data_check
+
+        cfg = _data_config(data, data_format, train_manifest, val_manifest, workers)
+        report = check_all(cfg, cfg.workers if cfg.workers is not None else default_workers(1))
+        print_data_check(report, json_output)
+        if report["unreadable"]:
+            raise typer.Exit(EXIT_FAILURE)
+
+
+def _data_config(data: str, data_format: str | None, train: str | None, val: str | None, workers: int | None = None):
+    from ..config import DataConfig
+
+    given = {"data_format": data_format, "train_manifest": train, "val_manifest": val, "workers": workers}
+    paths = {"train_manifest", "val_manifest"}
+    typed_values = {k: os.path.abspath(v) if k in paths else v for k, v in given.items() if v is not None}
+    return DataConfig(path=os.path.abspath(data), **typed_values)
+
+
+def make_shards(
+    data: Annotated[
+        str,
+        typer.Argument(metavar="DATA", help="A dataset of train/ and val/ class folders, or train.csv and val.csv."),
+    ],
+    out: Annotated[str, typer.Argument(metavar="OUT", help="Folder for the shards and their index, shards.json.")],
+    shard_size: Annotated[
+        str,
+        typer.Option("--shard-size", help="About this many bytes per shard: 1GB, 500MB, 64KB.", rich_help_panel=DATA),
+    ] = "1GB",
+    data_format: DataFormat = None,
+    train_manifest: TrainManifest = None,
+    val_manifest: ValManifest = None,
+    debug: Debug = False,
+) -> None:
+    """Pack a dataset (class folders or CSV manifests) into tar shards, for fast sequential reading on clusters.
+
+    [dim]imagenet-cli make-shards /data/imagenet /data/imagenet-shards --shard-size 1GB[/dim]
+    """
+    with one_line_errors(debug):
+        from ..data.shard_writer import make_shards_from
+
+        cfg = _data_config(data, data_format, train_manifest, val_manifest)
+        index = make_shards_from(cfg, os.path.abspath(out), shard_size)
+        for split, written in index["splits"].items():
+            count = sum(shard["samples"] for shard in written)
+            typer.echo(f"{split}: {count} samples in {len(written)} shard(s)")
+        typer.echo(f"wrote {os.path.join(os.path.abspath(out), 'shards.json')}; train with `imagenet-cli train {out}`")
+
+
+def plot(
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="Runs to draw (their --output-dir, holding metrics.jsonl); several are overlaid, one colour each.",
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="PNG file to write.",
+            rich_help_panel=RUN,
+            show_default="RUN_DIR/curves.png for one run, ./runs.png for several",
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Loss, top-1 and learning-rate curves of runs, from their metrics.jsonl, as one PNG (needs matplotlib).
+
+    [dim]imagenet-cli plot runs/r18 runs/r50 -o compare.png[/dim]
+    """
+    with one_line_errors(debug):
+        from pathlib import Path
+
+        from ..report.plots import default_output, training_curves
+
+        runs = [Path(run) for run in run_dirs]
+        target = Path(output) if output else default_output(runs)
+        for note in training_curves(runs, target):
+            typer.echo(note, err=True)
+        typer.echo(f"wrote {target}")
+
+
+def predict(
+    checkpoint: Checkpoint,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE_OR_DIR...",
+            help="Image files, and directories searched recursively for image files (by extension, sorted).",
+        ),
+    ],
+    top_k: Annotated[
+        int, typer.Option("-k", "--top-k", help="Classes shown per image, most likely first.", rich_help_panel=RUN)
+    ] = 5,
+    batch_size: Annotated[
+        int, typer.Option("-b", "--batch-size", help="Images per forward pass.", rich_help_panel=DATA)
+    ] = 32,
+    arch: RecordedArch = None,
+    data: ClassNamesFrom = None,
+    workers: Workers = None,
+    no_accel: NoAccel = False,
+    json_output: Json = False,
+    debug: Debug = False,
+) -> None:
+    """The most likely classes of image files, named as the checkpoint names them; exit 1 if any file is unreadable.
+
+    [dim]imagenet-cli predict runs/r18/model_best.pth.tar photos/ --top-k 3[/dim]
+    """
+    with one_line_errors(debug):
+        from dataclasses import asdict
+
+        from ..tools.predict import Request
+        from ..tools.predict import predict as run_predict
+        from .printing import print_predictions
+
+        outcome = run_predict(Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data))
+        print_predictions(asdict(outcome), json_output)
+        if outcome.errors:
+            raise typer.Exit(EXIT_FAILURE)
+
+
+def models(
+    pattern: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="FILTER",
+            help="Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
+        ),
+    ] = None,
+    json_output: Json = False,
+    debug: Debug = False,
+) -> None:
+    """The architectures --arch accepts: parameters, input size and ImageNet top-1 of torchvision's weights.
+
+    [dim]imagenet-cli models resnet[/dim]
+    """
+    with one_line_errors(debug):
+        from ..tools.catalogue import list_models
+        from .printing import print_models
+
+        print_models(list_models(pattern), json_output)
+
+
+def env(json_output: Json = False, debug: Debug = False) -> None:
+    """Versions, CPUs, GPUs (freest first), distributed backends, launcher variables, and what a run would do here.
+
+    [dim]imagenet-cli env --json[/dim]
+    """
+    with one_line_errors(debug):
+        from ..tools.environment import describe_environment
+        from .printing import print_environment
+
+        print_environment(describe_environment(), json_output)
+
+
+def export(
+    checkpoint: Checkpoint,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", rich_help_panel=RUN,
+            help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
+            "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="File to write.", rich_help_panel=RUN,
+                     show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema"),
+    ] = None,
+    ema: Annotated[
+        bool,
+        typer.Option("--ema", help="Export the weight average of a --model-ema run (or torchvision's model_ema) instead.",
+                     rich_help_panel=MODEL),
+    ] = False,
+    arch: RecordedArch = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", rich_help_panel=DATA, show_default="the size the checkpoint was validated at",
+                     help="Input crop size in pixels the exported model is traced at and its preprocessing crops to."),
+    ] = None,
+    data: ClassNamesFrom = None,
+    debug: Debug = False,
+) -> None:  # fmt: skip
+    """A checkpoint as a deployable file (TorchScript, ONNX or a plain state_dict) with its class names and preprocessing.
+
+    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format torchscript[/dim]
+    """
+    with one_line_errors(debug):
+        from ..tools.export import Request
+        from ..tools.export import export as run_export
+
+        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size, data))
+        for note in outcome.notes:
+            typer.echo(note, err=True)
+        for path in outcome.written:
+            typer.echo(f"wrote {path}")
+
+
+TOOLS = {
+    "inspect": inspect, "benchmark": benchmark, "check-data": check_data, "make-shards": make_shards, "plot": plot,
+    "predict": predict, "models": models, "env": env, "export": export,
+}  # fmt: skip

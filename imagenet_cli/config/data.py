@@ -1,0 +1,232 @@
+"""Where images come from and the shapes they arrive in: the data options."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..core.formats import DATASETS, FORMATS, lookup
+from .options import DATA, EVERYWHERE, RUNS, SPEED, TRAINING, check, option
+
+FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
+FAKE_NUM_CLASSES = 10
+VAL_CROP_RATIO = 0.875  # 224 / 256, torchvision's and the reference's evaluation resize
+AUTO_AUGMENT_POLICIES = ("ra", "ta_wide", "augmix", "imagenet")  # RandAugment, TrivialAugmentWide, AugMix, AutoAugment
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Bounds on what a value may ask for, so that no file (a recipe, a stored configuration) can make the tool
+# exhaust memory, processes or time: each is far beyond what a classifier is trained with.
+MAX_SIDE = 2048  # training and validation crops, in pixels (a validation resize up to 1.25x that)
+MAX_FAKE_SIDE = 1024  # --fake-data keeps a bank of noise patterns of this size per device
+MAX_CLASSES = 100_000  # a model's outputs (ImageNet-21k has 21,841)
+MAX_FAKE_IMAGES = 100_000_000
+MAX_PREFETCH = 64
+MAX_SHUFFLE_BUFFER = 100_000  # samples held per loader worker
+MAX_WORKERS = 256  # loader workers per process (a stored count is also kept only up to this machine's cores)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and the shapes they arrive in."""
+
+    path: str | None = option(
+        None, "DATA", argument=True, filename=True, param="data", alias="--data", key="data", commands=EVERYWHERE,
+        help="Dataset root: train/ and val/ class folders (ImageNet layout), train.csv and val.csv manifests, "
+        "tar shards (make-shards), or the root of a --dataset. Not needed with --fake-data.",
+        variants={"resume": {"alias": None, "help": "Dataset root, if it moved since the run started (required for "
+                             "files of the reference scripts)."}},
+    )  # fmt: skip
+    fake: bool = option(
+        False, "--fake-data", "--dummy", key="fake-data", panel=DATA, commands=RUNS,
+        help="Synthetic, learnable images: no data directory, no download.",
+    )  # fmt: skip
+    data_format: str = option(
+        "auto", "--data-format", panel=DATA, commands=RUNS, show_default="recognised from DATA",
+        help=f"How DATA is stored: imagefolder (train/ and val/ class folders), csv (train.csv, val.csv), "
+        f"torchvision (with --dataset), webdataset (tar shards). One of {', '.join(FORMATS)}.",
+    )  # fmt: skip
+    dataset: str | None = option(
+        None, "--dataset", panel=DATA, commands=RUNS,
+        help=f"A torchvision dataset read from DATA (its root): {', '.join(DATASETS)}.",
+    )  # fmt: skip
+    train_manifest: str | None = option(
+        None, "--train-manifest", filename=True, panel=DATA, commands=TRAINING,
+        show_default="DATA/train.csv",
+        help="CSV of the training images: a header, then path,label rows (paths relative to the CSV).",
+    )  # fmt: skip
+    val_manifest: str | None = option(
+        None, "--val-manifest", filename=True, panel=DATA, commands=RUNS, show_default="DATA/val.csv",
+        help="CSV of the validation images.",
+    )  # fmt: skip
+    download: bool = option(
+        False, "--download", panel=DATA, commands=RUNS, recorded=False,
+        help="Let torchvision download --dataset into DATA (never needed when the files are there).",
+    )  # fmt: skip
+    shuffle_buffer: int = option(
+        2000, "--shuffle-buffer", panel=DATA, help="Samples a sharded stream shuffles among (per loader worker)."
+    )
+    workers: int | None = option(
+        None, "-j", "--workers", panel=DATA, commands=EVERYWHERE,
+        show_default="CPU cores per process, at most 8", help="Data loading workers per process.",
+    )  # fmt: skip
+    image_size: int | None = option(
+        None, "--image-size", "--train-crop-size", panel=DATA, commands=RUNS, show_default="224; 64 with --fake-data",
+        help="Training crop size in pixels.",
+    )  # fmt: skip
+    val_resize_size: int | None = option(
+        None, "--val-resize-size", panel=DATA, commands=RUNS, show_default="val crop / 0.875",
+        help="Validation images are resized to this, then centre-cropped.",
+    )  # fmt: skip
+    val_crop_size: int | None = option(
+        None, "--val-crop-size", panel=DATA, commands=RUNS, show_default="--image-size",
+        help="Validation centre crop.",
+    )  # fmt: skip
+    num_classes: int | None = option(
+        None, "--num-classes", panel=DATA, commands=RUNS, show_default=str(FAKE_NUM_CLASSES),
+        help="Classes of --fake-data; with real data, the model's outputs when more than its classes "
+        "(the reference script's 1000).",
+    )  # fmt: skip
+    fake_train_images: int = option(1000, "--fake-train-images", panel=DATA, help="Training set size of --fake-data.")
+    fake_val_images: int = option(
+        200, "--fake-val-images", panel=DATA, commands=RUNS, help="Validation set size of --fake-data."
+    )
+    prefetch_factor: int = option(
+        4, "--prefetch-factor", panel=DATA, commands=EVERYWHERE, help="Batches each loader worker prepares ahead."
+    )
+    decode_on_device: bool = option(
+        False, "--decode-on-device", panel=SPEED, commands=RUNS,
+        help="Decode JPEGs on the training device (nvJPEG on CUDA, batched), not in the loader workers: "
+        "for machines with few CPU cores per GPU.",
+    )  # fmt: skip
+    skip_bad_images: bool = option(
+        False, "--skip-bad-images", panel=DATA, commands=EVERYWHERE,
+        help="An image that cannot be read is named in a warning and replaced by the next one (default: the run "
+        "stops, naming it).",
+    )  # fmt: skip
+    max_bad_images: int = option(
+        100, "--max-bad-images", panel=DATA, commands=EVERYWHERE,
+        help="With --skip-bad-images: stop once a process has met more unreadable images than this.",
+    )  # fmt: skip
+    # Training augmentations, per sample in the loader workers after the crop and flip (validation never):
+    auto_augment: str | None = option(
+        None, "--auto-augment", panel=DATA, show_default="none",
+        help="Augmentation policy of training images, after the crop and flip: ra (RandAugment), ta_wide "
+        "(TrivialAugmentWide), augmix (AugMix) or imagenet (AutoAugment's ImageNet policy).",
+    )  # fmt: skip
+    ra_magnitude: int = option(
+        9, "--ra-magnitude", panel=DATA, help="Magnitude of RandAugment's operations, 0-30 (with --auto-augment ra)."
+    )
+    augmix_severity: int = option(
+        3, "--augmix-severity", panel=DATA,
+        help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix).",
+    )  # fmt: skip
+    random_erase: float = option(
+        0.0, "--random-erase", panel=DATA, metavar="P", show_default="0: off",
+        help="Probability of erasing a random rectangle (2-33% of the area) of each training image, filled "
+        "with the mean pixel.",
+    )  # fmt: skip
+    interpolation: str = option(
+        "bilinear", "--interpolation", panel=DATA,
+        help="Resampling of the training crop's and the validation resize: bilinear, bicubic or nearest.",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        manifests = bool(self.train_manifest or self.val_manifest)
+        check(
+            self.fake or bool(self.path) or manifests,
+            "DATA is required (a directory with train/ and val/, CSV manifests, shards or a --dataset root), "
+            "or use --fake-data",
+        )
+        check(
+            self.data_format in FORMATS, f"--data-format must be one of {', '.join(FORMATS)}, got {self.data_format!r}"
+        )
+        native = self._native_size()
+        check(
+            self.workers is None or 0 <= self.workers <= MAX_WORKERS,
+            f"--workers must be from 0 to {MAX_WORKERS}, got {self.workers}",
+        )
+        image_size = self.image_size or native or (FAKE_IMAGE_SIZE if self.fake else 224)
+        crop = self.val_crop_size or image_size
+        resize = self.val_resize_size or (crop if crop == native else round(crop / VAL_CROP_RATIO))
+        num_classes = self.num_classes or (FAKE_NUM_CLASSES if self.fake else None)
+        self._check_sizes(image_size, crop, resize)
+        check(
+            num_classes is None or 2 <= num_classes <= MAX_CLASSES,
+            f"--num-classes must be from 2 to {MAX_CLASSES:,}, got {num_classes}",
+        )
+        for flag, count in (
+            ("--fake-train-images", self.fake_train_images),
+            ("--fake-val-images", self.fake_val_images),
+        ):
+            check(0 < count <= MAX_FAKE_IMAGES, f"{flag} must be from 1 to {MAX_FAKE_IMAGES:,}, got {count}")
+        check(
+            1 <= self.prefetch_factor <= MAX_PREFETCH,
+            f"--prefetch-factor must be from 1 to {MAX_PREFETCH}, got {self.prefetch_factor}",
+        )
+        check(self.max_bad_images >= 0, f"--max-bad-images must be 0 or more, got {self.max_bad_images}")
+        check(
+            0 <= self.shuffle_buffer <= MAX_SHUFFLE_BUFFER,
+            f"--shuffle-buffer must be from 0 to {MAX_SHUFFLE_BUFFER:,}, got {self.shuffle_buffer}",
+        )
+        self._check_augmentation()
+        object.__setattr__(self, "image_size", image_size)
+        object.__setattr__(self, "val_crop_size", crop)
+        object.__setattr__(self, "val_resize_size", resize)
+        object.__setattr__(self, "num_classes", num_classes)
+
+    def _check_sizes(self, image_size: int, crop: int, resize: int) -> None:
+        largest = MAX_FAKE_SIDE if self.fake else MAX_SIDE
+        for flag, value, most in (
+            ("--image-size", image_size, largest),
+            ("--val-crop-size", crop, largest),
+            ("--val-resize-size", resize, largest * 5 // 4),
+        ):
+            check(8 <= value <= most, f"{flag} must be from 8 to {most} pixels, got {value}")
+        check(resize >= crop, f"--val-resize-size ({resize}) must not be smaller than --val-crop-size ({crop})")
+
+    def _native_size(self) -> int | None:
+        """A --dataset's own picture size (its format becomes torchvision's)."""
+        if not self.dataset:
+            check(self.data_format != "torchvision", "--data-format torchvision needs --dataset NAME")
+            return None
+        check(
+            self.data_format in ("auto", "torchvision"),
+            f"--dataset reads a torchvision dataset; it cannot be combined with --data-format {self.data_format}",
+        )
+        object.__setattr__(self, "data_format", "torchvision")
+        return lookup(self.dataset).native_size
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training images get augmentations beyond the crop and flip."""
+        return self.auto_augment is not None or self.random_erase > 0
+
+    def for_evaluation(self) -> DataConfig:
+        """These settings without the training augmentations: evaluating a checkpoint never augments, so
+        its run's augmentations must not stop `evaluate --fake-data` or `--decode-on-device`."""
+        return dataclasses.replace(self, auto_augment=None, random_erase=0.0)
+
+    def _check_augmentation(self) -> None:
+        """Values the transforms would reject deep inside a loader worker, and combinations where the
+        augmentations could not run: refused here, in one line, before any process starts."""
+        policies, modes = ", ".join(AUTO_AUGMENT_POLICIES), ", ".join(INTERPOLATIONS)
+        check(
+            self.auto_augment is None or self.auto_augment in AUTO_AUGMENT_POLICIES,
+            f"--auto-augment must be one of {policies}, got {self.auto_augment!r}",
+        )
+        check(0 <= self.ra_magnitude <= 30, f"--ra-magnitude must be between 0 and 30, got {self.ra_magnitude}")
+        check(
+            1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
+        )
+        check(0 <= self.random_erase <= 1, f"--random-erase is a probability, from 0 to 1; got {self.random_erase}")
+        check(
+            self.interpolation in INTERPOLATIONS, f"--interpolation must be one of {modes}, got {self.interpolation!r}"
+        )
+        check(
+            not (self.fake and self.augmented),
+            "--fake-data images are made on the device and are not augmented; drop --auto-augment and --random-erase",
+        )
+        check(
+            not (self.decode_on_device and self.augmented),
+            "--auto-augment and --random-erase run in the loader workers, but --decode-on-device crops on the "
+            "device; use one or the other",
+        )

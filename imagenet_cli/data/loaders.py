@@ -1,0 +1,266 @@
+"""Datasets, samplers and loaders.
+
+Images travel as uint8 tensors (a quarter of float32's bytes through worker queues and host-to-device
+copies) and become normalised floats on the device, in one batched operation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ..config import DataConfig, RunConfig
+from ..core.context import DistContext
+from ..core.errors import UserError
+from ..core.randomness import PerSampleSeeded, mix_seed
+from . import presets, sources
+from .fakedata import DeviceBatches, FakeImages
+from .shards import ShardStream
+from .sources import DataSplits
+from .unreadable import Guarded, collate
+
+IMAGENET_MEAN, IMAGENET_STD = presets.IMAGENET_MEAN, presets.IMAGENET_STD  # defined there: erasing fills with the mean
+
+
+def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None = None) -> DataSplits:
+    """The train and val datasets; `class_names` (a checkpoint's) fixes the label order when given."""
+    if cfg.fake:
+        assert cfg.num_classes is not None and cfg.val_crop_size and cfg.image_size
+        val = FakeImages(cfg.fake_val_images, cfg.num_classes, cfg.val_crop_size, seed=1)
+        train = FakeImages(cfg.fake_train_images, cfg.num_classes, cfg.image_size, seed=0) if with_train else None
+        return DataSplits(train, val, list(val.classes))
+    return sources.open_splits(cfg, with_train, class_names)
+
+
+class ShardSampler(Sampler[int]):
+    """Every index exactly once across ranks, without the padding DistributedSampler adds: evaluation
+    counts each validation image once, so 1, 2 or 3 ranks report the same top-1."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochSampler(DistributedSampler):
+    """This rank's share of each epoch's shuffle (the same permutation on every rank, from seed and
+    epoch), resumable at any batch. When seeded, each index comes with its own augmentation seed, so the
+    data a run sees is a pure function of (seed, epoch, position), wherever it resumed."""
+
+    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int | None, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed or 0)
+        self.per_sample_seeds = seed is not None
+        self.skip = 0
+
+    def set_position(self, epoch: int, samples_done: int = 0) -> None:
+        """Start `epoch` after its first `samples_done` samples (a mid-epoch resume)."""
+        self.set_epoch(epoch)
+        self.skip = samples_done
+
+    def __iter__(self) -> Iterator:  # type: ignore[override]
+        indices = list(super().__iter__())[self.skip :]
+        if not self.per_sample_seeds:
+            return iter(indices)
+        return iter([(i, mix_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def train_loader(
+    dataset: Dataset,
+    ctx: DistContext,
+    batch_size: int,
+    workers: int,
+    seed: int | None,
+    prefetch: int = 2,
+    shuffle: bool = True,
+    skip_bad: bool = False,
+) -> DataLoader | DeviceBatches:
+    """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
+    if isinstance(dataset, ShardStream):
+        dataset.place(ctx.rank, ctx.world_size, batch_size, seed, shuffle, skip_bad)
+        if dataset.batches_per_rank() < 1:
+            raise UserError(
+                f"the shards hold {dataset.total} training samples, too few for a batch of {batch_size} on each of "
+                f"{ctx.world_size} process(es); lower --batch-size or use more data"
+            )
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
+    sampler = EpochSampler(dataset, ctx, seed, shuffle)
+    if len(sampler) < batch_size:
+        raise UserError(
+            f"each process gets {len(sampler)} training images per epoch, fewer than its batch of {batch_size}; "
+            "lower --batch-size or use more data"
+        )
+    if isinstance(dataset, FakeImages):
+        return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=True)
+    guarded = Guarded(dataset, skip_bad)
+    source = PerSampleSeeded(guarded) if seed is not None else guarded
+    return _loader(source, sampler, batch_size, workers, prefetch, ctx, drop_last=True)
+
+
+def val_loader(
+    dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2, skip_bad: bool = False
+) -> DataLoader | DeviceBatches:
+    if isinstance(dataset, ShardStream):
+        dataset.place(ctx.rank, ctx.world_size, batch_size, None, skip_bad=skip_bad)
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
+    sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    if isinstance(dataset, FakeImages):
+        return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=False)
+    return _loader(Guarded(dataset, skip_bad), sampler, batch_size, workers, prefetch, ctx, drop_last=False)
+
+
+def _loader(
+    dataset: Dataset,
+    sampler: Sampler[int] | None,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+    ctx: DistContext,
+    drop_last: bool,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=drop_last,
+        # A stream's workers must start anew each epoch to learn the epoch and position set in this process.
+        persistent_workers=workers > 0 and not isinstance(dataset, ShardStream),
+        prefetch_factor=prefetch if workers > 0 else None,
+        collate_fn=collate,  # also carries deferred JPEGs and the names of unreadable files
+        generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
+        worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
+        multiprocessing_context=_WORKER_START if workers > 0 else None,
+    )
+
+
+# Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch: seconds
+# per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
+_WORKER_START = "fork" if sys.platform.startswith("linux") else None
+
+
+@contextmanager
+def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
+    """Stop the loaders' persistent workers when the block ends, however it ends. They ignore SIGTERM
+    (to outlive a preemption notice), so the `terminate()` multiprocessing sends at a spawned worker's
+    exit cannot stop them; the loader's own shutdown can."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
+
+
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    """A preemption signal or Ctrl-C reaches loader workers too; they must keep serving batches until
+    the main process has saved its checkpoint, and they end with it."""
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def set_position(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int) -> None:
+    """Where the next epoch's iterator starts: the epoch's shuffle, after `samples_done` of this rank's samples."""
+    target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
+    target.set_position(epoch, samples_done)  # type: ignore[union-attr]
+
+
+def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:
+    """`-b` is the batch of the whole run; each process takes its share, the first `b % N` ranks one image
+    more. A training batch always divides (`fit_batch`, at launch), so its shares are equal; a validation
+    batch may not, and need not: it changes no figure, since every image is counted once on some rank.
+    At least 1, since a loader needs a batch."""
+    if data_parallel or not ctx.distributed:
+        return batch_size
+    share, rest = divmod(batch_size, ctx.world_size)
+    return max(1, share + (ctx.rank < rest))
+
+
+def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
+    """The run's configuration with a training batch that splits evenly over `processes`, and a note for
+    the user when it had to change.
+
+    A batch typed with -b is the optimisation the user asked for: one that does not divide is refused,
+    naming the nearest ones that do. A batch nobody typed (the default, or a resumed run's batch that was
+    itself a default) is rounded down to a multiple of the process count, as the reference script's
+    `int(b / N)` per process does; the configuration then records the batch really used, so a resume
+    on the same processes continues exactly. Evaluation splits any batch as it comes."""
+    if cfg.dist.data_parallel and processes > 1:
+        raise UserError(
+            f"--data-parallel drives every local GPU from one process, but this run has {processes} processes "
+            "(torchrun, srun or --world-size), each with its own GPU: leave --data-parallel out"
+        )
+    batch = cfg.optim.batch_size
+    if cfg.command == "evaluate" or cfg.evaluate_only or batch % processes == 0:
+        return cfg, None
+    if cfg.optim.batch_size_given:
+        raise UserError(
+            f"--batch-size {batch} is the total over {processes} processes and must divide evenly (each process "
+            f"would get {batch / processes:g}); the nearest that do are {_nearest_multiples(batch, processes)}"
+        )
+    share = max(1, batch // processes)
+    fitted = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=share * processes))
+    return fitted, _rounding_note(cfg, batch, processes, share)
+
+
+def _nearest_multiples(batch: int, processes: int) -> str:
+    below, above = batch // processes * processes, (batch // processes + 1) * processes
+    return f"{below} and {above}" if below else f"{above} (1 per process)"
+
+
+def _rounding_note(cfg: RunConfig, batch: int, processes: int, share: int) -> str:
+    """One line: the batch really used, how it splits, and how to choose another."""
+    used = share * processes
+    steps = cfg.optim.grad_accum_steps
+    per_step = f"; {used * steps} per optimizer step with --grad-accum-steps {steps}" if steps > 1 else ""
+    whose = "the resumed run's batch" if cfg.resume else "the default batch"
+    return (
+        f"{whose} {batch} (no -b given) does not split evenly over {processes} processes: this run uses "
+        f"{used} = {processes} × {share}{per_step}; give -b to choose another (a multiple of {processes})"
+    )
+
+
+def resolve_workers(workers: int | None, ctx: DistContext) -> int:
+    return workers if workers is not None else default_workers(ctx.local_world_size)
+
+
+def default_workers(local_world_size: int) -> int:
+    """The CPU cores this process may use (the affinity mask, shared with local peers), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, local_world_size)))
+
+
+class Normalizer:
+    """uint8 batches to normalised float on the device, in the model's memory layout: one batched pass
+    there instead of a float conversion and normalisation per image on the CPU."""
+
+    def __init__(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        self.device, self.memory_format = device, memory_format
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+
+    def __call__(self, images: torch.Tensor | presets.DeferredBatch) -> torch.Tensor:
+        if isinstance(images, presets.DeferredBatch):  # --decode-on-device
+            images = images.decode(self.device)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return (images.float() - self.mean) * self.scale

@@ -1,0 +1,432 @@
+"""Sharded tar streams (the WebDataset layout) for clusters, where millions of small files on NFS are slow.
+
+A shard is a plain tar file; a sample is the group of consecutive members that share a key
+(`00001234.jpg`, `00001234.cls`). `make-shards` writes `train-NNNNNN.tar`, `val-NNNNNN.tar` and an index,
+`shards.json`, with the class names and the samples per shard; its keys are the samples' positions in
+the source dataset, so a sample gets the same augmentation seed as it would from the folders.
+
+How an epoch is read: the shards are shuffled per epoch (when shuffling), dealt to ranks and to each
+rank's loader workers, read sequentially, and shuffled within a buffer. Every rank takes the same number
+of batches, `samples // world_size // batch`, cycling through its shards if they run short, so no rank
+waits for another at the end of an epoch. Exactness: with `--seed` and the same ranks and workers, an
+epoch and a mid-epoch resume see exactly the same samples in the same order; with other counts, a resumed
+epoch continues with the right number of batches but not the same ones. A sample may be seen twice or not
+at all in one epoch when shards are dealt unevenly; validation reads every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import re
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..config import DataConfig
+from ..core import formats
+from ..core.errors import UserError, one_line
+from ..core.randomness import mix_seed
+from ..core.text import clip
+from .presets import check_encoded_size
+from .unreadable import SUBSTITUTE_TRIES, Unreadable
+
+INDEX_FORMAT = "imagenet-cli shards 1"
+DAMAGED = "/damaged"  # a field no member can give (its name would hold a slash): see samples_or_damage
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
+# Integer labels number the classes 0..K-1 (shards without an index, CSV manifests with numbers), so one
+# label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
+# landmark sets about 200,000) a label is a typo or hostile, and its class list alone would fill memory.
+MAX_CLASSES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    samples: int
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    classes: list[str]
+    splits: dict[str, list[Shard]]
+
+
+def read_index(root: str) -> ShardIndex:
+    """`shards.json` when present; otherwise the tar files are scanned (their headers and labels)."""
+    index_path = os.path.join(root, formats.SHARD_INDEX)
+    if not os.path.isfile(index_path):
+        return _scan(root)
+    try:
+        with open(index_path) as f:
+            raw = json.load(f)
+        splits = {split: [_indexed_shard(root, entry) for entry in entries] for split, entries in raw["splits"].items()}
+        return ShardIndex(list(raw["classes"]), splits)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
+
+
+SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
+
+
+def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:
+    """An index entry, believed only as far as the file bears it out: a plain file name beside the index
+    (it names no other folder), and no more samples than its size can hold (a count of 10^12 would make
+    an epoch that never ends)."""
+    name, samples = str(entry["file"]), int(entry["samples"])
+    if os.path.basename(name) != name or name in ("", ".", ".."):
+        raise ValueError(f"shard file {clip(name)!r} is not a file name beside the index")
+    path = os.path.join(root, name)
+    most = os.path.getsize(path) // SMALLEST_SAMPLE if os.path.isfile(path) else samples  # missing: named later
+    if not 0 <= samples <= max(most, 1):
+        raise ValueError(f"{clip(name)} is said to hold {samples} samples, more than its size can")
+    return Shard(path, samples)
+
+
+def _scan(root: str) -> ShardIndex:
+    """Shards without an index: `train*`/`val*` by name, labels from their `.cls` members."""
+    if not os.path.isdir(root):
+        raise UserError(f"data directory not found: {root}")
+    splits: dict[str, list[Shard]] = {"train": [], "val": []}
+    top = -1
+    for name in sorted(os.listdir(root)):
+        split = next((s for s in splits if name.startswith(s) and name.endswith(".tar")), None)
+        if split is None:
+            continue
+        path, count = os.path.join(root, name), 0
+        for key, fields in _samples(path):
+            count += 1
+            try:
+                top = max(top, label_of(fields))
+            except ValueError as exc:
+                raise UserError(f"shard {path}, sample {clip(key)}: {exc}") from exc
+        splits[split].append(Shard(path, count))
+    if not splits["val"]:
+        raise UserError(f"{root} has no val*.tar shards (nor a {formats.SHARD_INDEX}); see `imagenet-cli make-shards`")
+    return ShardIndex([str(i) for i in range(top + 1)], splits)
+
+
+def open_splits(
+    cfg: DataConfig,
+    with_train: bool,
+    class_names: Sequence[str] | None,
+    train_preset: Callable[[Any], torch.Tensor],
+    val_preset: Callable[[Any], torch.Tensor],
+) -> Any:
+    from .sources import DataSplits
+
+    index = read_index(cfg.path or "")
+    if class_names is not None and list(class_names) != index.classes:
+        raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
+    if with_train and not index.splits.get("train"):
+        raise UserError(f"{cfg.path} has no training shards")
+    train = ShardStream(index.splits["train"], train_preset, shuffle_buffer=cfg.shuffle_buffer) if with_train else None
+    val = ShardStream(index.splits["val"], val_preset, training=False)
+    for stream in (train, val):
+        if stream is not None:
+            stream.classes = index.classes
+    return DataSplits(train, val, index.classes)
+
+
+class ShardStream(IterableDataset):
+    """One split's samples, streamed from its shards. `place` (rank, world size, batch, seed) is set by the
+    loader; `set_position` before each epoch's iterator (workers are started anew each epoch)."""
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        transform: Callable[[Any], torch.Tensor],
+        training: bool = True,
+        shuffle_buffer: int = 0,
+    ) -> None:
+        self.shards, self.transform, self.training = list(shards), transform, training
+        self.shuffle_buffer, self.shuffle = shuffle_buffer, training
+        self.classes: list[str] = []
+        self.rank, self.world_size, self.batch_size, self.seed = 0, 1, 1, None
+        self.epoch, self.skip, self.skip_bad = 0, 0, False
+
+    def place(
+        self,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int | None,
+        shuffle: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
+        self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
+        self.shuffle, self.skip_bad = shuffle and self.training, skip_bad
+
+    def set_position(self, epoch: int, samples_done: int = 0) -> None:
+        self.epoch, self.skip = epoch, samples_done
+
+    @property
+    def total(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def batches_per_rank(self) -> int:
+        return self.total // self.world_size // self.batch_size
+
+    def __len__(self) -> int:
+        """This rank's samples in an epoch: whole batches when training, every sample of its share in
+        validation."""
+        if self.training:
+            return self.batches_per_rank() * self.batch_size
+        if len(self.shards) >= self.world_size:
+            return sum(s.samples for s in self.shards[self.rank :: self.world_size])
+        return len(range(self.rank, self.total, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if not self.training:
+            slot = self._my_slot(worker, workers)
+            yield from self._readable(self._slots_samples(slot, self.world_size * workers))
+            return
+        # Batch k of this rank's epoch is logical worker k % workers's. The loader collects batches from its
+        # workers round-robin starting with worker 0, so after `done` batches worker 0 plays `done % workers`.
+        done = self.skip // self.batch_size
+        worker = (worker + done) % workers
+        slot = self._my_slot(worker, workers)
+        batches = self.batches_per_rank()
+        mine = batches // workers + (worker < batches % workers)
+        skipped = -(-(done - worker) // workers) if done > worker else 0
+        stream = self._shuffled(self._cycled(slot, self.world_size * workers), slot)
+        yield from itertools.islice(
+            self._readable(itertools.islice(stream, skipped * self.batch_size, None)),
+            (mine - skipped) * self.batch_size,
+        )
+
+    def _readable(self, samples: Iterator[tuple[int, dict[str, bytes]]]) -> Iterator[tuple[Any, int, tuple]]:
+        """Decoded samples, each with the problems met since the last one: with --skip-bad-images an
+        unreadable sample is passed over (its successor takes its place in the batch); otherwise it goes on
+        as a failure for the training process to report by name. SUBSTITUTE_TRIES failures in a row go on
+        without an image, as with folders: the training process then stops, rather than this worker
+        skipping forever through shards that are all damaged."""
+        problems: list[Unreadable] = []
+        for key, fields in samples:
+            try:
+                image, label = self._decoded(key, fields)
+            except Exception as exc:
+                problems.append(Unreadable(f"sample {key} of the shards", one_line(exc), self.skip_bad))
+                if self.skip_bad and len(problems) < SUBSTITUTE_TRIES:
+                    continue
+                image, label = None, -1
+            yield image, label, tuple(problems)
+            problems = []
+
+    def _my_slot(self, worker: int, workers: int) -> int:
+        return self.rank * workers + worker
+
+    def _shard_order(self) -> list[Shard]:
+        if not self.shuffle:
+            return self.shards
+        order = list(self.shards)
+        # The same order on every rank, seeded or not: ranks deal shards from it without talking.
+        random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
+        return order
+
+    def _slots_samples(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+        """The samples of `slot`: whole shards when there are enough to deal, else every `slots`-th sample
+        of them all."""
+        order = self._shard_order()
+        if len(order) >= slots:
+            for shard in order[slot::slots]:
+                yield from _numbered(shard)
+            return
+        position = 0
+        for shard in order:
+            for sample in _numbered(shard):
+                if position % slots == slot:
+                    yield sample
+                position += 1
+
+    def _cycled(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+        while True:
+            empty = True
+            for sample in self._slots_samples(slot, slots):
+                empty = False
+                yield sample
+            if empty:
+                return
+
+    def _shuffled(
+        self, samples: Iterator[tuple[int, dict[str, bytes]]], slot: int
+    ) -> Iterator[tuple[int, dict[str, bytes]]]:
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        seed = self.seed if self.seed is not None else random.getrandbits(62)  # loader workers seed `random`
+        rng = random.Random(mix_seed(seed, self.epoch, slot))
+        buffer: list[tuple[int, dict[str, bytes]]] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decoded(self, key: int, fields: dict[str, bytes]) -> tuple[torch.Tensor, int]:
+        """The preset applied under the sample's own seed when the run is seeded, as for folders."""
+        if DAMAGED in fields:
+            raise UserError(fields[DAMAGED].decode())
+        suffix = next((s for s in IMAGE_SUFFIXES if s in fields), None)
+        if suffix is None:
+            raise ValueError(f"no image among its members ({clip(', '.join(fields))})")
+        encoded = torch.frombuffer(bytearray(fields[suffix]), dtype=torch.uint8)
+        label = label_of(fields, len(self.classes) or None)
+        if self.seed is None:
+            return self.transform(encoded), label
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            sample_seed = mix_seed(self.seed, self.epoch, key)
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            try:
+                return self.transform(encoded), label
+            finally:
+                random.setstate(state)
+
+
+def _numbered(shard: Shard) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(position key, fields) of a shard's samples: our keys are sample positions; others are numbered
+    from the shard's name and the order within it."""
+    base = mix_seed(zlib.crc32(os.path.basename(shard.path).encode()))
+    for position, (key, fields) in enumerate(samples_or_damage(shard.path)):
+        yield (int(key) if key.isdigit() else base + position), fields
+
+
+def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """`_samples`, and when the shard turns out damaged part-way (a bad header, a member claiming more than
+    the file holds), one last pseudo-sample, keyed `damaged`, whose DAMAGED field says why. A loader worker
+    or check-data then reports it like any unreadable sample, by name, and goes on with the next shard,
+    where an exception would end the worker with a traceback."""
+    damage: list[UserError] = []
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        try:
+            yield from _members(path)
+        except UserError as exc:  # the samples before it are whole and go on
+            damage.append(exc)
+
+    yield from _grouped(members())
+    if damage:
+        yield "damaged", {DAMAGED: str(damage[0]).encode()}
+
+
+def _samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Read a tar file front to back, grouping consecutive members by key."""
+    return _grouped(_members(path))
+
+
+def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    key, fields = None, {}
+    for name, data in members:
+        member_key, _, suffix = os.path.basename(name).partition(".")
+        if key is not None and member_key != key:
+            yield key, fields
+            fields = {}
+        key = member_key
+        fields[suffix.lower()] = data
+    if key is not None:
+        yield key, fields
+
+
+def _members(path: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of a tar file's regular files, in order. The headers are parsed here, not by `tarfile`,
+    whose general reader costs about ten times more per member (a tenth of a millisecond per sample);
+    GNU long names and pax paths are understood, other entries skipped, and a damaged header refused."""
+    long_name = None
+    try:
+        with open(path, "rb", buffering=1 << 20) as f:
+            file_size = os.fstat(f.fileno()).st_size
+            while len(header := f.read(512)) == 512 and header.strip(b"\0"):
+                kind, size = header[156:157], _header_size(header, path)
+                name = long_name or _header_name(header)
+                _check_member_size(path, name, size, file_size - f.tell())
+                if kind not in (b"L", b"x", b"0", b"\0", b"7"):  # directories, links, devices: nothing to read
+                    f.seek(size + -size % 512, os.SEEK_CUR)
+                    continue
+                data = f.read(size)
+                f.read(-size % 512)
+                if len(data) < size:
+                    raise UserError(f"shard {path} is truncated")
+                if kind in (b"L", b"x"):  # the next member's name: GNU long name, or a pax path record
+                    long_name = _text(data.rstrip(b"\0")) if kind == b"L" else _pax_path(data) or long_name
+                else:
+                    yield name, data
+                    long_name = None
+    except OSError as exc:
+        raise UserError(f"cannot read shard {path}: {exc}") from exc
+
+
+def _header_size(header: bytes, path: str) -> int:
+    try:
+        stored = header[148:156].replace(b"\0", b" ").strip()
+        if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's 8 spaces
+            raise ValueError("checksum")
+        if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
+            return int.from_bytes(header[125:136], "big")
+        return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+    except ValueError:  # a checksum that does not add up, or fields that are not octal numbers
+        raise UserError(f"shard {path} has a damaged tar header") from None
+
+
+def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
+    """Refuse a member before reading it when its header claims more than the shard holds (a damaged or
+    hostile header asking for a terabyte) or more than any picture this tool decodes."""
+    if size > remaining:
+        raise UserError(
+            f"shard {path}: member {clip(name)} claims {size:,} bytes but the file ends {remaining:,} bytes "
+            "later; the shard is truncated or damaged"
+        )
+    try:
+        check_encoded_size(size, "the member")
+    except ValueError as exc:
+        raise UserError(f"shard {path}: member {clip(name)}: {exc}") from None
+
+
+def _text(raw: bytes) -> str:
+    """A name from a header: UTF-8 as tar writes it, any other byte shown as a replacement character."""
+    return raw.decode("utf-8", errors="replace")
+
+
+def _header_name(header: bytes) -> str:
+    name = _text(header[:100].rstrip(b"\0"))
+    prefix = _text(header[345:500].rstrip(b"\0")) if header[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _pax_path(records: bytes) -> str | None:
+    for line in records.decode(errors="replace").splitlines():
+        _length, _, entry = line.partition(" ")
+        if entry.startswith("path="):
+            return entry[5:]
+    return None
+
+
+def label_of(fields: dict[str, bytes], classes: int | None = None) -> int:
+    """A sample's `.cls` label, checked: a class number from 0 to `classes` - 1 when the index says how many
+    there are, else below MAX_CLASSES. ValueError, saying what is wrong with it, otherwise."""
+    raw = fields.get("cls")
+    if raw is None:
+        raise ValueError("it has no .cls label")
+    text = _text(raw[:40]).strip()
+    if len(raw) > 40 or not re.fullmatch(r"-?[0-9]+", text):
+        raise ValueError(f"its .cls label {clip(text)!r} is not a whole number")
+    label, bound = int(text), classes if classes is not None else MAX_CLASSES
+    if not 0 <= label < bound:
+        raise ValueError(f"its .cls label {label} is not a class number (0 to {bound - 1:,})")
+    return label
+
+
+# -- writing shards -------------------------------------------------------------------------------------------

@@ -1,0 +1,321 @@
+"""Pictures of runs: training curves from `RUN_DIR/metrics.jsonl`, and confusion matrices.
+
+matplotlib is an optional extra (`imagenet-cli[plot]`), so it is imported inside the functions that draw:
+importing this module, `--help`, and training without the extra all work without it. Drawing uses the Agg
+canvas directly, never pyplot, so no global figure state leaks between calls (or threads), and no display
+is needed. Reading the metrics is plain Python and tolerant: the file is appended to by a live run, so its
+last line may be half-written, and its format may grow new record types and keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.atomicfile import atomic_write
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+RUNS_FILE = "runs.png"
+INSTALL_HINT = 'plotting needs matplotlib: pip install "imagenet-cli[plot]"'
+EPOCH_AXIS = "epoch (1 = end of the first)"
+CELL_COUNTS_UP_TO = 20  # classes; beyond this the numbers no longer fit their cells
+TICK_LABELS_UP_TO = 50  # classes; beyond this the names overlap into a black band
+
+
+@dataclass
+class RunMetrics:
+    """What one run's metrics.jsonl says: its epoch records by epoch, its LR samples, and reading problems."""
+
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lr_steps: list[tuple[float, float]] = field(default_factory=list)  # (fractional epoch, lr), in order
+    malformed: list[int] = field(default_factory=list)  # 1-based line numbers
+
+
+def default_output(runs: list[Path]) -> Path:
+    """Where `plot` writes without --output: beside the run for one, in the current directory for several."""
+    return runs[0] / CURVES_FILE if len(runs) == 1 else Path(RUNS_FILE)
+
+
+def training_curves(runs: list[Path], output: Path) -> list[str]:
+    """Draw loss, top-1 and the LR schedule of one or more runs into one PNG at `output`.
+
+    Returns notes for the user (skipped runs, skipped malformed lines); the caller decides where they go,
+    so training can log them and the CLI can print them to stderr. A run that cannot be drawn is an error
+    when it is the only one, and a note when others can still be compared.
+    """
+    if not runs:
+        raise UserError("no run directory to plot")
+    notes: list[str] = []
+    drawable: list[tuple[Path, RunMetrics]] = []
+    for run in _unique(runs, notes):
+        try:
+            metrics = read_metrics(run)
+        except UserError as exc:
+            if len(runs) == 1:
+                raise
+            notes.append(f"skipped a run: {exc}")
+            continue
+        if metrics.malformed:
+            notes.append(_malformed_note(run / METRICS_FILE, metrics.malformed))
+        drawable.append((run, metrics))
+    if not drawable:
+        raise UserError("none of the runs has epoch records to plot: " + "; ".join(notes))
+    labels = run_labels([run for run, _ in drawable])
+    figure = _curves_figure(labels, [metrics for _, metrics in drawable])
+    _save_png(figure, output)
+    return notes
+
+
+def read_metrics(run: Path) -> RunMetrics:
+    """Parse RUN/metrics.jsonl; a UserError naming the run when there is nothing to plot yet.
+
+    An epoch recorded twice (a run resumed from an older checkpoint) keeps its last record. Train records
+    that go back in time start a new history from that point, for the same reason.
+    """
+    path = run / METRICS_FILE
+    if not run.is_dir():
+        raise UserError(f"{run} is not a directory")
+    if not path.is_file():
+        raise UserError(f"{run} has no {METRICS_FILE} (is it a run's --output-dir?)")
+    metrics = RunMetrics()
+    train: list[tuple[tuple[float, float], float]] = []  # ((epoch, step), lr)
+    for record in _records(path, metrics.malformed):
+        kind = record.get("type")
+        if kind == "epoch":
+            metrics.epochs[record["epoch"]] = record
+        elif kind == "train":
+            _add_train_record(train, record)
+    if not metrics.epochs:
+        raise UserError(f"{run} has no epoch records in {METRICS_FILE} yet (the first epoch has not finished)")
+    metrics.epochs = dict(sorted(metrics.epochs.items()))
+    metrics.lr_steps = [(epoch + step, lr) for (epoch, step), lr in train]
+    return metrics
+
+
+def _records(path: Path, malformed: list[int]) -> Iterator[dict[str, Any]]:
+    """Each usable record; the line numbers of unusable ones go to `malformed`. Records of unknown types
+    pass through untouched, for the caller to ignore."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                malformed.append(number)
+                continue
+            if not isinstance(record, dict) or (
+                record.get("type") in ("train", "epoch") and not _is_int(record.get("epoch"))
+            ):
+                malformed.append(number)
+                continue
+            yield record
+
+
+def _add_train_record(train: list[tuple[tuple[float, float], float]], record: dict[str, Any]) -> None:
+    """Append a train record's LR sample at its fractional epoch, dropping samples a restart superseded."""
+    step, steps, lr = record.get("step"), record.get("steps"), record.get("lr")
+    if not (_is_number(step) and _is_number(steps) and _is_number(lr)) or steps <= 0:
+        return  # not enough to place it on the LR plot; other panels do not use train records
+    position = (float(record["epoch"]), step / steps)
+    if train and position <= train[-1][0]:
+        train[:] = [sample for sample in train if sample[0] < position]
+    train.append((position, float(lr)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _malformed_note(path: Path, lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+    plural = "s" if len(lines) > 1 else ""
+    return f"{path}: skipped {len(lines)} malformed line{plural} ({shown}; a run stopped mid-write?)"
+
+
+def _unique(runs: list[Path], notes: list[str]) -> list[Path]:
+    """The runs in order, each directory once: the same run twice would draw one line over another."""
+    seen: set[Path] = set()
+    unique = []
+    for run in runs:
+        resolved = run.resolve()
+        if resolved in seen:
+            notes.append(f"{run} was given more than once; drawn once")
+            continue
+        seen.add(resolved)
+        unique.append(run)
+    return unique
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's directory name; runs whose names collide get as many parent folders as tell them apart."""
+    parts = [run.resolve().parts for run in runs]
+    depth = [1] * len(runs)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        colliding = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not colliding:
+            return labels
+        for i in colliding:
+            depth[i] += 1
+
+
+def _matplotlib() -> tuple[type[Figure], Any]:
+    """matplotlib's Figure class and Agg canvas, or the one-line install hint."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise UserError(INSTALL_HINT) from exc
+    return Figure, FigureCanvasAgg
+
+
+def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
+    """Three panels side by side; each run one colour, train solid and val dashed."""
+    figure_class, canvas_class = _matplotlib()
+    from matplotlib.lines import Line2D
+
+    figure = figure_class(figsize=(16, 5), dpi=100, layout="constrained")
+    canvas_class(figure)
+    loss, top1, lr = figure.subplots(1, 3)
+    for index, metrics in enumerate(runs):
+        colour = f"C{index % 10}"
+        _epoch_lines(loss, metrics, "loss", colour)
+        _epoch_lines(top1, metrics, "acc1", colour)
+        _lr_line(lr, metrics, colour)
+    _label(loss, "Loss", "cross-entropy loss")
+    _label(top1, "Top-1 accuracy", "top-1 (%)")
+    _label(lr, "Learning rate", "learning rate")
+    _log_scale_if_wide(lr)
+    handles = [Line2D([], [], color=f"C{i % 10}", label=label) for i, label in enumerate(labels)]
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="train"),
+        Line2D([], [], color="black", linestyle="--", label="val"),
+    ]
+    loss.legend(handles=handles, fontsize="small")
+    title = ", ".join(labels)
+    figure.suptitle(f"Training curves: {title if len(title) <= 120 else title[:117] + '...'}")
+    return figure
+
+
+def _epoch_lines(axes: Axes, metrics: RunMetrics, name: str, colour: str) -> None:
+    """train_NAME solid and val_NAME dashed, at the end of each (1-based) epoch; gaps where a value is missing."""
+    x = [epoch + 1 for epoch in metrics.epochs]
+    for split, style in (("train", "-"), ("val", "--")):
+        y = [_value(record.get(f"{split}_{name}")) for record in metrics.epochs.values()]
+        if not all(math.isnan(v) for v in y):
+            axes.plot(x, y, color=colour, linestyle=style, marker="o", markersize=3)
+
+
+def _lr_line(axes: Axes, metrics: RunMetrics, colour: str) -> None:
+    """The LR at each logged step when the run logged steps, else held through each epoch."""
+    if metrics.lr_steps:
+        x, y = zip(*metrics.lr_steps, strict=True)
+        axes.plot(x, y, color=colour, drawstyle="steps-pre")  # a record's LR held since the previous one
+        return
+    epochs = list(metrics.epochs)
+    rates = [_value(record.get("lr")) for record in metrics.epochs.values()]
+    axes.plot([*epochs, epochs[-1] + 1], [*rates, rates[-1]], color=colour, drawstyle="steps-post")
+
+
+def _value(value: Any) -> float:
+    return float(value) if _is_number(value) else math.nan
+
+
+def _label(axes: Axes, title: str, ylabel: str) -> None:
+    axes.set_title(title)
+    axes.set_xlabel(EPOCH_AXIS)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+
+
+def _log_scale_if_wide(axes: Axes) -> None:
+    """Step schedules divide the LR by 10 at a time: on a linear axis every step after the first is flat."""
+    rates = [y for line in axes.get_lines() for y in line.get_ydata() if _is_number(y) and not math.isnan(y)]
+    if rates and min(rates) > 0 and max(rates) / min(rates) >= 10:
+        axes.set_yscale("log")
+        axes.set_ylabel("learning rate (log scale)")
+
+
+def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], output: Path, title: str) -> None:
+    """A heat map of `matrix` (rows: true class, columns: predicted) written as a PNG at `output`.
+
+    Colours are each row's shares, so a rare class's errors are as visible as a common one's; the counts
+    are written in the cells while they fit, and class names label the axes while they can be read.
+    """
+    _check_square(matrix, class_names)
+    figure_class, canvas_class = _matplotlib()
+    classes = len(class_names)
+    side = min(max(6.0, 2.5 + 0.3 * classes), 20.0) if classes <= TICK_LABELS_UP_TO else 9.0
+    figure = figure_class(figsize=(side + 1.5, side), dpi=100, layout="constrained")
+    canvas_class(figure)
+    axes = figure.subplots()
+    shares = _row_shares(matrix)
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    figure.colorbar(image, ax=axes, label="share of the true class's images")
+    if classes <= TICK_LABELS_UP_TO:
+        axes.set_xticks(range(classes), class_names, rotation=90)
+        axes.set_yticks(range(classes), class_names)
+    else:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    if classes <= CELL_COUNTS_UP_TO:
+        _write_counts(axes, matrix, shares)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    _save_png(figure, output)
+
+
+def _check_square(matrix: list[list[int]], class_names: list[str]) -> None:
+    classes = len(class_names)
+    if classes == 0 or len(matrix) != classes or any(len(row) != classes for row in matrix):
+        raise ValueError(f"a confusion matrix for {classes} classes must be {classes}x{classes}")
+
+
+def _row_shares(matrix: list[list[int]]) -> list[list[float]]:
+    """Each count as a share of its row (true class); a class with no images stays at 0."""
+    return [[count / total if (total := sum(row)) else 0.0 for count in row] for row in matrix]
+
+
+def _write_counts(axes: Axes, matrix: list[list[int]], shares: list[list[float]]) -> None:
+    """Counts in the cells, white on dark cells so they stay readable."""
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            colour = "white" if shares[i][j] > 0.5 else "black"
+            axes.text(j, i, str(count), ha="center", va="center", color=colour, fontsize="small")
+
+
+def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) -> list[dict[str, Any]]:
+    """The `n` most frequent mistakes: which true class was taken for which, how often, and what share of
+    the true class's images that is. Largest counts first, ties in name order, so reports are stable."""
+    _check_square(matrix, class_names)
+    pairs = []
+    for i, row in enumerate(matrix):
+        total = sum(row)
+        for j, count in enumerate(row):
+            if i != j and count > 0:
+                pairs.append(
+                    {"true": class_names[i], "predicted": class_names[j], "count": int(count), "share": count / total}
+                )
+    pairs.sort(key=lambda pair: (-pair["count"], pair["true"], pair["predicted"]))
+    return pairs[: max(n, 0)]
+
+
+def _save_png(figure: Figure, output: Path) -> None:
+    """Whole or not at all, so a viewer or a second writer never sees half a PNG."""
+    atomic_write(str(output), lambda file: figure.savefig(file, format="png"))

@@ -1,0 +1,280 @@
+"""How a run starts: in this process, as spawned local workers, or as one of many processes a cluster
+launcher (torchrun, srun) already started. It decides *how*, never *what*: every mode ends in
+`worker.run` with the same configuration.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint
+from ..config import WORKERS_PER_CORE, RunConfig
+from ..core.errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserError, one_line
+from ..data import checks as datacheck
+from ..data import loaders as data
+from ..report import records
+from ..train.stops import STOP_SIGNALS
+from . import distributed, worker
+from .distributed import Topology
+
+
+def launch(cfg: RunConfig) -> None:
+    topology = distributed.plan(cfg.dist)
+    _check_process_count(cfg, topology)
+    cfg = fit_batch(cfg, topology)
+    preflight(cfg, topology)
+    if topology.launcher == "spawn":
+        spawn(cfg, topology)
+    else:
+        index = topology.external_local_rank or 0
+        try:
+            worker.run(index, cfg, topology)
+        except UserError as exc:
+            if topology.world_size > 1:
+                raise type(exc)(f"rank {topology.global_rank(index)}: {exc}") from exc
+            raise
+
+
+def preflight(cfg: RunConfig, topology: Topology) -> None:
+    """Cheap checks before any process starts, so mistakes cost seconds, not a cluster allocation."""
+    _check_flags(cfg, topology)
+    if not cfg.data.fake and topology.global_rank(topology.external_local_rank or 0) == 0:  # one survey a run
+        needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
+        for note in datacheck.preflight(cfg.data, ("train", "val") if needs_train else ("val",)):
+            if not cfg.quiet:
+                print(f"note: {note}", file=sys.stderr, flush=True)
+    weights = None if cfg.resume else cfg.model.weights  # a resumed finetune no longer needs its start
+    for label, path in (("--resume", cfg.resume), ("--weights", weights), ("checkpoint", cfg.checkpoint)):
+        if path and not os.path.isfile(path):
+            raise UserError(f"{label}: file not found: {path}")
+    if cfg.command != "evaluate" and not cfg.evaluate_only:
+        _refuse_another_run(cfg)
+        _refuse_going_back(cfg)
+        _check_writable(cfg.output_dir, "--output-dir")
+    if cfg.log_dir:
+        _check_writable(cfg.log_dir, "--log-dir")
+        for rank in _local_ranks(topology):
+            records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, rank))
+
+
+def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
+    """The configuration every process gets: a training batch that splits evenly over the run's processes
+    (a typed -b that does not is refused). Said once, by the run's first process, when the batch changed."""
+    fitted, note = data.fit_batch(cfg, topology.world_size)
+    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return fitted
+
+
+def _check_process_count(cfg: RunConfig, topology: Topology) -> None:
+    """CPU processes share the cores: a count far beyond them (a typo, a recipe) cannot train faster and
+    must not fork thousands of processes."""
+    cores = os.cpu_count() or 1
+    on_cpus = topology.launcher == "spawn" and not distributed.accelerator_count(cfg.dist)
+    if on_cpus and topology.nproc_per_node > WORKERS_PER_CORE * cores:
+        raise UserError(
+            f"--nproc-per-node {topology.nproc_per_node} asks for more than {WORKERS_PER_CORE} processes per "
+            f"CPU core of this machine ({cores} cores); CPU processes share the cores, so more cannot train faster"
+        )
+
+
+def _check_flags(cfg: RunConfig, topology: Topology) -> None:
+    """Combinations that would fail only after every process started, or silently do something else."""
+    gpus = distributed.accelerator_count(cfg.dist)
+    if cfg.dist.dist_backend == "nccl" and gpus == 0:
+        raise UserError("--dist-backend nccl needs CUDA GPUs; this machine has none (use gloo, or leave it out)")
+    if cfg.dist.sync_bn and gpus == 0:
+        raise UserError("--sync-bn needs CUDA GPUs: torch's SyncBatchNorm does not run on the CPU (leave it out)")
+    if topology.launcher == "spawn" and gpus and topology.nproc_per_node > gpus:
+        raise UserError(
+            f"--nproc-per-node {topology.nproc_per_node} asks for more processes than this machine's {gpus} GPU(s); "
+            "use one process per GPU (leave --nproc-per-node out), or --no-accel for CPU processes"
+        )
+    if cfg.dist.gpu is not None and topology.world_size > 1:
+        raise UserError(
+            "--gpu pins the one process of a single-process run; a distributed run gives each process "
+            "its local rank's GPU (leave --gpu out)"
+        )
+
+
+def _refuse_another_run(cfg: RunConfig) -> None:
+    """A run never overwrites another run's files in its --output-dir (the current directory unless
+    given). Only their own run may go on there: resumed from one of its checkpoints in that directory
+    (`resume`, `--resume`, `--resume auto`), or, when it never saved one (killed early), started again
+    with exactly its options, which is what `--resume auto` does when it finds no checkpoint."""
+    directory = cfg.output_dir
+    saved = [name for name in (CHECKPOINT_NAME, BEST_NAME) if os.path.lexists(os.path.join(directory, name))]
+    found = records.existing_records(directory) + saved
+    if not found or _continues_from(cfg.resume, directory):
+        return
+    if not saved and records.records_same_options(directory, cfg):
+        return
+    if CHECKPOINT_NAME in saved:
+        advice = f"or continue it with `imagenet-cli resume {os.path.join(directory, CHECKPOINT_NAME)}`"
+    else:
+        advice = "(it saved no checkpoint: only its own command, with the same options, may start it again there)"
+    raise UserError(f"{directory} already holds another run ({', '.join(found)}); choose a new --output-dir {advice}")
+
+
+def _refuse_going_back(cfg: RunConfig) -> None:
+    """Resuming an older checkpoint (model_best, an epoch copy) where the run's newer one lies would
+    overwrite the newer one at the first save: an epoch of work lost without a word."""
+    latest = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
+    if not cfg.resume or not os.path.isfile(latest) or os.path.samefile(latest, cfg.resume):
+        return
+    try:
+        resumed, newer = read_checkpoint(cfg.resume), read_checkpoint(latest)
+    except UserError:
+        return  # an unreadable file is reported where it is read
+    if newer.kind.startswith("imagenet-cli") and (newer.epoch or 0, newer.step) > (resumed.epoch or 0, resumed.step):
+        raise UserError(
+            f"{latest} is further on (epoch {newer.epoch}, step {newer.step}) than {cfg.resume} (epoch "
+            f"{resumed.epoch}, step {resumed.step}); continuing here would overwrite it: give another --output-dir"
+        )
+
+
+def _continues_from(checkpoint: str | None, directory: str) -> bool:
+    """Whether `checkpoint` lies in `directory`: the run recorded there is the one continuing."""
+    if not checkpoint:
+        return False
+    return os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(directory)
+
+
+def _local_ranks(topology: Topology) -> list[int]:
+    """The global ranks of the processes this machine runs (or this process is)."""
+    if topology.launcher == "spawn":
+        return [topology.global_rank(index) for index in range(topology.nproc_per_node)]
+    return [topology.global_rank(topology.external_local_rank or 0)]
+
+
+def _check_writable(directory: str, flag: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {flag} {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"{flag} {directory} is not writable")
+
+
+def spawn(cfg: RunConfig, topology: Topology) -> None:
+    """Start the local workers and watch them. Signals sent to this process (SLURM's preemption notice,
+    `kill`, Ctrl-C) are passed on, so the workers save and stop together; if one fails, the others are
+    stopped within seconds and the first failure is reported by rank."""
+    import torch.multiprocessing as mp
+
+    errors = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(
+        _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=False, start_method="spawn"
+    )
+    with _forwarding_signals(context.processes):
+        codes, first = _supervise(context.processes)
+    if all(code == 0 for code in codes):
+        return
+    reports = []  # in the order the ranks failed: each reports before leaving its process group
+    while not errors.empty():
+        reports.append(errors.get())
+    raise _root_cause(codes, first, reports, topology)
+
+
+def _root_cause(codes: list[int], first: int | None, reports: list[Any], topology: Topology) -> UserError:
+    """One line about what ended the run: the first failure, not the other ranks' echoes of it."""
+    if codes and all(code == EXIT_PREEMPTED for code in codes):
+        main = next((r for r in reports if r[0] == topology.global_rank(0)), None) or next(iter(reports), None)
+        return Preempted(main[2] if main else "stopped by a signal")
+    failures = [(rank, message) for rank, code, message in reports if code != EXIT_PREEMPTED]
+    reported = {rank for rank, _ in failures}
+    if first is not None and codes[first] < 0 and topology.global_rank(first) not in reported:
+        # killed outright, it could report nothing (a rank that reported had failed before it died)
+        return RunFailed(
+            f"rank {topology.global_rank(first)} {_describe_exit(codes[first])}; every other rank was stopped"
+        )
+    failure = next(iter(failures), None)
+    if failure is not None:
+        return RunFailed(f"rank {failure[0]} failed: {failure[1]}")
+    index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
+    return RunFailed(f"rank {topology.global_rank(index)} {_describe_exit(codes[index])}; every other rank was stopped")
+
+
+def _supervise(processes: list[Any], grace_seconds: float = 3.0) -> tuple[list[int], int | None]:
+    """Wait for every worker; returns their exit codes and the index of the first to fail. After a
+    failure the rest get `grace_seconds` to end on their own (a minute when the first one was preempted:
+    its peers are saving too), then SIGTERM, then SIGKILL: nothing is left behind."""
+    pending = {p.sentinel: p for p in processes}
+    deadline, first = None, None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait(list(pending), timeout=timeout)
+        for sentinel in ready:
+            process = pending.pop(sentinel)
+            process.join()
+            if process.exitcode != 0 and deadline is None:
+                first = processes.index(process)
+                deadline = time.monotonic() + (60.0 if process.exitcode == EXIT_PREEMPTED else grace_seconds)
+        if not ready and deadline is not None:
+            _stop(list(pending.values()))
+            break
+    return [p.exitcode if p.exitcode is not None else -signal.SIGKILL for p in processes], first
+
+
+def _stop(processes: list[Any]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@contextmanager
+def _forwarding_signals(processes: list[Any]) -> Iterator[None]:
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _spawned(index: int, cfg: RunConfig, topology: Topology, errors: Any) -> None:
+    """Entry point of a spawned worker: its failure goes to the parent as one line, not a traceback, and
+    before its process group is torn down, so the parent hears of the first failure first."""
+
+    reported: list[BaseException] = []
+
+    def report(exc: BaseException) -> None:
+        reported.append(exc)
+        errors.put((topology.global_rank(index), _exit_code(exc), one_line(exc)))
+
+    try:
+        worker.run(index, cfg, topology, on_failure=report)
+    except BaseException as exc:
+        if cfg.debug and not isinstance(exc, Preempted):
+            traceback.print_exc()
+        if exc not in reported:  # it failed before its process group existed
+            report(exc)
+        code = _exit_code(exc)
+        raise SystemExit(code if code == EXIT_PREEMPTED else EXIT_FAILURE) from None
+
+
+def _exit_code(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, UserError) else EXIT_FAILURE

@@ -1,0 +1,189 @@
+"""`env`: versions, backends, GPUs, CPUs, launcher variables, and what a run would do on this machine."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+import torch
+import torchvision
+
+from ..core.errors import UserError
+
+# Variables of the launchers a run may be started by, in the order a reader wants them.
+TORCHRUN_ENV = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+)  # fmt: skip
+
+
+SLURM_ENV = (
+    "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID",
+    "SLURM_NODEID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_NODELIST", "SLURM_JOB_NODELIST",
+    "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_RESTART_COUNT",
+)  # fmt: skip
+
+
+DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+
+
+def describe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything `imagenet-cli env` reports, as plain values (one JSON object)."""
+    env = dict(os.environ) if env is None else env
+    cuda = cuda_devices()
+    return {
+        "versions": versions(),
+        "distributed_backends": distributed_backends(),
+        "cuda": cuda,
+        "mps": mps_available(),
+        "cpu": cpu_facts(),
+        "launcher_env": launcher_variables(env),
+        "plan": run_plan(env, cuda),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """The versions a bug report needs; torch's CUDA build says which drivers can run it."""
+    import numpy
+    import PIL
+
+    return {
+        "python": platform.python_version(),
+        "imagenet-cli": _own_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "pillow": getattr(PIL, "__version__", None),
+    }
+
+
+def _own_version() -> str | None:
+    import imagenet_cli
+
+    version = getattr(imagenet_cli, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version("imagenet-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def distributed_backends() -> dict[str, bool]:
+    """Which process-group backends this torch build has (ucc only where torch can tell)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return {"nccl": False, "gloo": False, "mpi": False, "ucc": False}
+    found = {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available(), "mpi": dist.is_mpi_available()}
+    if hasattr(dist, "is_ucc_available"):
+        found["ucc"] = dist.is_ucc_available()
+    return found
+
+
+def cuda_devices() -> list[dict[str, Any]]:
+    """Each visible CUDA device with its memory, the freest first: the one to pick on a shared machine.
+    Memory in use counts every process on the device, not just this one."""
+    if not torch.cuda.is_available():
+        return []
+    devices = [_cuda_device(i) for i in range(torch.cuda.device_count())]
+    return sorted(devices, key=lambda d: (d["free_bytes"] is None, -(d["free_bytes"] or 0), d["index"]))
+
+
+def _cuda_device(index: int) -> dict[str, Any]:
+    props = torch.cuda.get_device_properties(index)
+    device: dict[str, Any] = {
+        "index": index,
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "total_bytes": int(props.total_memory),
+        "used_bytes": None,
+        "free_bytes": None,
+    }
+    try:
+        free, total = torch.cuda.mem_get_info(index)
+    except RuntimeError as exc:  # busy, in exclusive mode, or failing: say so rather than stop
+        device["error"] = " ".join(str(exc).split())
+        return device
+    device.update(total_bytes=int(total), used_bytes=int(total - free), free_bytes=int(free))
+    return device
+
+
+def mps_available() -> bool | None:
+    """Apple's Metal device; None where this torch has no MPS backend at all."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps.is_available()) if mps is not None else None
+
+
+def cpu_facts() -> dict[str, int | None]:
+    """Cores of the machine, the ones this process may run on (a SLURM or cgroup limit), and torch's threads."""
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        usable = None
+    return {
+        "count": os.cpu_count(),
+        "usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def launcher_variables(env: dict[str, str]) -> dict[str, str]:
+    """The launcher, device and NCCL variables that are set, known ones first, then NCCL_* by name."""
+    known = [k for k in (*TORCHRUN_ENV, *SLURM_ENV, *DEVICE_ENV) if k in env]
+    nccl = sorted(k for k in env if k.startswith("NCCL_"))
+    return {k: env[k] for k in (*known, *nccl)}
+
+
+def run_plan(env: dict[str, str], cuda: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `imagenet-cli train` with no distribution flags would do here, decided by the same code a run uses."""
+    from ..config import DistConfig
+    from ..run import distributed
+
+    try:
+        topology = distributed.plan(DistConfig(), env)
+        rank = topology.global_rank(0)
+        local_rank = topology.local_rank(0)
+        device = str(distributed.select_device(DistConfig(), local_rank, topology))
+    except (UserError, ValueError) as exc:
+        return {"launcher": None, "summary": f"a run would fail here: {' '.join(str(exc).split())}"}
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    plan = {
+        "launcher": topology.source if topology.launcher == "external" else "none",
+        "world_size": topology.world_size,
+        "rank": rank,
+        "local_rank": local_rank,
+        "device": device,
+        "backend": backend if topology.world_size > 1 else None,
+    }
+    return {**plan, "summary": _plan_summary(plan, env, len(cuda))}
+
+
+def _plan_summary(plan: dict[str, Any], env: dict[str, str], gpus: int) -> str:
+    """Who started this process and where it would compute; then why launcher variables that are set
+    were not taken for a launcher (a stray RANK, a SLURM allocation without an srun step)."""
+    if plan["launcher"] in ("torchrun", "slurm"):
+        return (
+            f"{plan['launcher']} detected: rank {plan['rank']} of {plan['world_size']} "
+            f"(local rank {plan['local_rank']}) on {plan['device']}, {plan['backend']} backend"
+        )
+    spawned = max(1, gpus)
+    parts = [
+        f"a plain run uses {plan['device']}; --multiprocessing-distributed would start "
+        f"{spawned} process{'es' if spawned > 1 else ''}"
+    ]
+    partial = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in env]
+    if 0 < len(partial) < 3:
+        parts.append(
+            f"{', '.join(partial)} set without the rest of RANK, WORLD_SIZE, LOCAL_RANK: not a torchrun process"
+        )
+    if "SLURM_JOB_ID" in env:
+        parts.append(
+            f"inside SLURM job {env['SLURM_JOB_ID']}, but not one of several srun tasks "
+            f"(SLURM_NTASKS {env.get('SLURM_NTASKS', 'unset')})"
+        )
+    return "; ".join(parts)

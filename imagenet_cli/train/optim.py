@@ -1,0 +1,58 @@
+"""Loss and optimizer, and restoring the optimizer on resume so that the configuration, not the stored
+state, has the last word on hyperparameters. The LR schedule is in schedule.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import OptimConfig
+from ..core.errors import UserError
+from .finetune import parameter_groups
+
+
+def build_criterion(label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy; it also takes the soft targets mixup and cutmix make."""
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def build_optimizer(model: nn.Module, arch: str, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused` (on CUDA) updates every parameter in one kernel instead of a loop of small ones. RMSprop
+    takes the settings torchvision's recipes use for it (alpha 0.9, eps 0.0316)."""
+    groups = parameter_groups(model, arch, cfg)
+    fuse = fused or None
+    if cfg.opt in ("sgd", "nesterov"):
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.opt == "nesterov", fused=fuse,
+        )  # fmt: skip
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fuse)
+    return torch.optim.RMSprop(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, alpha=0.9, eps=0.0316
+    )
+
+
+def restore(optimizer: torch.optim.Optimizer, optimizer_state: Mapping[str, Any] | None) -> None:
+    """Continue a run's optimizer: its momentum buffers and step counts bit for bit; momentum and weight
+    decay from the configuration (the groups as just built from it), so flags given on resume count. The
+    LR needs nothing: the schedule sets it from the configuration before every step."""
+    if optimizer_state is None:
+        return
+    state = dict(optimizer_state)
+    saved_groups = state.get("param_groups") or []
+    if len(saved_groups) == len(optimizer.param_groups):
+        # This run's settings go in before loading: torch places each state tensor by the group's own
+        # settings (a fused kernel wants its step counts on the GPU, a CPU-written file has them on the host).
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        state["param_groups"] = [{**saved, **own} for saved, own in zip(saved_groups, fresh, strict=True)]
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as exc:
+        raise UserError(
+            f"the checkpoint's optimizer state does not fit this run ({exc}); were --opt, --backbone-lr-mult "
+            "or the weight-decay options changed?"
+        ) from exc
