@@ -18,10 +18,10 @@ import torchvision
 from torch import nn
 
 from imagenet_cli.checkpoint import read_checkpoint
-from imagenet_cli.checkpoint import torchvision as torchvision_args
 from imagenet_cli.checkpoint.torchvision import translate
 from imagenet_cli.config import build_config
 from imagenet_cli.train import optim
+from imagenet_cli.train import torchvision_optimizer as torchvision_args
 
 from .conftest import CLASSES, TINY_ARCH, load, ok, run_cli, write_image_folder
 

@@ -23,7 +23,6 @@ from ..checkpoint import (
     remove_stale_saves,
     save_checkpoint,
 )
-from ..checkpoint import torchvision as torchvision_args
 from ..config import RunConfig
 from ..core import context, models, randomness
 from ..core.context import DistContext
@@ -34,6 +33,7 @@ from ..data.unreadable import BadImages
 from ..report import records
 from ..report.live import Reporter
 from . import compute, engine, finetune, optim
+from . import torchvision_optimizer as torchvision_args
 from .ema import ModelEma
 from .evaluation import evaluate_and_report
 from .mixing import BatchMixer
