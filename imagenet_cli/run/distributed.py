@@ -26,8 +26,18 @@ from ..config import DistConfig
 from ..core.context import DistContext
 from ..core.errors import RunFailed, UserError
 
+# What the launchers set: the variables that make a process one of their run's, and all that `env` shows.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TORCHRUN_ENV = (
+    *TORCHRUN_VARS, "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+)  # fmt: skip
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+SLURM_ENV = (
+    "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID",
+    "SLURM_NODEID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_NODELIST", "SLURM_JOB_NODELIST",
+    "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_RESTART_COUNT",
+)  # fmt: skip
 MAX_HOSTS_IN_RANGE = 65536  # as SLURM's hostlist: a typo must not expand to a billion names
 
 
@@ -54,6 +64,10 @@ class Topology:
 
     def local_rank(self, local_index: int) -> int:
         return self.external_local_rank if self.external_local_rank is not None else local_index
+
+
+def default_backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def accelerator_count(cfg: DistConfig) -> int:
@@ -271,7 +285,7 @@ def setup(cfg: DistConfig, topology: Topology, local_index: int) -> DistContext:
         torch.cuda.set_device(device)
     backend = None
     if topology.world_size > 1:
-        backend = cfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+        backend = cfg.dist_backend or default_backend(device)
         timeout = timedelta(seconds=cfg.dist_timeout)
         with _rendezvous_errors(topology, cfg.dist_timeout, rank):
             endpoint = loopback_endpoint(topology.init_method)

@@ -11,20 +11,7 @@ import torch
 import torchvision
 
 from ..core.errors import UserError
-
-# Variables of the launchers a run may be started by, in the order a reader wants them.
-TORCHRUN_ENV = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-    "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-)  # fmt: skip
-
-
-SLURM_ENV = (
-    "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID",
-    "SLURM_NODEID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_NODELIST", "SLURM_JOB_NODELIST",
-    "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_RESTART_COUNT",
-)  # fmt: skip
-
+from ..run.distributed import SLURM_ENV, TORCHRUN_ENV, TORCHRUN_VARS, default_backend
 
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 
@@ -151,7 +138,7 @@ def run_plan(env: dict[str, str], cuda: list[dict[str, Any]]) -> dict[str, Any]:
         device = str(distributed.select_device(DistConfig(), local_rank, topology))
     except (UserError, ValueError) as exc:
         return {"launcher": None, "summary": f"a run would fail here: {' '.join(str(exc).split())}"}
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = default_backend(torch.device(device))
     plan = {
         "launcher": topology.source if topology.launcher == "external" else "none",
         "world_size": topology.world_size,
@@ -176,11 +163,9 @@ def _plan_summary(plan: dict[str, Any], env: dict[str, str], gpus: int) -> str:
         f"a plain run uses {plan['device']}; --multiprocessing-distributed would start "
         f"{spawned} process{'es' if spawned > 1 else ''}"
     ]
-    partial = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in env]
-    if 0 < len(partial) < 3:
-        parts.append(
-            f"{', '.join(partial)} set without the rest of RANK, WORLD_SIZE, LOCAL_RANK: not a torchrun process"
-        )
+    partial = [k for k in TORCHRUN_VARS if k in env]
+    if 0 < len(partial) < len(TORCHRUN_VARS):
+        parts.append(f"{', '.join(partial)} set without the rest of {', '.join(TORCHRUN_VARS)}: not a torchrun process")
     if "SLURM_JOB_ID" in env:
         parts.append(
             f"inside SLURM job {env['SLURM_JOB_ID']}, but not one of several srun tasks "
