@@ -1,10 +1,8 @@
 """Training augmentations of modern recipes (torchvision's references, timm): an automatic policy, then
 random erasing, applied per sample in the loader workers to the uint8 crop a training preset made.
 
-Randomness: the policies draw from torch's global generator and erasing from Python's, and a seeded run
-seeds both per sample (`randomness.PerSampleSeeded`, and the shard stream likewise), so the augmented
-pictures stay a pure function of (seed, epoch, sample) and a resumed run sees exactly the same ones.
-With no augmentation configured, nothing here is called: the training preset is used unwrapped.
+The policies draw from torch's global generator and erasing from Python's: a seeded run seeds both per
+sample, so the augmented pictures stay a pure function of (seed, epoch, sample), wherever it resumed.
 """
 
 from __future__ import annotations
@@ -27,18 +25,18 @@ Step = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RandomErase:
-    """With probability `p`, fill a random rectangle of a uint8 (C, H, W) picture with `fill`, choosing it
-    as torchvision's RandomErasing does. torchvision's recipe erases normalised images to 0; pictures here
+    """torchvision's RandomErasing on uint8 pictures. Its recipe erases normalised images to 0; pictures here
     stay uint8 until the device normalises them, so the rectangle gets the mean pixel, which becomes 0."""
 
-    def __init__(self, p: float, fill: Sequence[int] = MEAN_PIXEL) -> None:
+    def __init__(self, p: float) -> None:
         self.p = p
-        self.fill = torch.tensor(fill, dtype=torch.uint8).view(-1, 1, 1)
+        self.fill = torch.tensor(MEAN_PIXEL, dtype=torch.uint8).view(-1, 1, 1)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if random.random() >= self.p:
             return image
-        box = erase_box(image.shape[-1], image.shape[-2])
+        # Never the whole picture; left whole when ten tries find no rectangle, as torchvision does.
+        box = sample_box(image.shape[-1], image.shape[-2], ERASE_SCALE, ERASE_RATIO, whole=False)
         if box is None:
             return image
         top, left, height, width = box
@@ -47,18 +45,9 @@ class RandomErase:
         return erased
 
 
-def erase_box(width: int, height: int) -> tuple[int, int, int, int] | None:
-    """A rectangle as torchvision's RandomErasing chooses it, never the whole picture; None when ten tries
-    find none (the picture is then left whole, as torchvision does)."""
-    return sample_box(width, height, ERASE_SCALE, ERASE_RATIO, whole=False)
-
-
-def policy(cfg: DataConfig) -> Step | None:
-    """The configured automatic augmentation policy, or None. torchvision's tensor rotations and shears
-    support only nearest and bilinear sampling, so with bicubic the policies' geometric operations sample
-    bilinearly (the crop and validation resizes still use bicubic)."""
-    if cfg.auto_augment is None:
-        return None
+def policy(cfg: DataConfig) -> Step:
+    """torchvision's tensor rotations and shears support only nearest and bilinear sampling, so with bicubic
+    the policies' geometric operations sample bilinearly (the crop and validation resizes still use bicubic)."""
     mode = InterpolationMode(cfg.interpolation)
     mode = InterpolationMode.BILINEAR if mode == InterpolationMode.BICUBIC else mode
     if cfg.auto_augment == "ra":
@@ -69,14 +58,6 @@ def policy(cfg: DataConfig) -> Step | None:
         return v2.AugMix(severity=cfg.augmix_severity, interpolation=mode)
     assert cfg.auto_augment == "imagenet", cfg.auto_augment  # DataConfig accepts no other name
     return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode)
-
-
-def steps(cfg: DataConfig) -> list[Step]:
-    """What runs after the crop and flip, in the recipes' order: the policy, then erasing."""
-    chain = [step for step in (policy(cfg),) if step is not None]
-    if cfg.random_erase > 0:
-        chain.append(RandomErase(cfg.random_erase))
-    return chain
 
 
 class Augmented:
@@ -93,7 +74,9 @@ class Augmented:
 
 
 def augmented(preset: Callable[[object], torch.Tensor], cfg: DataConfig) -> Callable[[object], torch.Tensor]:
-    """`preset` with the configured augmentations after it; `preset` itself when there are none, so the
-    default pipeline does no extra work."""
-    chain = steps(cfg)
+    """`preset` then, in the recipes' order, the policy and erasing; `preset` itself when neither is
+    configured, so the default pipeline does no extra work."""
+    chain = [policy(cfg)] if cfg.auto_augment is not None else []
+    if cfg.random_erase > 0:
+        chain.append(RandomErase(cfg.random_erase))
     return Augmented(preset, chain) if chain else preset

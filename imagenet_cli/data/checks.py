@@ -7,6 +7,7 @@ decodes every file the way training does and reports unreadable files, colour mo
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ from .presets import decode_rgb, open_sample, read_bytes, within_limit
 # Picture files that torchvision's ImageFolder passes over without a word.
 SKIPPED_PICTURES = (".jfif", ".jpe", ".heic", ".heif", ".avif", ".gif", ".jp2", ".j2k", ".ico", ".svg", ".raw")
 SIDES = (64, 128, 256, 512, 1024)  # bucket edges of the shorter side, in pixels
+SIDE_BUCKETS = [f"{a}-{b - 1} px" for a, b in itertools.pairwise((0, *SIDES))] + [f">= {SIDES[-1]} px"]
 
 
 @dataclass
@@ -55,11 +57,10 @@ def survey(split_dir: str) -> FolderSurvey:
 
 def preflight(cfg: DataConfig, splits: Sequence[str]) -> list[str]:
     """Errors raised, one line each; warnings returned, for the launcher to print."""
+    sources.check(cfg, splits)
     if sources.data_format(cfg) != "imagefolder":
-        sources.check(cfg, splits)
         return []
     assert cfg.path is not None
-    sources.check_folders(cfg.path, splits)
     found = {split: survey(os.path.join(cfg.path, split)) for split in splits}
     notes = []
     for split, survey_ in found.items():
@@ -111,22 +112,17 @@ def check_all(cfg: DataConfig, workers: int) -> dict[str, Any]:
 def _jobs(cfg: DataConfig, kind: str) -> Iterator[tuple[str, str, Any]]:
     if kind == "webdataset":
         index = shards.read_index(cfg.path or "")
-        for split, entries in index.splits.items():
-            for shard in entries:
-                yield split, shard.path, len(index.classes)
-        return
+        return ((split, shard.path, len(index.classes)) for split, entries in index.splits.items() for shard in entries)
     splits = sources.open_splits(cfg, with_train=True, class_names=None)
-    for split, dataset in (("train", splits.train), ("val", splits.val)):
-        for path, _label in dataset.samples:  # type: ignore[union-attr]
-            yield split, path, None
+    datasets = (("train", splits.train), ("val", splits.val))
+    return ((split, path, None) for split, dataset in datasets for path, _ in dataset.samples)  # type: ignore[union-attr]
 
 
 def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
     split, path, classes = job
     if path.endswith(".tar"):
-        return [
-            _check_sample(split, f"{path}:{key}", fields, classes) for key, fields in shards.samples_or_damage(path)
-        ]
+        samples = shards.samples_or_damage(path)
+        return [_check_sample(split, f"{path}:{key}", fields, classes) for key, fields in samples]
     try:
         encoded = read_bytes(path)
     except OSError as exc:
@@ -149,9 +145,7 @@ def _check_sample(split: str, source: str, fields: dict[str, bytes], classes: in
 def _decode(split: str, source: str, encoded: torch.Tensor | bytes) -> FileResult:
     """Decode the whole picture with the training decoder (a truncated file fails here, as it would there)."""
     try:
-        tensor = (
-            encoded if isinstance(encoded, torch.Tensor) else torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
-        )
+        tensor = torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if isinstance(encoded, bytes) else encoded
         _, header = open_sample(tensor)
         mode, fmt, size = header.mode, header.format, header.size
         decode_rgb(tensor, header, within_limit(header, 1))
@@ -164,23 +158,13 @@ def summarise(results: list[list[FileResult] | FileResult], notes: list[str]) ->
     flat = [r for item in results for r in (item if isinstance(item, list) else [item])]
     bad = sorted((r for r in flat if r.problem), key=lambda r: r.source)
     good = [r for r in flat if not r.problem]
-    buckets = Counter(_bucket(r.shorter_side) for r in good)
+    buckets = Counter(SIDE_BUCKETS[bisect.bisect_right(SIDES, r.shorter_side)] for r in good)
     return {
         "files": len(flat),
         "per_split": {split: sum(1 for r in flat if r.split == split) for split in ("train", "val")},
         "unreadable": [{"file": r.source, "problem": r.problem} for r in bad],
         "modes": dict(Counter(r.mode for r in good).most_common()),
         "formats": dict(Counter(r.format for r in good).most_common()),
-        "shorter_side": {label: buckets[label] for label in _bucket_labels() if buckets[label]},
+        "shorter_side": {label: buckets[label] for label in SIDE_BUCKETS if buckets[label]},
         "notes": notes,
     }
-
-
-def _bucket(side: int) -> str:
-    labels = _bucket_labels()
-    return next((labels[i] for i, edge in enumerate(SIDES) if side < edge), labels[-1])
-
-
-def _bucket_labels() -> list[str]:
-    edges = (0, *SIDES)
-    return [f"{a}-{b - 1} px" for a, b in itertools.pairwise(edges)] + [f">= {SIDES[-1]} px"]

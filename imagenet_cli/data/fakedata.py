@@ -8,7 +8,7 @@ noise comes from a bank of patterns made once per device, so a batch costs a gat
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
@@ -73,9 +73,7 @@ class DeviceBatches:
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        assert isinstance(self.sampler, Sized)
-        full, rest = divmod(len(self.sampler), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        return len(BatchSampler(self.sampler, self.batch_size, self.drop_last))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for keys in BatchSampler(self.sampler, self.batch_size, self.drop_last):

@@ -30,7 +30,6 @@ IMAGENET_MEAN, IMAGENET_STD = presets.IMAGENET_MEAN, presets.IMAGENET_STD  # def
 
 
 def build_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None = None) -> DataSplits:
-    """The train and val datasets; `class_names` (a checkpoint's) fixes the label order when given."""
     if cfg.fake:
         assert cfg.num_classes is not None and cfg.val_crop_size and cfg.image_size
         val = FakeImages(cfg.fake_val_images, cfg.num_classes, cfg.val_crop_size, seed=1)
@@ -64,7 +63,6 @@ class EpochSampler(DistributedSampler):
         self.skip = 0
 
     def set_position(self, epoch: int, samples_done: int = 0) -> None:
-        """Start `epoch` after its first `samples_done` samples (a mid-epoch resume)."""
         self.set_epoch(epoch)
         self.skip = samples_done
 
@@ -88,15 +86,14 @@ def train_loader(
     shuffle: bool = True,
     skip_bad: bool = False,
 ) -> DataLoader | DeviceBatches:
-    """Shuffled per epoch identically on every rank; seeded runs get augmentations that repeat exactly."""
     if isinstance(dataset, ShardStream):
-        dataset.place(ctx.rank, ctx.world_size, batch_size, seed, shuffle, skip_bad)
+        dataset.place(ctx, batch_size, seed, shuffle, skip_bad)
         if dataset.batches_per_rank() < 1:
             raise UserError(
                 f"the shards hold {dataset.total} training samples, too few for a batch of {batch_size} on each of "
                 f"{ctx.world_size} process(es); lower --batch-size or use more data"
             )
-        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx)
     sampler = EpochSampler(dataset, ctx, seed, shuffle)
     if len(sampler) < batch_size:
         raise UserError(
@@ -107,29 +104,23 @@ def train_loader(
         return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=True)
     guarded = Guarded(dataset, skip_bad)
     source = PerSampleSeeded(guarded) if seed is not None else guarded
-    return _loader(source, sampler, batch_size, workers, prefetch, ctx, drop_last=True)
+    return _loader(source, sampler, batch_size, workers, prefetch, ctx)
 
 
 def val_loader(
     dataset: Dataset, ctx: DistContext, batch_size: int, workers: int, prefetch: int = 2, skip_bad: bool = False
 ) -> DataLoader | DeviceBatches:
     if isinstance(dataset, ShardStream):
-        dataset.place(ctx.rank, ctx.world_size, batch_size, None, skip_bad=skip_bad)
-        return _loader(dataset, None, batch_size, workers, prefetch, ctx, drop_last=False)
+        dataset.place(ctx, batch_size, None, shuffle=False, skip_bad=skip_bad)
+        return _loader(dataset, None, batch_size, workers, prefetch, ctx)
     sampler = ShardSampler(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
     if isinstance(dataset, FakeImages):
         return DeviceBatches(dataset, sampler, batch_size, ctx.device, drop_last=False)
-    return _loader(Guarded(dataset, skip_bad), sampler, batch_size, workers, prefetch, ctx, drop_last=False)
+    return _loader(Guarded(dataset, skip_bad), sampler, batch_size, workers, prefetch, ctx)
 
 
 def _loader(
-    dataset: Dataset,
-    sampler: Sampler[int] | None,
-    batch_size: int,
-    workers: int,
-    prefetch: int,
-    ctx: DistContext,
-    drop_last: bool,
+    dataset: Dataset, sampler: Sampler[int] | None, batch_size: int, workers: int, prefetch: int, ctx: DistContext
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -137,7 +128,8 @@ def _loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=ctx.device.type == "cuda",
-        drop_last=drop_last,
+        # Training keeps to whole batches; validation counts every image, and a stream yields whole batches.
+        drop_last=isinstance(sampler, EpochSampler),
         # A stream's workers must start anew each epoch to learn the epoch and position set in this process.
         persistent_workers=workers > 0 and not isinstance(dataset, ShardStream),
         prefetch_factor=prefetch if workers > 0 else None,
@@ -155,9 +147,8 @@ _WORKER_START = "fork" if sys.platform.startswith("linux") else None
 
 @contextmanager
 def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
-    """Stop the loaders' persistent workers when the block ends, however it ends. They ignore SIGTERM
-    (to outlive a preemption notice), so the `terminate()` multiprocessing sends at a spawned worker's
-    exit cannot stop them; the loader's own shutdown can."""
+    """Stop the loaders' persistent workers however the block ends: they ignore SIGTERM (to outlive a
+    preemption notice), so only the loader's own shutdown stops them, not multiprocessing's `terminate()`."""
     try:
         yield
     finally:
@@ -177,16 +168,14 @@ def _leave_signals_to_the_main_process(_worker_id: int) -> None:
 
 
 def set_position(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int) -> None:
-    """Where the next epoch's iterator starts: the epoch's shuffle, after `samples_done` of this rank's samples."""
     target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
     target.set_position(epoch, samples_done)  # type: ignore[union-attr]
 
 
 def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:
-    """`-b` is the batch of the whole run; each process takes its share, the first `b % N` ranks one image
-    more. A training batch always divides (`fit_batch`, at launch), so its shares are equal; a validation
-    batch may not, and need not: it changes no figure, since every image is counted once on some rank.
-    At least 1, since a loader needs a batch."""
+    """`-b` is the whole run's batch; the first `b % N` ranks take one image more. Only a validation batch
+    can split unevenly (`fit_batch` makes training's divide), and it changes no figure: every image is
+    counted once on some rank."""
     if data_parallel or not ctx.distributed:
         return batch_size
     share, rest = divmod(batch_size, ctx.world_size)
@@ -194,14 +183,10 @@ def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) ->
 
 
 def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
-    """The run's configuration with a training batch that splits evenly over `processes`, and a note for
-    the user when it had to change.
-
-    A batch typed with -b is the optimisation the user asked for: one that does not divide is refused,
-    naming the nearest ones that do. A batch nobody typed (the default, or a resumed run's batch that was
-    itself a default) is rounded down to a multiple of the process count, as the reference script's
-    `int(b / N)` per process does; the configuration then records the batch really used, so a resume
-    on the same processes continues exactly. Evaluation splits any batch as it comes."""
+    """The run's configuration with a training batch that splits evenly over `processes`, and a note when
+    it had to change. A batch typed with -b is the optimisation the user asked for, so one that does not
+    divide is refused; one nobody typed is rounded down, as the reference's `int(b / N)` per process does,
+    and recorded as used, so a resume on the same processes continues exactly."""
     if cfg.dist.data_parallel and processes > 1:
         raise UserError(
             f"--data-parallel drives every local GPU from one process, but this run has {processes} processes "
@@ -211,22 +196,18 @@ def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
     if cfg.command == "evaluate" or cfg.evaluate_only or batch % processes == 0:
         return cfg, None
     if cfg.optim.batch_size_given:
+        below, above = batch // processes * processes, (batch // processes + 1) * processes
+        nearest = f"{below} and {above}" if below else f"{above} (1 per process)"
         raise UserError(
             f"--batch-size {batch} is the total over {processes} processes and must divide evenly (each process "
-            f"would get {batch / processes:g}); the nearest that do are {_nearest_multiples(batch, processes)}"
+            f"would get {batch / processes:g}); the nearest that do are {nearest}"
         )
     share = max(1, batch // processes)
     fitted = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=share * processes))
     return fitted, _rounding_note(cfg, batch, processes, share)
 
 
-def _nearest_multiples(batch: int, processes: int) -> str:
-    below, above = batch // processes * processes, (batch // processes + 1) * processes
-    return f"{below} and {above}" if below else f"{above} (1 per process)"
-
-
 def _rounding_note(cfg: RunConfig, batch: int, processes: int, share: int) -> str:
-    """One line: the batch really used, how it splits, and how to choose another."""
     used = share * processes
     steps = cfg.optim.grad_accum_steps
     per_step = f"; {used * steps} per optimizer step with --grad-accum-steps {steps}" if steps > 1 else ""
@@ -242,7 +223,7 @@ def resolve_workers(workers: int | None, ctx: DistContext) -> int:
 
 
 def default_workers(local_world_size: int) -> int:
-    """The CPU cores this process may use (the affinity mask, shared with local peers), at most 8."""
+    """The cores of this process's affinity mask, shared with local peers, at most 8."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -16,7 +16,9 @@ import io
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,12 +44,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
 Sample = torch.Tensor | Image.Image
+Transform = Callable[[Any], torch.Tensor]  # a preset, maybe augmented
 
 
 @dataclass(frozen=True)
 class CropPlan:
-    """A training crop, chosen from the picture's size before any pixel is decoded: the box, the output
-    size, the flip. It applies to pixels on any device (worker CPUs, or the GPU after nvJPEG)."""
+    """A training crop chosen from the picture's size before any pixel is decoded, so the decode can be
+    reduced, or left to the GPU (nvJPEG)."""
 
     top: int
     left: int
@@ -120,7 +123,7 @@ Plan = CropPlan | CentrePlan | PadCropPlan
 
 
 class Preset:
-    """Sample to uint8 (3, H, W) tensor: plan from the header, decode (reduced when the plan allows), apply."""
+    """Sample to uint8 (3, H, W) tensor, planned from the header so the decode is reduced when the plan allows."""
 
     def plan(self, width: int, height: int) -> Plan:
         raise NotImplementedError
@@ -197,9 +200,6 @@ class DeferredBatch:
     def __init__(self, items: list[torch.Tensor | Deferred]) -> None:
         self.items = items
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def decode(self, device: torch.device) -> torch.Tensor:
         """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`."""
         deferred = [item for item in self.items if isinstance(item, Deferred)]
@@ -209,8 +209,7 @@ class DeferredBatch:
 
 
 def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random crop as RandomResizedCrop chooses it; the whole centre
-    square-ish crop when ten tries fail."""
+    """(top, left, height, width) as RandomResizedCrop chooses it, with its fallback when ten tries fail."""
     box = sample_box(width, height, CROP_SCALE, CROP_RATIO, whole=True)
     if box is not None:
         return box
@@ -227,10 +226,9 @@ def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
 def sample_box(
     width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], whole: bool
 ) -> tuple[int, int, int, int] | None:
-    """(top, left, height, width) of a rectangle covering `scale` of the area at an aspect ratio (width /
-    height) log-uniform in `ratio`, placed uniformly; None when ten tries find none that fits (`whole`:
-    may it span the whole width or height). Python's generator: torch's costs more per call than the
-    rest of the arithmetic."""
+    """(top, left, height, width) covering `scale` of the area at a log-uniform aspect ratio, or None when
+    ten tries find none (`whole`: may it span the whole side). Python's generator: torch's costs more per
+    call than the rest of the arithmetic."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -243,15 +241,14 @@ def sample_box(
 
 
 def read_bytes(path: str) -> torch.Tensor:
-    """A file's bytes, read once whichever decoder runs: the loader of every file-based source. A file
-    larger than any picture this tool decodes is refused before a byte of it is read into memory."""
+    """A file's bytes, read once whichever decoder runs; a file larger than any picture this tool decodes is
+    refused before a byte of it is read."""
     with open(path, "rb") as f:
         check_encoded_size(os.fstat(f.fileno()).st_size)
         return torch.from_numpy(np.fromfile(f, dtype=np.uint8))
 
 
 def check_encoded_size(size: int, what: str = "the file") -> None:
-    """Refuse an encoded picture (a file, a shard's member) above MAX_ENCODED_BYTES."""
     if size > MAX_ENCODED_BYTES:
         raise ValueError(
             f"{what} has {size:,} bytes, more than the {MAX_ENCODED_BYTES:,} this tool reads as one picture"
@@ -274,8 +271,8 @@ TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 
 
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
-    """The encoded bytes (None for a picture already in memory) and PIL's lazy view of the picture: for
-    bytes, the header is parsed and nothing is decoded yet."""
+    """The encoded bytes (None for a picture already in memory) and PIL's lazy view, which has parsed the
+    header and decoded nothing yet."""
     if isinstance(sample, Image.Image):
         return None, sample
     if sample.numel() == 0:

@@ -39,10 +39,9 @@ def parse_size(text: str) -> int:
 def make_shards(
     samples_by_split: dict[str, list[tuple[str, int]]], classes: list[str], out: str, shard_size: int
 ) -> dict[str, Any]:
-    """Write each split's (path, label) samples, in order, into tar shards of about `shard_size` bytes,
-    each written to a temporary name and renamed when whole; then the index. Returns the index. A failure
-    (a full disk, an unreadable source file) leaves no temporary file behind and is one line naming the
-    file; temporaries of an earlier run that was killed outright are removed first."""
+    """Each split's (path, label) samples, in order, in shards of about `shard_size` bytes, then the index
+    (returned). A failure (a full disk, an unreadable source) leaves no temporary file and is one line
+    naming the file; temporaries of an earlier run killed outright are removed first."""
     try:
         os.makedirs(out, exist_ok=True)
         _remove_own_temporaries(out)

@@ -22,7 +22,7 @@ import os
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from ..core import formats
+from ..core.context import DistContext
 from ..core.errors import UserError, one_line
 from ..core.randomness import mix_seed
 from ..core.text import clip
-from .presets import check_encoded_size
+from .presets import Transform, check_encoded_size
 from .unreadable import SUBSTITUTE_TRIES, Unreadable
 
 INDEX_FORMAT = "imagenet-cli shards 1"
@@ -44,6 +45,7 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tif
 # label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
 # landmark sets about 200,000) a label is a typo or hostile, and its class list alone would fill memory.
 MAX_CLASSES = 1_000_000
+Numbered = tuple[int, dict[str, bytes]]  # a sample's key (its position in the source dataset) and its members
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def _scan(root: str) -> ShardIndex:
         if split is None:
             continue
         path, count = os.path.join(root, name), 0
-        for key, fields in _samples(path):
+        for key, fields in _grouped(_members(path)):
             count += 1
             try:
                 top = max(top, label_of(fields))
@@ -113,25 +115,17 @@ def _scan(root: str) -> ShardIndex:
 
 
 def open_splits(
-    cfg: DataConfig,
-    with_train: bool,
-    class_names: Sequence[str] | None,
-    train_preset: Callable[[Any], torch.Tensor],
-    val_preset: Callable[[Any], torch.Tensor],
-) -> Any:
-    from .sources import DataSplits
-
+    cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, train_preset: Transform, val_preset: Transform
+) -> tuple[ShardStream | None, ShardStream, list[str]]:
+    """(train, val, class names), for `sources` to make its DataSplits of (it imports this module)."""
     index = read_index(cfg.path or "")
     if class_names is not None and list(class_names) != index.classes:
         raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
     if with_train and not index.splits.get("train"):
         raise UserError(f"{cfg.path} has no training shards")
-    train = ShardStream(index.splits["train"], train_preset, shuffle_buffer=cfg.shuffle_buffer) if with_train else None
-    val = ShardStream(index.splits["val"], val_preset, training=False)
-    for stream in (train, val):
-        if stream is not None:
-            stream.classes = index.classes
-    return DataSplits(train, val, index.classes)
+    train = ShardStream(index.splits.get("train", []), train_preset, index.classes, shuffle_buffer=cfg.shuffle_buffer)
+    val = ShardStream(index.splits["val"], val_preset, index.classes, training=False)
+    return train if with_train else None, val, index.classes
 
 
 class ShardStream(IterableDataset):
@@ -141,26 +135,19 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         shards: Sequence[Shard],
-        transform: Callable[[Any], torch.Tensor],
+        transform: Transform,
+        classes: Sequence[str] = (),
         training: bool = True,
         shuffle_buffer: int = 0,
     ) -> None:
         self.shards, self.transform, self.training = list(shards), transform, training
         self.shuffle_buffer, self.shuffle = shuffle_buffer, training
-        self.classes: list[str] = []
+        self.classes = list(classes)
         self.rank, self.world_size, self.batch_size, self.seed = 0, 1, 1, None
         self.epoch, self.skip, self.skip_bad = 0, 0, False
 
-    def place(
-        self,
-        rank: int,
-        world_size: int,
-        batch_size: int,
-        seed: int | None,
-        shuffle: bool = True,
-        skip_bad: bool = False,
-    ) -> None:
-        self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
+    def place(self, ctx: DistContext, batch_size: int, seed: int | None, shuffle: bool, skip_bad: bool) -> None:
+        self.rank, self.world_size, self.batch_size, self.seed = ctx.rank, ctx.world_size, batch_size, seed
         self.shuffle, self.skip_bad = shuffle and self.training, skip_bad
 
     def set_position(self, epoch: int, samples_done: int = 0) -> None:
@@ -174,8 +161,7 @@ class ShardStream(IterableDataset):
         return self.total // self.world_size // self.batch_size
 
     def __len__(self) -> int:
-        """This rank's samples in an epoch: whole batches when training, every sample of its share in
-        validation."""
+        """This rank's samples in an epoch: whole batches when training, all of its share in validation."""
         if self.training:
             return self.batches_per_rank() * self.batch_size
         if len(self.shards) >= self.world_size:
@@ -185,30 +171,28 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slots = self.world_size * workers
         if not self.training:
-            slot = self._my_slot(worker, workers)
-            yield from self._readable(self._slots_samples(slot, self.world_size * workers))
+            yield from self._readable(self._slots_samples(self.rank * workers + worker, slots))
             return
         # Batch k of this rank's epoch is logical worker k % workers's. The loader collects batches from its
         # workers round-robin starting with worker 0, so after `done` batches worker 0 plays `done % workers`.
         done = self.skip // self.batch_size
         worker = (worker + done) % workers
-        slot = self._my_slot(worker, workers)
+        slot = self.rank * workers + worker
         batches = self.batches_per_rank()
         mine = batches // workers + (worker < batches % workers)
         skipped = -(-(done - worker) // workers) if done > worker else 0
-        stream = self._shuffled(self._cycled(slot, self.world_size * workers), slot)
+        stream = self._shuffled(self._cycled(slot, slots), slot)
         yield from itertools.islice(
             self._readable(itertools.islice(stream, skipped * self.batch_size, None)),
             (mine - skipped) * self.batch_size,
         )
 
-    def _readable(self, samples: Iterator[tuple[int, dict[str, bytes]]]) -> Iterator[tuple[Any, int, tuple]]:
-        """Decoded samples, each with the problems met since the last one: with --skip-bad-images an
-        unreadable sample is passed over (its successor takes its place in the batch); otherwise it goes on
-        as a failure for the training process to report by name. SUBSTITUTE_TRIES failures in a row go on
-        without an image, as with folders: the training process then stops, rather than this worker
-        skipping forever through shards that are all damaged."""
+    def _readable(self, samples: Iterator[Numbered]) -> Iterator[tuple[Any, int, tuple]]:
+        """Decoded samples, each with the problems met since the last one, for the training process to report
+        by name. With --skip-bad-images a successor takes an unreadable sample's place, but after
+        SUBSTITUTE_TRIES in a row none does, so a worker never skips forever through damaged shards."""
         problems: list[Unreadable] = []
         for key, fields in samples:
             try:
@@ -221,9 +205,6 @@ class ShardStream(IterableDataset):
             yield image, label, tuple(problems)
             problems = []
 
-    def _my_slot(self, worker: int, workers: int) -> int:
-        return self.rank * workers + worker
-
     def _shard_order(self) -> list[Shard]:
         if not self.shuffle:
             return self.shards
@@ -232,39 +213,32 @@ class ShardStream(IterableDataset):
         random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
         return order
 
-    def _slots_samples(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
-        """The samples of `slot`: whole shards when there are enough to deal, else every `slots`-th sample
-        of them all."""
+    def _slots_samples(self, slot: int, slots: int) -> Iterator[Numbered]:
+        """Whole shards when there are enough to deal, else every `slots`-th sample of them all."""
         order = self._shard_order()
         if len(order) >= slots:
             for shard in order[slot::slots]:
                 yield from _numbered(shard)
             return
-        position = 0
-        for shard in order:
-            for sample in _numbered(shard):
-                if position % slots == slot:
-                    yield sample
-                position += 1
+        yield from itertools.islice((sample for shard in order for sample in _numbered(shard)), slot, None, slots)
 
-    def _cycled(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+    def _cycled(self, slot: int, slots: int) -> Iterator[Numbered]:
+        """The slot's samples over and over, so a rank dealt fewer than the epoch's batches still has enough."""
         while True:
-            empty = True
-            for sample in self._slots_samples(slot, slots):
-                empty = False
-                yield sample
-            if empty:
+            samples = self._slots_samples(slot, slots)
+            first = next(samples, None)
+            if first is None:
                 return
+            yield first
+            yield from samples
 
-    def _shuffled(
-        self, samples: Iterator[tuple[int, dict[str, bytes]]], slot: int
-    ) -> Iterator[tuple[int, dict[str, bytes]]]:
+    def _shuffled(self, samples: Iterator[Numbered], slot: int) -> Iterator[Numbered]:
         if not self.shuffle or self.shuffle_buffer <= 1:
             yield from samples
             return
         seed = self.seed if self.seed is not None else random.getrandbits(62)  # loader workers seed `random`
         rng = random.Random(mix_seed(seed, self.epoch, slot))
-        buffer: list[tuple[int, dict[str, bytes]]] = []
+        buffer: list[Numbered] = []
         for sample in samples:
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(sample)
@@ -286,9 +260,8 @@ class ShardStream(IterableDataset):
         label = label_of(fields, len(self.classes) or None)
         if self.seed is None:
             return self.transform(encoded), label
-        state = random.getstate()
+        sample_seed, state = mix_seed(self.seed, self.epoch, key), random.getstate()
         with torch.random.fork_rng(devices=[]):
-            sample_seed = mix_seed(self.seed, self.epoch, key)
             torch.manual_seed(sample_seed)
             random.seed(sample_seed)
             try:
@@ -297,7 +270,7 @@ class ShardStream(IterableDataset):
                 random.setstate(state)
 
 
-def _numbered(shard: Shard) -> Iterator[tuple[int, dict[str, bytes]]]:
+def _numbered(shard: Shard) -> Iterator[Numbered]:
     """(position key, fields) of a shard's samples: our keys are sample positions; others are numbered
     from the shard's name and the order within it."""
     base = mix_seed(zlib.crc32(os.path.basename(shard.path).encode()))
@@ -306,10 +279,9 @@ def _numbered(shard: Shard) -> Iterator[tuple[int, dict[str, bytes]]]:
 
 
 def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """`_samples`, and when the shard turns out damaged part-way (a bad header, a member claiming more than
-    the file holds), one last pseudo-sample, keyed `damaged`, whose DAMAGED field says why. A loader worker
-    or check-data then reports it like any unreadable sample, by name, and goes on with the next shard,
-    where an exception would end the worker with a traceback."""
+    """A shard's samples, then, when it turns out damaged part-way (a bad header, a member claiming more than
+    the file holds), a pseudo-sample keyed `damaged` whose DAMAGED field says why: a loader worker or
+    check-data reports it like any unreadable sample and goes on, where an exception would end the worker."""
     damage: list[UserError] = []
 
     def members() -> Iterator[tuple[str, bytes]]:
@@ -321,11 +293,6 @@ def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     yield from _grouped(members())
     if damage:
         yield "damaged", {DAMAGED: str(damage[0]).encode()}
-
-
-def _samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Read a tar file front to back, grouping consecutive members by key."""
-    return _grouped(_members(path))
 
 
 def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -427,6 +394,3 @@ def label_of(fields: dict[str, bytes], classes: int | None = None) -> int:
     if not 0 <= label < bound:
         raise ValueError(f"its .cls label {label} is not a class number (0 to {bound - 1:,})")
     return label
-
-
-# -- writing shards -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,9 @@ from ..core import formats
 from ..core.errors import UserError
 from ..core.text import clip
 from . import augment, shards
-from .presets import DeviceDecoded, InterpolationMode, PadCropPreset, Preset, TrainPreset, ValPreset, read_bytes
+from .presets import DeviceDecoded, InterpolationMode, PadCropPreset, TrainPreset, Transform, ValPreset, read_bytes
 
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
-Transform = Callable[[Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -43,16 +42,14 @@ def data_format(cfg: DataConfig) -> str:
     return formats.detect(cfg.path, manifests=bool(cfg.train_manifest or cfg.val_manifest))
 
 
-def open_splits(
-    cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, seed: int | None = None
-) -> DataSplits:
+def open_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None) -> DataSplits:
     """The train (when asked) and val datasets; `class_names` (a checkpoint's) fixes the label order."""
     kind = data_format(cfg)
     train_preset, val_preset = presets_for(cfg)
     if kind == "torchvision":
         return _torchvision_splits(cfg, with_train, class_names, train_preset, val_preset)
     if kind == "webdataset":
-        return shards.open_splits(cfg, with_train, class_names, train_preset, val_preset)
+        return DataSplits(*shards.open_splits(cfg, with_train, class_names, train_preset, val_preset))
     if kind == "csv":
         train_rows = read_manifest(manifest_path(cfg, "train")) if with_train else None
         val_rows = read_manifest(manifest_path(cfg, "val"))
@@ -60,22 +57,21 @@ def open_splits(
         train = ManifestDataset(train_rows, names, train_preset, "train") if train_rows is not None else None
         return DataSplits(train, ManifestDataset(val_rows, names, val_preset, "val"), names)
     assert cfg.path is not None
-    names = list(class_names) if class_names is not None else class_folders(_split_dir(cfg, with_train))
-    train = ClassFolder(os.path.join(cfg.path, "train"), names, train_preset) if with_train else None
-    return DataSplits(train, ClassFolder(os.path.join(cfg.path, "val"), names, val_preset), names)
+    train_dir, val_dir = os.path.join(cfg.path, "train"), os.path.join(cfg.path, "val")
+    names = list(class_names) if class_names is not None else class_folders(train_dir if with_train else val_dir)
+    train = ClassFolder(train_dir, names, train_preset) if with_train else None
+    return DataSplits(train, ClassFolder(val_dir, names, val_preset), names)
 
 
 def presets_for(cfg: DataConfig) -> tuple[Transform, Transform]:
-    """RandomResizedCrop training crops; for a torchvision dataset of small pictures trained at their own
-    size, pad-and-crop instead (the recipe those datasets are known by). Training crops then get the
-    configured augmentations (`--auto-augment`, `--random-erase`). With `--decode-on-device` the workers
-    leave JPEGs encoded for the device (the configuration refuses augmentations there)."""
+    """Small pictures of a torchvision dataset trained at their own size are padded and cropped (the recipe
+    those datasets are known by) rather than blown up by RandomResizedCrop. With `--decode-on-device` the
+    workers leave JPEGs encoded for the device (the configuration refuses augmentations there)."""
     assert cfg.image_size and cfg.val_resize_size and cfg.val_crop_size
+    size, mode = cfg.image_size, InterpolationMode(cfg.interpolation)
     native = formats.lookup(cfg.dataset).native_size if cfg.dataset else None
-    mode = InterpolationMode(cfg.interpolation)
-    train: Preset = TrainPreset(cfg.image_size, mode)
-    if native is not None and native == cfg.image_size and native <= 64:
-        train = PadCropPreset(cfg.image_size, padding=cfg.image_size // 8, interpolation=mode)
+    small = native == size and size <= 64
+    train = PadCropPreset(size, padding=size // 8, interpolation=mode) if small else TrainPreset(size, mode)
     val = ValPreset(cfg.val_resize_size, cfg.val_crop_size, mode)
     if cfg.decode_on_device:
         return DeviceDecoded(train), DeviceDecoded(val)
@@ -101,9 +97,8 @@ def check(cfg: DataConfig, splits: Sequence[str]) -> None:
 
 
 class ClassFolder(datasets.ImageFolder):
-    """An ImageFolder whose label indices follow a given class list (train's, or a checkpoint's), so
-    a validation folder that lacks a class cannot shift every label after it. Its samples are the files'
-    bytes: the presets decide how to decode them."""
+    """An ImageFolder labelled by a given class list (train's, or a checkpoint's), so a validation folder
+    that lacks a class cannot shift every label after it; its samples are bytes, for the presets to decode."""
 
     def __init__(self, root: str, classes: Sequence[str], transform: Transform) -> None:
         self._given_classes = list(classes)
@@ -131,11 +126,6 @@ def class_folders(directory: str) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
-def _split_dir(cfg: DataConfig, with_train: bool) -> str:
-    assert cfg.path is not None
-    return os.path.join(cfg.path, "train" if with_train else "val")
-
-
 def check_folders(path: str, splits: Sequence[str]) -> None:
     """Fail before any process starts, with a message naming what is missing."""
     if not os.path.isdir(path):
@@ -155,10 +145,9 @@ def check_folders(path: str, splits: Sequence[str]) -> None:
 
 
 def _has_image(directory: str) -> bool:
-    for _root, _dirs, files in os.walk(directory, followlinks=True):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-            return True
-    return False
+    return any(
+        f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(directory, followlinks=True) for f in files
+    )
 
 
 # -- CSV manifests ----------------------------------------------------------------------------------------------
@@ -180,7 +169,6 @@ def manifest_path(cfg: DataConfig, split: str) -> str:
 class ManifestRow:
     path: str
     label: str
-    line: int
 
 
 def read_manifest(path: str) -> list[ManifestRow]:
@@ -226,17 +214,13 @@ def _manifest_rows(
     """The rows after the header, and a `line N: what` for each malformed one."""
     rows, problems = [], []
     for fields in reader:
-        line = reader.line_num  # type: ignore[attr-defined]
         if not any(field.strip() for field in fields):
             continue  # blank lines are not rows
-        problem = _row_problem(fields, path_col, label_col, width)
-        if problem is None:
-            file = os.path.join(base, fields[path_col].strip())
-            problem = None if os.path.isfile(file) else f"no such file {clip(fields[path_col].strip())}"
+        problem = _row_problem(fields, base, path_col, label_col, width)
         if problem:
-            problems.append(f"line {line}: {problem}")
+            problems.append(f"line {reader.line_num}: {problem}")  # type: ignore[attr-defined]
         else:
-            rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip(), line))
+            rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip()))
     return rows, problems
 
 
@@ -244,7 +228,7 @@ def _column(header: list[str], names: Sequence[str], fallback: int) -> int:
     return next((header.index(n) for n in names if n in header), fallback)
 
 
-def _row_problem(fields: list[str], path_col: int, label_col: int, width: int) -> str | None:
+def _row_problem(fields: list[str], base: str, path_col: int, label_col: int, width: int) -> str | None:
     if len(fields) != width:
         return f"{len(fields)} fields where the header has {width}"
     if not fields[path_col].strip():
@@ -256,6 +240,8 @@ def _row_problem(fields: list[str], path_col: int, label_col: int, width: int) -
         return f"negative label {clip(label)}"
     if _is_number(label) and (len(label.lstrip("0")) > 7 or int(label) >= shards.MAX_CLASSES):
         return f"label {clip(label)} is past {shards.MAX_CLASSES - 1:,}, the largest class number this tool accepts"
+    if not os.path.isfile(os.path.join(base, fields[path_col].strip())):
+        return f"no such file {clip(fields[path_col].strip())}"
     return None
 
 
@@ -296,7 +282,6 @@ class ManifestDataset(Dataset):
 def _torchvision_splits(
     cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, train_preset: Transform, val_preset: Transform
 ) -> DataSplits:
-    assert cfg.dataset is not None
     val = open_torchvision(cfg, "val", val_preset)
     train = open_torchvision(cfg, "train", train_preset) if with_train else None
     names = torchvision_classes(train or val)

@@ -54,10 +54,8 @@ class Guarded(Dataset):
 
 
 def describe(dataset: Any, index: int) -> str:
-    samples = getattr(dataset, "samples", None)
-    if samples is not None:
-        return str(samples[index][0])
-    return f"sample {index} of {type(dataset).__name__}"
+    samples = getattr(dataset, "samples", None)  # (path, label) pairs of file-based datasets
+    return str(samples[index][0]) if samples is not None else f"sample {index} of {type(dataset).__name__}"
 
 
 def collate(batch: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
