@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from ..core.text import printable
-from .tables import _confusion_table, _most_confused_table, _per_class_table, _titled
+from .tables import duration, evaluation_tables, training_summary
 
 if TYPE_CHECKING:
     from .metrics import EpochResult, Metrics
@@ -37,43 +37,28 @@ class Reporter:
             print(json.dumps(result), flush=True)
 
 
+def _to_each(name: str) -> Callable[..., None]:
+    def method(self: Reporters, *args: Any, **kwargs: Any) -> None:
+        for reporter in self.reporters:
+            getattr(reporter, name)(*args, **kwargs)
+
+    return method
+
+
 class Reporters(Reporter):
     """Several reporters heard as one: the console, the metrics file, TensorBoard, a rank's log."""
 
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
 
-    def message(self, text: str) -> None:
-        for r in self.reporters:
-            r.message(text)
-
-    def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None:
-        for r in self.reporters:
-            r.phase_start(phase, epoch, total, done)
-
-    def phase_advance(self, step: int) -> None:
-        for r in self.reporters:
-            r.phase_advance(step)
-
-    def phase_update(self, step: int, metrics: Metrics, lr: float | None = None) -> None:
-        for r in self.reporters:
-            r.phase_update(step, metrics, lr)
-
-    def phase_end(self, metrics: Metrics) -> None:
-        for r in self.reporters:
-            r.phase_end(metrics)
-
-    def epoch_end(self, result: EpochResult) -> None:
-        for r in self.reporters:
-            r.epoch_end(result)
-
-    def run_end(self, best_acc1: float, output_dir: str) -> None:
-        for r in self.reporters:
-            r.run_end(best_acc1, output_dir)
-
-    def close(self) -> None:
-        for r in self.reporters:
-            r.close()
+    message = _to_each("message")
+    phase_start = _to_each("phase_start")
+    phase_advance = _to_each("phase_advance")
+    phase_update = _to_each("phase_update")
+    phase_end = _to_each("phase_end")
+    epoch_end = _to_each("epoch_end")
+    run_end = _to_each("run_end")
+    close = _to_each("close")
 
     def evaluation(self, result: dict[str, Any], as_json: bool) -> None:
         if self.reporters:
@@ -86,7 +71,6 @@ class ConsoleReporter(Reporter):
 
     def __init__(self, console: Console, verbose: bool = False) -> None:
         self.console = console
-        self.live = console.is_terminal
         self.verbose = verbose
         self.history: list[EpochResult] = []
         self._progress: Progress | None = None
@@ -100,7 +84,7 @@ class ConsoleReporter(Reporter):
 
     def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None:
         self._phase, self._phase_start, self._phase_done = (phase, epoch, total), time.perf_counter(), done
-        if not self.live:
+        if not self.console.is_terminal:
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -131,9 +115,7 @@ class ConsoleReporter(Reporter):
         elapsed = time.perf_counter() - self._phase_start
         eta = elapsed / max(1, step - self._phase_done) * (total - step)
         label = {"train": "Epoch", "val": "Test", "ema": "Test (EMA)"}.get(phase, phase)
-        label = f"{label}: [{epoch}]"
-        width = len(str(total))
-        self._print(f"{label}[{step:>{width}}/{total}]  {stats}  eta {_duration(eta)}")
+        self._print(f"{label}: [{epoch}][{step:>{len(str(total))}}/{total}]  {stats}  eta {duration(eta)}")
 
     def phase_end(self, metrics: Metrics) -> None:
         if self._progress is not None:
@@ -149,46 +131,21 @@ class ConsoleReporter(Reporter):
             f"epoch {result.epoch}: train loss {result.train.loss:.4f} top-1 {result.train.acc1:.2f}% | "
             f"val loss {result.val.loss:.4f} top-1 {result.val.acc1:.2f}% top-5 {result.val.acc5:.2f}%{ema}{marks} | "
             f"lr {result.lr:.4g} | {result.train.images_per_second:,.0f} img/s | "
-            f"{_duration(result.train.seconds + result.val.seconds)}{saved}"
+            f"{duration(result.train.seconds + result.val.seconds)}{saved}"
         )
 
     def run_end(self, best_acc1: float, output_dir: str) -> None:
         if not self.history:
             return
-        table = Table(title="Training summary", title_justify="left")
-        with_ema = any(r.ema for r in self.history)
-        columns = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5",
-                   *(("ema top-1",) if with_ema else ()), "best top-1", "lr", "time", "saved")  # fmt: skip
-        for column in columns:
-            table.add_column(column, justify="right")
-        for r in self.history:
-            table.add_row(
-                f"{r.epoch}{' *' if r.is_best else ''}", f"{r.train.loss:.4f}", f"{r.train.acc1:.2f}",
-                f"{r.val.loss:.4f}", f"{r.val.acc1:.2f}", f"{r.val.acc5:.2f}",
-                *((f"{r.ema.acc1:.2f}" if r.ema else "",) if with_ema else ()), f"{r.best_acc1:.2f}", f"{r.lr:.4g}",
-                _duration(r.train.seconds + r.val.seconds), "yes" if r.saved else "",
-            )  # fmt: skip
-        self.console.print(table)
+        self.console.print(training_summary(self.history))
         self._print(f"best top-1 {best_acc1:.2f}%; checkpoints in {output_dir}")
 
     def evaluation(self, result: dict[str, Any], as_json: bool) -> None:
         if as_json:
             super().evaluation(result, as_json)
             return
-        table = _titled(f"Evaluation of {result['checkpoint']}")
-        for column in ("images", "top-1", "top-5", "loss", "img/s"):
-            table.add_column(column, justify="right")
-        table.add_row(
-            str(result["images"]), f"{result['acc1']:.2f}%", f"{result['acc5']:.2f}%",
-            f"{result['loss']:.4f}", f"{result['images_per_second']:,.0f}",
-        )  # fmt: skip
-        self.console.print(table)
-        self.console.print(_per_class_table(result["per_class"]))
-        names = [row["class"] for row in result["per_class"]]
-        if len(names) <= 10:
-            self.console.print(_confusion_table(result["confusion"], names))
-        elif result["most_confused"]:
-            self.console.print(_most_confused_table(result["most_confused"]))
+        for table in evaluation_tables(result):
+            self.console.print(table)
         if result.get("confusion_plot"):
             self._print(f"confusion matrix drawn in {printable(result['confusion_plot'])}")
 
@@ -211,9 +168,3 @@ def make_reporter(is_main: bool, quiet: bool, to_stderr: bool, verbose: bool = F
 def file_reporter(stream: IO[str]) -> Reporter:
     """Plain lines into a log file, at the print interval, whatever the rank."""
     return ConsoleReporter(Console(file=stream, width=120, color_system=None), verbose=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

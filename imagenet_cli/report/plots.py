@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-METRICS_FILE = "metrics.jsonl"
-CURVES_FILE = "curves.png"
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
 RUNS_FILE = "runs.png"
 INSTALL_HINT = 'plotting needs matplotlib: pip install "imagenet-cli[plot]"'
 EPOCH_AXIS = "epoch (1 = end of the first)"
+SPLIT_STYLES = (("train", "-"), ("val", "--"))  # line styles, the same for every run
 CELL_COUNTS_UP_TO = 20  # classes; beyond this the numbers no longer fit their cells
 TICK_LABELS_UP_TO = 50  # classes; beyond this the names overlap into a black band
 
@@ -43,7 +44,7 @@ class RunMetrics:
 
 def default_output(runs: list[Path]) -> Path:
     """Where `plot` writes without --output: beside the run for one, in the current directory for several."""
-    return runs[0] / CURVES_FILE if len(runs) == 1 else Path(RUNS_FILE)
+    return runs[0] / CURVES_NAME if len(runs) == 1 else Path(RUNS_FILE)
 
 
 def training_curves(runs: list[Path], output: Path) -> list[str]:
@@ -66,7 +67,7 @@ def training_curves(runs: list[Path], output: Path) -> list[str]:
             notes.append(f"skipped a run: {exc}")
             continue
         if metrics.malformed:
-            notes.append(_malformed_note(run / METRICS_FILE, metrics.malformed))
+            notes.append(_malformed_note(run / METRICS_NAME, metrics.malformed))
         drawable.append((run, metrics))
     if not drawable:
         raise UserError("none of the runs has epoch records to plot: " + "; ".join(notes))
@@ -82,11 +83,11 @@ def read_metrics(run: Path) -> RunMetrics:
     An epoch recorded twice (a run resumed from an older checkpoint) keeps its last record. Train records
     that go back in time start a new history from that point, for the same reason.
     """
-    path = run / METRICS_FILE
+    path = run / METRICS_NAME
     if not run.is_dir():
         raise UserError(f"{run} is not a directory")
     if not path.is_file():
-        raise UserError(f"{run} has no {METRICS_FILE} (is it a run's --output-dir?)")
+        raise UserError(f"{run} has no {METRICS_NAME} (is it a run's --output-dir?)")
     metrics = RunMetrics()
     train: list[tuple[tuple[float, float], float]] = []  # ((epoch, step), lr)
     for record in _records(path, metrics.malformed):
@@ -96,7 +97,7 @@ def read_metrics(run: Path) -> RunMetrics:
         elif kind == "train":
             _add_train_record(train, record)
     if not metrics.epochs:
-        raise UserError(f"{run} has no epoch records in {METRICS_FILE} yet (the first epoch has not finished)")
+        raise UserError(f"{run} has no epoch records in {METRICS_NAME} yet (the first epoch has not finished)")
     metrics.epochs = dict(sorted(metrics.epochs.items()))
     metrics.lr_steps = [(epoch + step, lr) for (epoch, step), lr in train]
     return metrics
@@ -112,8 +113,7 @@ def _records(path: Path, malformed: list[int]) -> Iterator[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except ValueError:
-                malformed.append(number)
-                continue
+                record = None
             if not isinstance(record, dict) or (
                 record.get("type") in ("train", "epoch") and not _is_int(record.get("epoch"))
             ):
@@ -149,16 +149,12 @@ def _malformed_note(path: Path, lines: list[int]) -> str:
 
 def _unique(runs: list[Path], notes: list[str]) -> list[Path]:
     """The runs in order, each directory once: the same run twice would draw one line over another."""
-    seen: set[Path] = set()
-    unique = []
+    unique: dict[Path, Path] = {}
     for run in runs:
-        resolved = run.resolve()
-        if resolved in seen:
+        if run.resolve() in unique:
             notes.append(f"{run} was given more than once; drawn once")
-            continue
-        seen.add(resolved)
-        unique.append(run)
-    return unique
+        unique.setdefault(run.resolve(), run)
+    return list(unique.values())
 
 
 def run_labels(runs: list[Path]) -> list[str]:
@@ -174,23 +170,23 @@ def run_labels(runs: list[Path]) -> list[str]:
             depth[i] += 1
 
 
-def _matplotlib() -> tuple[type[Figure], Any]:
-    """matplotlib's Figure class and Agg canvas, or the one-line install hint."""
+def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas, or the one-line install hint."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise UserError(INSTALL_HINT) from exc
-    return Figure, FigureCanvasAgg
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
     """Three panels side by side; each run one colour, train solid and val dashed."""
-    figure_class, canvas_class = _matplotlib()
+    figure = _figure(16, 5)
     from matplotlib.lines import Line2D
 
-    figure = figure_class(figsize=(16, 5), dpi=100, layout="constrained")
-    canvas_class(figure)
     loss, top1, lr = figure.subplots(1, 3)
     for index, metrics in enumerate(runs):
         colour = f"C{index % 10}"
@@ -202,10 +198,7 @@ def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
     _label(lr, "Learning rate", "learning rate")
     _log_scale_if_wide(lr)
     handles = [Line2D([], [], color=f"C{i % 10}", label=label) for i, label in enumerate(labels)]
-    handles += [
-        Line2D([], [], color="black", linestyle="-", label="train"),
-        Line2D([], [], color="black", linestyle="--", label="val"),
-    ]
+    handles += [Line2D([], [], color="black", linestyle=style, label=split) for split, style in SPLIT_STYLES]
     loss.legend(handles=handles, fontsize="small")
     title = ", ".join(labels)
     figure.suptitle(f"Training curves: {title if len(title) <= 120 else title[:117] + '...'}")
@@ -215,7 +208,7 @@ def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
 def _epoch_lines(axes: Axes, metrics: RunMetrics, name: str, colour: str) -> None:
     """train_NAME solid and val_NAME dashed, at the end of each (1-based) epoch; gaps where a value is missing."""
     x = [epoch + 1 for epoch in metrics.epochs]
-    for split, style in (("train", "-"), ("val", "--")):
+    for split, style in SPLIT_STYLES:
         y = [_value(record.get(f"{split}_{name}")) for record in metrics.epochs.values()]
         if not all(math.isnan(v) for v in y):
             axes.plot(x, y, color=colour, linestyle=style, marker="o", markersize=3)
@@ -258,23 +251,21 @@ def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], output
     are written in the cells while they fit, and class names label the axes while they can be read.
     """
     _check_square(matrix, class_names)
-    figure_class, canvas_class = _matplotlib()
     classes = len(class_names)
     side = min(max(6.0, 2.5 + 0.3 * classes), 20.0) if classes <= TICK_LABELS_UP_TO else 9.0
-    figure = figure_class(figsize=(side + 1.5, side), dpi=100, layout="constrained")
-    canvas_class(figure)
+    figure = _figure(side + 1.5, side)
     axes = figure.subplots()
-    shares = _row_shares(matrix)
+    shares = [[count / total if (total := sum(row)) else 0.0 for count in row] for row in matrix]
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     figure.colorbar(image, ax=axes, label="share of the true class's images")
-    if classes <= TICK_LABELS_UP_TO:
-        axes.set_xticks(range(classes), class_names, rotation=90)
-        axes.set_yticks(range(classes), class_names)
-    else:
-        axes.set_xticks([])
-        axes.set_yticks([])
+    ticks, labels = (range(classes), class_names) if classes <= TICK_LABELS_UP_TO else ([], [])
+    axes.set_xticks(ticks, labels, rotation=90)
+    axes.set_yticks(ticks, labels)
     if classes <= CELL_COUNTS_UP_TO:
-        _write_counts(axes, matrix, shares)
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                colour = "white" if shares[i][j] > 0.5 else "black"  # readable on dark cells
+                axes.text(j, i, str(count), ha="center", va="center", color=colour, fontsize="small")
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     axes.set_title(title)
@@ -285,19 +276,6 @@ def _check_square(matrix: list[list[int]], class_names: list[str]) -> None:
     classes = len(class_names)
     if classes == 0 or len(matrix) != classes or any(len(row) != classes for row in matrix):
         raise ValueError(f"a confusion matrix for {classes} classes must be {classes}x{classes}")
-
-
-def _row_shares(matrix: list[list[int]]) -> list[list[float]]:
-    """Each count as a share of its row (true class); a class with no images stays at 0."""
-    return [[count / total if (total := sum(row)) else 0.0 for count in row] for row in matrix]
-
-
-def _write_counts(axes: Axes, matrix: list[list[int]], shares: list[list[float]]) -> None:
-    """Counts in the cells, white on dark cells so they stay readable."""
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            colour = "white" if shares[i][j] > 0.5 else "black"
-            axes.text(j, i, str(count), ha="center", va="center", color=colour, fontsize="small")
 
 
 def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
@@ -27,12 +28,12 @@ from ..config import RunConfig, to_options
 from ..core.atomicfile import write_text
 from ..core.errors import UserError
 from .live import Reporter
+from .plots import CURVES_NAME, METRICS_NAME, training_curves
 
 if TYPE_CHECKING:
     from .metrics import EpochResult, Metrics
 
 CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
 
 
 def write_config(cfg: RunConfig) -> str:
@@ -134,12 +135,8 @@ def rank_log(log_dir: str | None, rank: int, redirect: bool) -> Iterator[IO[str]
 def draw_curves(output_dir: str) -> str:
     """OUTPUT_DIR/curves.png at the end of a run, when matplotlib is there; a hint when it is not."""
     if importlib.util.find_spec("matplotlib") is None:
-        return 'no curves.png: plotting needs matplotlib (pip install "imagenet-cli[plot]")'
-    from pathlib import Path
-
-    from .plots import training_curves
-
-    path = Path(output_dir) / "curves.png"
+        return f'no {CURVES_NAME}: plotting needs matplotlib (pip install "imagenet-cli[plot]")'
+    path = Path(output_dir) / CURVES_NAME
     notes = training_curves([Path(output_dir)], path)
     return "\n".join([*notes, f"curves in {path}"])
 
@@ -204,13 +201,14 @@ class MetricsFile(Reporter):
         )  # fmt: skip
 
     def epoch_end(self, result: EpochResult) -> None:
-        train, val = result.train, result.val
+        train, val, ema = result.train, result.val, result.ema
+        ema_figures = {"ema_val_loss": ema.loss, "ema_val_acc1": ema.acc1, "ema_val_acc5": ema.acc5} if ema else {}
         self._write(
             {"type": "epoch", "epoch": result.epoch, "train_loss": train.loss, "train_acc1": train.acc1,
              "train_acc5": train.acc5, "val_loss": val.loss, "val_acc1": val.acc1, "val_acc5": val.acc5,
              "lr": result.lr, "best_acc1": result.best_acc1, "is_best": result.is_best, "saved": result.saved,
              "seconds": train.seconds + val.seconds, "images_per_second": train.images_per_second,
-             "data_wait": train.data_wait, "memory_mb": memory_mb(self.device), **_ema_figures(result)}
+             "data_wait": train.data_wait, "memory_mb": memory_mb(self.device), **ema_figures}
         )  # fmt: skip
 
     def close(self) -> None:
@@ -223,12 +221,6 @@ class MetricsFile(Reporter):
             return
         self._file.write(json.dumps({**line, "time": round(time.time(), 3)}) + "\n")
         self._file.flush()  # a crashed run keeps every line written before the crash
-
-
-def _ema_figures(result: EpochResult) -> dict[str, float]:
-    if result.ema is None:
-        return {}
-    return {"ema_val_loss": result.ema.loss, "ema_val_acc1": result.ema.acc1, "ema_val_acc5": result.ema.acc5}
 
 
 class TensorBoard(Reporter):
@@ -248,14 +240,10 @@ class TensorBoard(Reporter):
         if phase == "train":
             self._steps_per_epoch = total
             if self.writer is None:
-                self.writer = self._open(first_step=epoch * total + done + 1)
+                from torch.utils.tensorboard import SummaryWriter
 
-    def _open(self, first_step: int) -> Any:
-        """A writer whose first event tells TensorBoard to discard every earlier event at `first_step` or
-        later: the steps after the checkpoint this run continues from, which it trains again."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(self.directory, purge_step=first_step)
+                # TensorBoard discards earlier events from purge_step on: the steps this run trains again
+                self.writer = SummaryWriter(self.directory, purge_step=epoch * total + done + 1)
 
     def phase_update(self, step: int, metrics: Metrics, lr: float | None = None) -> None:
         phase, epoch, total = self._phase

@@ -1,13 +1,53 @@
-"""Tables of an evaluation's results, shared by the live reporter and the one-shot printing."""
+"""Tables printed once, at the end of a run or of an evaluation; the live reporter only prints them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
 from ..core.text import printable
+
+if TYPE_CHECKING:
+    from .metrics import EpochResult
+
+
+def training_summary(history: list[EpochResult]) -> Table:
+    """One row per epoch; the best marked with a star."""
+    table = Table(title="Training summary", title_justify="left")
+    with_ema = any(r.ema for r in history)
+    columns = ("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5",
+               *(("ema top-1",) if with_ema else ()), "best top-1", "lr", "time", "saved")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in history:
+        table.add_row(
+            f"{r.epoch}{' *' if r.is_best else ''}", f"{r.train.loss:.4f}", f"{r.train.acc1:.2f}",
+            f"{r.val.loss:.4f}", f"{r.val.acc1:.2f}", f"{r.val.acc5:.2f}",
+            *((f"{r.ema.acc1:.2f}" if r.ema else "",) if with_ema else ()), f"{r.best_acc1:.2f}", f"{r.lr:.4g}",
+            duration(r.train.seconds + r.val.seconds), "yes" if r.saved else "",
+        )  # fmt: skip
+    return table
+
+
+def evaluation_tables(result: dict[str, Any]) -> list[Table]:
+    """The figures, per-class top-1, then the full confusion matrix while it fits a terminal (10 classes),
+    else its largest mistakes."""
+    table = _titled(f"Evaluation of {result['checkpoint']}")
+    for column in ("images", "top-1", "top-5", "loss", "img/s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result["images"]), f"{result['acc1']:.2f}%", f"{result['acc5']:.2f}%",
+        f"{result['loss']:.4f}", f"{result['images_per_second']:,.0f}",
+    )  # fmt: skip
+    tables = [table, _per_class_table(result["per_class"])]
+    names = [row["class"] for row in result["per_class"]]
+    if len(names) <= 10:
+        tables.append(_confusion_table(result["confusion"], names))
+    elif result["most_confused"]:
+        tables.append(_most_confused_table(result["most_confused"]))
+    return tables
 
 
 def _titled(title: str) -> Table:
@@ -59,3 +99,9 @@ def literal(value: object) -> Text:
     cells, titles): a class named `[/]` or `:cat:` is a name, never a tag (a stray closing tag is an error
     in rich) nor a picture."""
     return Text(printable(value))
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

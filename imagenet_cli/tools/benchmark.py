@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -47,6 +48,7 @@ from .isolated import ChildRunners, Runner
 from .pictures import IMAGENET_LIKE, write_imagenet_like
 
 PARTS = ("train", "eval", "pipeline", "e2e")
+Progress = Callable[[str], None]  # told what is measured next
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,14 @@ class BenchmarkConfig:
             raise UserError(f"{self.data} has no train/ folder of class folders to read")
         check_arch(self.arch)
 
+    @property
+    def source(self) -> str:
+        return self.data or f"{self.images} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
 
-def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: None) -> dict[str, Any]:
+
+def run(cfg: BenchmarkConfig, progress: Progress = lambda _text: None) -> dict[str, Any]:
     """Measure each part asked for; returns plain data (the JSON output)."""
-    device = _device(cfg.no_accel)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.no_accel else "cpu")
     torch.backends.cudnn.benchmark = True  # on both sides: not among the changes this benchmark credits
     if device.type == "cpu":
         hostmemory.keep_freed_memory()  # as `worker.configure_process` does for a CPU run
@@ -90,10 +96,12 @@ def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: No
     if {"train", "eval", "e2e"} & set(cfg.parts):
         result["compute"] = settings.describe()
     with ChildRunners() as reference:
-        for part in ("train", "eval"):
+        for part, ours, baseline in (("train", train_ours, train_reference), ("eval", eval_ours, eval_reference)):
             if part in cfg.parts:
                 progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
-                result["results"].append(_model_throughput(part, cfg, settings, reference))
+                runners = {"ours": ours(cfg, settings), "baseline": reference.add(part, baseline, cfg, device)}
+                rates = _timed_steps(cfg, runners, device)
+                result["results"].append(_row(part, f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px", rates))
                 reference.clear()
         if {"pipeline", "e2e"} & set(cfg.parts):
             result["results"].extend(_file_parts(cfg, settings, reference, progress))
@@ -101,35 +109,30 @@ def run(cfg: BenchmarkConfig, progress: Callable[[str], None] = lambda _text: No
 
 
 def _file_parts(
-    cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners, progress: Callable[[str], None]
+    cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners, progress: Progress
 ) -> list[dict[str, Any]]:
     rows = []
+    workers = cfg.workers or data.default_workers(1)
     with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
         root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
-        source = cfg.data or f"{cfg.images} generated {IMAGENET_LIKE[0]}x{IMAGENET_LIKE[1]} JPEGs, quality 90"
         if "pipeline" in cfg.parts:
-            progress(f"pipeline: {source}")
-            rows.extend(_pipeline_throughput(cfg, root, source, scratch, reference, progress))
+            progress(f"pipeline: {cfg.source}")
+            rows.extend(_pipeline_throughput(cfg, root, scratch, workers, reference, progress))
             reference.clear()
         if "e2e" in cfg.parts:
-            progress(f"e2e: {cfg.arch} trained from {source}")
-            rows.append(_e2e_throughput(cfg, settings, root, source, reference))
+            progress(f"e2e: {cfg.arch} trained from {cfg.source}")
+            rows.append(_e2e_throughput(cfg, settings, root, workers, reference))
             reference.clear()
     return rows
 
 
-def _model_throughput(
-    part: str, cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners
-) -> dict[str, Any]:
-    runners = {
-        "ours": (train_ours if part == "train" else eval_ours)(cfg, settings),
-        "baseline": reference.add(part, train_reference if part == "train" else eval_reference, cfg, settings.device),
-    }
-    rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, settings.device)
-    return _row(part, f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px", rates["ours"], rates["baseline"])
+def _timed_steps(cfg: BenchmarkConfig, runners: dict[str, Runner], device: torch.device) -> dict[str, float]:
+    """Training or evaluation steps of each side, `cfg.steps` a round."""
+    return _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, device)
 
 
-def _row(part: str, what: str, ours: float, baseline: float) -> dict[str, Any]:
+def _row(part: str, what: str, rates: dict[str, float]) -> dict[str, Any]:
+    ours, baseline = rates["ours"], rates["baseline"]
     return {
         "part": part,
         "what": what,
@@ -140,10 +143,6 @@ def _row(part: str, what: str, ours: float, baseline: float) -> dict[str, Any]:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    import platform
-
-    import torchvision
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "device": device.type,
@@ -152,10 +151,6 @@ def machine(device: torch.device) -> dict[str, Any]:
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
     }
-
-
-def _device(no_accel: bool) -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() and not no_accel else torch.device("cpu")
 
 
 def _sync(device: torch.device) -> None:
@@ -205,24 +200,22 @@ def _device_batches(images: FakeImages, steps: int, batch: int, device: torch.de
     return DeviceBatches(images, data.ShardSampler(steps * batch, 0, 1), batch, device, drop_last=True)
 
 
-def train_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Callable[[int], None]:
+def train_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
     """The tool's own training loop, on data made on the device."""
     parts, images = _our_parts(cfg, settings)
 
     def steps(n: int) -> None:
-        if n:
-            engine.train_one_epoch(parts, _device_batches(images, n, cfg.batch_size, settings.device), epoch=0)
+        engine.train_one_epoch(parts, _device_batches(images, n, cfg.batch_size, settings.device), epoch=0)
 
     return steps
 
 
-def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Callable[[int], None]:
+def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
     parts, images = _our_parts(cfg, settings)
 
     def steps(n: int) -> None:
-        if n:
-            loader = _device_batches(images, n, cfg.batch_size, settings.device)
-            engine.evaluate(parts.model, loader, parts.normalize, parts.ctx, Reporter(), 0, 10**9, 1000, parts.autocast)
+        loader = _device_batches(images, n, cfg.batch_size, settings.device)
+        engine.evaluate(parts.model, loader, parts.normalize, parts.ctx, Reporter(), 0, 10**9, 1000, parts.autocast)
 
     return steps
 
@@ -240,12 +233,12 @@ def _reference_batch(cfg: BenchmarkConfig, device: torch.device) -> tuple[nn.Mod
     return model, images, targets
 
 
-def train_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int], None]:
+def train_reference(cfg: BenchmarkConfig, device: torch.device) -> Runner:
     model, images, targets = _reference_batch(cfg, device)
     return _reference_training(model, device, itertools.repeat((images, targets)))
 
 
-def _reference_training(model: nn.Module, device: torch.device, batches: Iterator[Any]) -> Callable[[int], None]:
+def _reference_training(model: nn.Module, device: torch.device, batches: Iterator[Any]) -> Runner:
     """Steps as the reference's `train()` takes them: copy, fp32 forward, loss and top-k read on the host
     (`loss.item()`, a sync), `zero_grad`, backward, step."""
     criterion = nn.CrossEntropyLoss().to(device)
@@ -256,8 +249,9 @@ def _reference_training(model: nn.Module, device: torch.device, batches: Iterato
         for x, y in itertools.islice(batches, n):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             output = model(x)
-            loss = criterion(output[0] if isinstance(output, tuple) else output, y)
-            _reference_accuracy(output, y, loss)
+            logits = output[0] if isinstance(output, tuple) else output  # with auxiliary outputs (Inception)
+            loss = criterion(logits, y)
+            _reference_accuracy(logits, y, loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -265,7 +259,7 @@ def _reference_training(model: nn.Module, device: torch.device, batches: Iterato
     return steps
 
 
-def eval_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int], None]:
+def eval_reference(cfg: BenchmarkConfig, device: torch.device) -> Runner:
     model, images, targets = _reference_batch(cfg, device)
     criterion = nn.CrossEntropyLoss().to(device)
     model.eval()
@@ -280,9 +274,8 @@ def eval_reference(cfg: BenchmarkConfig, device: torch.device) -> Callable[[int]
     return steps
 
 
-def _reference_accuracy(output: Any, targets: torch.Tensor, loss: torch.Tensor) -> None:
+def _reference_accuracy(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
     """The reference's meters: top-1/top-5 and the loss, each read to the host every step."""
-    logits = output[0] if isinstance(output, tuple) else output
     with torch.no_grad():
         correct = logits.topk(5, 1).indices.t().eq(targets.view(1, -1))
         for k in (1, 5):
@@ -301,12 +294,7 @@ def reference_train_transform(size: int) -> transforms.Compose:
 
 
 def _pipeline_throughput(
-    cfg: BenchmarkConfig,
-    root: str,
-    source: str,
-    scratch: str,
-    reference: ChildRunners,
-    progress: Callable[[str], None],
+    cfg: BenchmarkConfig, root: str, scratch: str, workers: int, reference: ChildRunners, progress: Progress
 ) -> list[dict[str, Any]]:
     files = [path for path, _ in datasets.ImageFolder(root).samples][: cfg.images]
     cpu = torch.device("cpu")
@@ -315,8 +303,7 @@ def _pipeline_throughput(
          "baseline": reference.add("per core", per_core_reference, files, cfg.image_size)},
         steps=1, images=len(files), warmup=0, device=cpu,
     )  # fmt: skip
-    workers = cfg.workers or data.default_workers(1)
-    folder = sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))
+    folder = _train_folder(root, cfg.image_size)
     from_files = loader_passes(folder, cfg, workers)
     total = _interleaved(
         {"ours": from_files, "baseline": reference.add("loader", reference_loader_passes, root, cfg, workers)},
@@ -331,30 +318,32 @@ def _pipeline_throughput(
         {"ours": loader_passes(stream, cfg, workers), "baseline": from_files},
         steps=1, images=len(samples), warmup=1, device=cpu, rounds=2,
     )  # fmt: skip
-    what = f"{cfg.image_size}px crops of {source}"
+    what = f"{cfg.image_size}px crops of {cfg.source}"
     return [
-        _row("pipeline, per core", what, per_core["ours"], per_core["baseline"]),
-        _row(f"pipeline, {workers} workers", what, total["ours"], total["baseline"]),
-        _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files",
-             from_shards["ours"], from_shards["baseline"]),
-    ]  # fmt: skip
+        _row("pipeline, per core", what, per_core),
+        _row(f"pipeline, {workers} workers", what, total),
+        _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files", from_shards),
+    ]
 
 
 def _e2e_throughput(
-    cfg: BenchmarkConfig, settings: compute.Compute, root: str, source: str, reference: ChildRunners
+    cfg: BenchmarkConfig, settings: compute.Compute, root: str, workers: int, reference: ChildRunners
 ) -> dict[str, Any]:
-    workers = cfg.workers or data.default_workers(1)
-    if len(sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))) < cfg.batch_size:
+    folder = _train_folder(root, cfg.image_size)
+    if len(folder) < cfg.batch_size:
         raise UserError(
             f"e2e needs at least one batch of images: --images {cfg.images} < --batch-size {cfg.batch_size}"
         )
     runners = {
-        "ours": e2e_ours(cfg, settings, root, workers),
+        "ours": e2e_ours(cfg, settings, folder, workers),
         "baseline": reference.add("e2e", e2e_reference, cfg, settings.device, root, workers),
     }
-    rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, settings.device)
-    what = f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px from {source}"
-    return _row(f"e2e: train from files, {workers} workers", what, rates["ours"], rates["baseline"])
+    what = f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px from {cfg.source}"
+    return _row(f"e2e: train from files, {workers} workers", what, _timed_steps(cfg, runners, settings.device))
+
+
+def _train_folder(root: str, size: int) -> sources.ClassFolder:
+    return sources.ClassFolder(root, sources.class_folders(root), TrainPreset(size))
 
 
 class _Steps:
@@ -384,31 +373,23 @@ def _file_loader(dataset: Any, cfg: BenchmarkConfig, workers: int, device: torch
     )  # fmt: skip
 
 
-def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, root: str, workers: int) -> Callable[[int], None]:
+def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, folder: sources.ClassFolder, workers: int) -> Runner:
     """The tool's training loop fed by its own pipeline (uint8 presets, device-side normalisation)."""
     parts, _ = _our_parts(cfg, settings)
-    folder = sources.ClassFolder(root, sources.class_folders(root), TrainPreset(cfg.image_size))
     batches = _endless(_file_loader(folder, cfg, workers, settings.device, prefetch=4))
 
     def steps(n: int) -> None:
-        if n:
-            engine.train_one_epoch(parts, _Steps(batches, n), epoch=0)  # type: ignore[arg-type]
+        engine.train_one_epoch(parts, _Steps(batches, n), epoch=0)  # type: ignore[arg-type]
 
     return steps
 
 
-def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Callable[[int], None]:
+def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Runner:
     """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
     torch.backends.cudnn.benchmark = True  # as in ours: not among the changes this benchmark credits
     images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
     model = models.build_model(cfg.arch, 1000).to(device)
     return _reference_training(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
-
-
-def reference_loader(path: str) -> Image.Image:
-    """The reference's (ImageFolder's) loader: PIL, converted to RGB."""
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
 
 
 def per_core_ours(files: list[str], size: int) -> Runner:
@@ -418,7 +399,7 @@ def per_core_ours(files: list[str], size: int) -> Runner:
 
 def per_core_reference(files: list[str], size: int) -> Runner:
     transform = reference_train_transform(size)
-    return _single_threaded(files, lambda path: transform(reference_loader(path)))
+    return _single_threaded(files, lambda path: transform(datasets.folder.pil_loader(path)))  # ImageFolder's loader
 
 
 def _single_threaded(files: list[str], transform: Callable[[str], Any]) -> Runner:

@@ -15,8 +15,6 @@ import torchvision
 
 from ..core.errors import UserError
 
-# ---- models ----
-
 
 def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
     """One row per torchvision classifier whose name contains `pattern` (any case); an error if none does,
@@ -34,16 +32,8 @@ def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
 def describe_model(name: str) -> dict[str, Any]:
     """Parameters (1000 classes), the input size and ImageNet top-1 of the default weights; None when unknown."""
     weights = _default_weights(name)
-    if weights is None:
-        return {
-            "name": name,
-            "parameters": parameter_count(name),
-            "crop_size": None,
-            "resize_size": None,
-            "imagenet_acc1": None,
-        }
-    meta = weights.meta
-    crop, resize = _preset_sizes(weights)
+    meta = weights.meta if weights is not None else {}
+    crop, resize = _preset_sizes(weights) if weights is not None else (None, None)
     acc1 = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     return {
         "name": name,
@@ -79,6 +69,3 @@ def _preset_sizes(weights: Any) -> tuple[int | None, int | None]:
         return None, None
     crop, resize = getattr(preset, "crop_size", None), getattr(preset, "resize_size", None)
     return (int(crop[0]) if crop else None), (int(resize[0]) if resize else None)
-
-
-# ---- environment ----

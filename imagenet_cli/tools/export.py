@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedCheckpoint, read_checkpoint
+from ..checkpoint import read_checkpoint
 from ..config import VAL_CROP_RATIO
 from ..core.atomicfile import atomic_write
 from ..core.errors import UserError
@@ -72,15 +72,16 @@ def export(request: Request) -> Outcome:
     arch = resolve_arch(loaded, request.arch)
     target = os.path.abspath(request.output or default_output(request.checkpoint, request.format, request.ema))
     _check_target(target, request.checkpoint)
-    weights = dataclasses.replace(loaded, state_dict=loaded.weights(request.ema))
-    model, num_classes = load_model(weights, arch)
+    model, num_classes = load_model(dataclasses.replace(loaded, state_dict=loaded.weights(request.ema)), arch)
     outcome = Outcome()
-    names = class_labels(loaded, num_classes, outcome.notes, request.data)
-    resize, crop = _sizes(loaded, arch, request.image_size)
+    if request.image_size is None:
+        resize, crop = input_sizes(loaded, arch)  # the sizes the model was validated at
+    else:
+        resize, crop = round(request.image_size / VAL_CROP_RATIO), request.image_size
     metadata = {
         "arch": arch,
         "num_classes": num_classes,
-        "class_names": names,
+        "class_names": class_labels(loaded, num_classes, outcome.notes, request.data),
         "preprocessing": preprocessing(resize, crop, interpolation(loaded)),
         "source": os.path.abspath(request.checkpoint),
         "weights": "ema" if request.ema else "model",
@@ -117,13 +118,6 @@ def _check_target(target: str, checkpoint: str) -> None:
         raise UserError(f"cannot write {target}: no such directory")
 
 
-def _sizes(loaded: LoadedCheckpoint, arch: str, image_size: int | None) -> tuple[int, int]:
-    """(resize, crop): --image-size with the evaluation ratio, else the sizes the model was validated at."""
-    if image_size is not None:
-        return round(image_size / VAL_CROP_RATIO), image_size
-    return input_sizes(loaded, arch)
-
-
 def preprocessing(resize: int, crop: int, interpolation: str = "bilinear") -> dict[str, Any]:
     """The evaluation view, spelled out for code that does not have torchvision's transforms."""
     return {
@@ -139,19 +133,14 @@ def preprocessing(resize: int, crop: int, interpolation: str = "bilinear") -> di
     }
 
 
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2) + "\n").encode()
-
-
 def _write_sidecar(target: str, metadata: Mapping[str, Any]) -> str:
     """`TARGET.json`: what a deployment of an ONNX or state-dict file reads beside it."""
     path = target + ".json"
-    atomic_write(path, lambda f: f.write(_json_bytes(dict(metadata))))
+    atomic_write(path, lambda f: f.write((json.dumps(dict(metadata), indent=2) + "\n").encode()))
     return path
 
 
 def write_torchscript(deployable: Deployable, target: str) -> list[str]:
-    """A traced module whose archive also holds class_names.json and preprocessing.json."""
     extra = {
         "class_names.json": json.dumps(deployable.metadata["class_names"]),
         "preprocessing.json": json.dumps(deployable.metadata["preprocessing"]),

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
 from ..checkpoint import LoadedCheckpoint, read_checkpoint
-from ..config import ComputeConfig, DistConfig, from_stored
+from ..config import ComputeConfig, DataConfig, DistConfig, from_stored
 from ..core import models
 from ..core.errors import UserError, one_line
 from ..data import loaders as data
@@ -62,7 +62,12 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     found: list[str] = []
     for path in inputs:
         if os.path.isdir(path):
-            images = _images_under(path)
+            images = sorted(
+                os.path.join(root, name)
+                for root, _, files in os.walk(path)
+                for name in files
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
             if not images:
                 raise UserError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             found.extend(images)
@@ -71,16 +76,6 @@ def find_images(inputs: Sequence[str]) -> list[str]:
         else:
             raise UserError(f"no such file or directory: {path}")
     return list(dict.fromkeys(found))  # a file named twice is predicted once
-
-
-def _images_under(directory: str) -> list[str]:
-    hits = [
-        os.path.join(root, name)
-        for root, dirs, files in os.walk(directory)
-        for name in files
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    ]
-    return sorted(hits)
 
 
 def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
@@ -114,7 +109,9 @@ def class_labels(loaded: LoadedCheckpoint, outputs: int, notes: list[str], data_
     """A name for each output: DATA's classes when given (as training on DATA numbers them), else the
     checkpoint's. A model wider than its classes (the reference script's 1000 outputs) names the rest by
     number; names that cannot fit give numbers throughout, with a note saying why."""
-    names = class_names_of(data_dir) if data_dir else loaded.class_names
+    names = loaded.class_names
+    if data_dir:
+        names = data.build_splits(DataConfig(path=os.path.abspath(data_dir)), with_train=True).class_names
     where = data_dir or loaded.path
     if names and len(names) <= outputs:
         if len(names) < outputs:
@@ -125,13 +122,6 @@ def class_labels(loaded: LoadedCheckpoint, outputs: int, notes: list[str], data_
     else:
         notes.append(f"{loaded.path} stores no class names; showing class numbers (--data DATA names them)")
     return [f"class {i}" for i in range(outputs)]
-
-
-def class_names_of(data_dir: str) -> list[str]:
-    """The classes of a dataset, numbered as training on it numbers them."""
-    from ..config import DataConfig
-
-    return data.build_splits(DataConfig(path=os.path.abspath(data_dir)), with_train=True).class_names
 
 
 def load_model(loaded: LoadedCheckpoint, arch: str) -> tuple[nn.Module, int]:
