@@ -12,6 +12,7 @@ from imagenet_cli.checkpoint import (
     CHECKPOINT_NAME,
     make_checkpoint,
     read_checkpoint,
+    reading,
     save_checkpoint,
 )
 from imagenet_cli.config import build_config
@@ -90,6 +91,27 @@ def test_unreadable_files_are_one_clear_error(tmp_path, content, words):
 def test_a_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         read_checkpoint(str(tmp_path / "nope.pth.tar"))
+
+
+def test_a_file_is_read_once_until_replaced_and_each_reader_gets_its_own_optimizer_state(tmp_path, monkeypatch):
+    """The cli, the launcher and the worker each read a resume's file: torch parses it once. An optimizer
+    restored on the CPU trains the very tensors it was given, so those are never shared between readers."""
+    loads = []
+    real_load = reading._load
+    monkeypatch.setattr(reading, "_load", lambda path: loads.append(path) or real_load(path))
+    momentum = {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"params": [0]}]}
+    checkpoint = {**_tool_checkpoint(models.build_model(TINY_ARCH, 3)), "optimizer": momentum}
+    save_checkpoint(checkpoint, str(tmp_path), is_best=False)
+    path = str(tmp_path / CHECKPOINT_NAME)
+
+    first = read_checkpoint(path)
+    first.optimizer["state"][0]["momentum_buffer"].add_(1.0)  # as SGD's step does in place
+    second = read_checkpoint(path)
+    assert len(loads) == 1 and second.state_dict is first.state_dict
+    assert torch.equal(second.optimizer["state"][0]["momentum_buffer"], torch.zeros(3))
+
+    save_checkpoint({**checkpoint, "epoch": 4}, str(tmp_path), is_best=False)  # a new file in its place
+    assert read_checkpoint(path).stored_epoch == 4 and len(loads) == 2
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file_whole(tmp_path):

@@ -13,21 +13,14 @@ import torch
 from ..core.atomicfile import remove_stale_temporaries
 from ..core.errors import UserError
 from ..core.faults import SaveFault
-from .integrity import CHECKSUM_SUFFIX, _sha256, _write_sidecar, copy_with_checksum, write_with_checksum
+from .integrity import CHECKSUM_SUFFIX, copy_with_checksum, sha256_of, write_sidecar, write_with_checksum
 from .reading import FORMAT, read_checkpoint, strip_prefixes
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
-
-
 BEST_NAME = "model_best.pth.tar"
-
-
 EPOCH_COPY = "checkpoint_epoch_{:03d}.pth.tar"
-
-
-OWN_NAMES = (re.escape(CHECKPOINT_NAME), re.escape(BEST_NAME), r"checkpoint_epoch_\d+\.pth\.tar")  # as regexes
-
-
+EPOCH_PATTERN = r"checkpoint_epoch_(\d+)\.pth\.tar"
+OWN_NAMES = (re.escape(CHECKPOINT_NAME), re.escape(BEST_NAME), EPOCH_PATTERN)  # as regexes
 DAMAGED_SUFFIX = ".damaged"
 
 
@@ -93,7 +86,7 @@ def save_checkpoint(
     if keep_epochs and checkpoint.get("step", 0) == 0:
         names.append(EPOCH_COPY.format(epoch - 1))
     first = os.path.join(output_dir, names[0])
-    digest = write_with_checksum(first, lambda f: torch.save(dict(checkpoint), f), fault=fault)
+    digest = write_with_checksum(first, lambda f: torch.save(dict(checkpoint), f), fault)
     for name in names[1:]:
         copy_with_checksum(first, os.path.join(output_dir, name), digest, fault)
     if keep_epochs:
@@ -107,8 +100,7 @@ def remove_stale_saves(output_dir: str) -> list[str]:
 
 
 def _prune_epoch_copies(output_dir: str, keep: int) -> None:
-    pattern = re.compile(r"checkpoint_epoch_(\d+)\.pth\.tar$")
-    numbered = sorted((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name)))
+    numbered = sorted((int(m[1]), name) for name in os.listdir(output_dir) if (m := re.fullmatch(EPOCH_PATTERN, name)))
     for _, name in numbered[:-keep]:
         for doomed in (name, name + CHECKSUM_SUFFIX):
             if os.path.exists(os.path.join(output_dir, doomed)):
@@ -139,9 +131,9 @@ def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | No
             messages.append(f"passing over {exc}" + (f"; kept as {kept}" if kept else ""))
             continue
         if loaded.notes and own and move_damaged:  # a whole file that outlived its checksum: true it again
-            _write_sidecar(path, _sha256(path), SaveFault())
+            write_sidecar(path, sha256_of(path), SaveFault())
             messages.extend(f"{note}; its checksum was written again" for note in loaded.notes)
-        if loaded.kind.startswith("imagenet-cli") and loaded.optimizer is not None and loaded.epoch is not None:
+        if loaded.kind.startswith("imagenet-cli") and loaded.optimizer_state is not None and loaded.epoch is not None:
             preference = {CHECKPOINT_NAME: 2, BEST_NAME: 0}.get(name, 1)  # equal states: the canonical file
             candidates.append(((loaded.epoch, loaded.step, preference), path))
     if damaged and not candidates:

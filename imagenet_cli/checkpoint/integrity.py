@@ -17,8 +17,6 @@ from ..core.errors import UserError
 from ..core.faults import SaveFault
 
 CHECKSUM_SUFFIX = ".sha256"
-
-
 _NO_SPACE_AFTER = 1 << 16  # bytes a `nospace` fault lets through first, so the writer is mid-file
 
 
@@ -46,9 +44,8 @@ class _Hashing:
         return getattr(self.f, name)
 
 
-def write_with_checksum(path: str, write: Callable[[Any], None], fault: SaveFault | None = None) -> str:
+def write_with_checksum(path: str, write: Callable[[Any], None], fault: SaveFault) -> str:
     """`atomic_write`, then the file's sha256 beside it (also atomically). Returns the digest."""
-    fault = fault or SaveFault()
     digest = ""
 
     def hashed(f: Any) -> None:
@@ -63,18 +60,22 @@ def write_with_checksum(path: str, write: Callable[[Any], None], fault: SaveFaul
         digest = wrapper.sha.hexdigest()
 
     atomic_write(path, hashed, fault.step)
-    _write_sidecar(path, digest, fault)
+    write_sidecar(path, digest, fault)
     return digest
 
 
-def copy_with_checksum(source: str, path: str, digest: str, fault: SaveFault | None = None) -> None:
+def copy_with_checksum(source: str, path: str, digest: str, fault: SaveFault) -> None:
     """A copy of a file just written, with the same checksum file."""
-    fault = fault or SaveFault()
-    atomic_write(path, lambda f: _copy_into(source, f), fault.step)
-    _write_sidecar(path, digest, fault)
+
+    def copy(f: Any) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    atomic_write(path, copy, fault.step)
+    write_sidecar(path, digest, fault)
 
 
-def _write_sidecar(path: str, digest: str, fault: SaveFault) -> None:
+def write_sidecar(path: str, digest: str, fault: SaveFault) -> None:
     line = f"{digest}  {os.path.basename(path)}\n"
     atomic_write(path + CHECKSUM_SUFFIX, lambda f: f.write(line.encode()), fault.step)
 
@@ -90,7 +91,7 @@ def verify_checksum(path: str) -> str | None:
     if not os.path.isfile(sidecar):
         return None
     expected = _read_digest(sidecar)
-    if expected is not None and _sha256(path) == expected:
+    if expected is not None and sha256_of(path) == expected:
         return None
     if _whole_archive(path):
         why = "cannot be read" if expected is None else "belongs to an earlier save (one cut off before its checksum)"
@@ -113,7 +114,7 @@ def _read_digest(sidecar: str) -> str | None:
     return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -128,8 +129,3 @@ def _whole_archive(path: str) -> bool:
             return archive.testzip() is None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError):
         return False
-
-
-def _copy_into(source: str, f: Any) -> None:
-    with open(source, "rb") as src:
-        shutil.copyfileobj(src, f)

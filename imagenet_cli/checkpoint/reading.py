@@ -9,6 +9,7 @@ names. Every value read is checked: a file is data, and a damaged or hostile one
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import os
@@ -44,7 +45,7 @@ class LoadedCheckpoint:
     epoch: int | None = None
     step: int = 0
     best_acc1: float | None = None
-    optimizer: dict[str, Any] | None = None
+    optimizer_state: dict[str, Any] | None = None  # as read, shared by every reader: see `optimizer`
     scheduler: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     class_names: list[str] | None = None
@@ -57,8 +58,13 @@ class LoadedCheckpoint:
     ema_updates: int | None = None  # torchvision's `model_ema`: AveragedModel's n_averaged
     notes: tuple[str, ...] = ()  # what a reader should know (a checksum the file outlived)
 
+    @functools.cached_property
+    def optimizer(self) -> dict[str, Any] | None:
+        """This reader's own copy, made when first asked for: an optimizer restored on the CPU keeps the very
+        tensors it is given and trains them in place, which must not change what the next reader gets."""
+        return copy.deepcopy(self.optimizer_state)
+
     def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
-        """The model's weights, or with `ema` its weight average (`--model-ema`, torchvision's `model_ema`)."""
         if not ema:
             return self.state_dict
         if not self.state_dict_ema:
@@ -67,12 +73,18 @@ class LoadedCheckpoint:
 
 
 def read_checkpoint(path: str) -> LoadedCheckpoint:
-    """Load any checkpoint or weights file users bring: this tool's, the reference script's,
-    torchvision's references', DataParallel/DDP/compiled models' and plain state dicts, without
-    executing pickled code."""
+    """Parsed once per file version per process (a resume's file is asked for by the cli, the launcher and
+    the worker); a file replaced on disk is read again. Readers share what was read and only read it."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
-    note = _verified(path, os.path.getmtime(path), os.path.getsize(path))
+    stat = os.stat(path)
+    version = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    return dataclasses.replace(_parsed(path, version))  # a reader of its own, for its own copy of the optimizer state
+
+
+@functools.lru_cache(maxsize=2)  # each holds a mapped file: one to resume from, one it is compared with
+def _parsed(path: str, version: tuple[str, int, int, int]) -> LoadedCheckpoint:
+    note = _verified(path, version)
     try:
         raw = _load(path)
     except pickle.UnpicklingError as exc:
@@ -93,8 +105,8 @@ def read_checkpoint(path: str) -> LoadedCheckpoint:
 
 
 @functools.lru_cache(maxsize=64)
-def _verified(path: str, _mtime: float, _size: int) -> str | None:
-    """Checksums are verified once per file version per process (a command reads a file several times)."""
+def _verified(path: str, _version: tuple[str, int, int, int]) -> str | None:
+    """Hashing is what costs: `--resume auto` reads every file of a folder, more than `_parsed` keeps."""
     return verify_checksum(path)
 
 
@@ -152,6 +164,7 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
     ema = raw.get("state_dict_ema") if isinstance(raw.get("state_dict_ema"), Mapping) else None
     if torchvision_style and isinstance(raw.get("model_ema"), Mapping) and key != "model_ema":
         ema = raw["model_ema"]
+    averaged = (ema or {}).get("n_averaged")  # AveragedModel's count of updates
     _check_sizes(path, {**state, **{f"ema.{k}": v for k, v in (ema or {}).items() if isinstance(v, torch.Tensor)}})
     return LoadedCheckpoint(
         path=path,
@@ -162,7 +175,7 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         epoch=stored_epoch + 1 if torchvision_style and stored_epoch is not None else stored_epoch,
         step=_whole(raw, "step", path) or 0,
         best_acc1=_accuracy(raw.get("best_acc1")),
-        optimizer=_mapping(raw, "optimizer"),
+        optimizer_state=_mapping(raw, "optimizer"),
         scheduler=_mapping(raw, "lr_scheduler" if torchvision_style else "scheduler"),
         config=_mapping(raw, "config"),
         class_names=_class_names(raw.get("class_names"), path),
@@ -172,7 +185,7 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         state_dict_ema=_weights(ema) if ema is not None else None,
         stored_epoch=stored_epoch,
         recipe=_recipe(raw) if torchvision_style else None,
-        ema_updates=_count(ema.get("n_averaged")) if ema is not None else None,
+        ema_updates=int(averaged) if isinstance(averaged, torch.Tensor) and averaged.numel() == 1 else None,
     )
 
 
@@ -182,7 +195,6 @@ MAX_CLASS_NAMES = 1_000_000
 
 
 def _whole(raw: Mapping[str, Any], key: str, path: str) -> int | None:
-    """An epoch or step count: a whole number in range, or the file is refused by name."""
     value = raw.get(key)
     if value is None:
         return None
@@ -233,12 +245,7 @@ def _weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return strip_prefixes({k: v for k, v in state.items() if k != "n_averaged"})
 
 
-def _count(value: Any) -> int | None:
-    return int(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else None
-
-
 def _arch(raw: Mapping[str, Any]) -> str | None:
-    """The architecture a file names: the reference's `arch`, or the `model` of torchvision's `args`."""
     if isinstance(raw.get("arch"), str):
         return raw["arch"]
     args = raw.get("args")
@@ -262,7 +269,6 @@ def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def _kind(raw: Mapping[str, Any], key: str | None, state: Mapping[str, torch.Tensor]) -> str:
-    """Which program wrote the file, as far as its layout tells."""
     wrapped = " with DataParallel/DDP prefixes" if any(k.startswith(WRAPPER_PREFIXES) for k in state) else ""
     if raw.get("format") == FORMAT:
         return "imagenet-cli checkpoint"

@@ -6,14 +6,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import PLACEMENT, default_for
 from ..core.errors import UserError
 from .reading import LoadedCheckpoint
+from .torchvision import NEVER_TAKEN, translate
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
-    """What `inspect` shows, as plain data (also its `--json`)."""
     params = sum(v.numel() for k, v in loaded.state_dict.items() if not k.endswith(BUFFER_SUFFIXES))
     config = loaded.config or {}
     optim = config.get("optim", {}) if isinstance(config.get("optim"), Mapping) else {}
@@ -32,7 +33,7 @@ def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "class_names": loaded.class_names,
         "parameters": params,
         "tensors": len(loaded.state_dict),
-        "resumable": loaded.optimizer is not None,
+        "resumable": loaded.optimizer_state is not None,
         "weight_average": _describe_ema(loaded),
         "ranks_with_random_state": len(loaded.rng_states or []),
         "command": config.get("command"),
@@ -73,22 +74,16 @@ def _describe_recipe(loaded: LoadedCheckpoint) -> dict[str, Any]:
     """torchvision's stored `args`: what a resume takes as this tool's options, and what has no equivalent."""
     if loaded.recipe is None:
         return {}
-    from .torchvision import translate
-
     translation = translate(loaded.recipe)
     return {"recipe": translation.options, "recipe_without_equivalent": translation.without_equivalent or None}
 
 
 def _never_taken(loaded: LoadedCheckpoint) -> dict[str, Any]:
     """Stored settings of where the run happened (addresses, ranks, GPUs, folders): shown, never obeyed."""
-    from ..config import PLACEMENT, default_for
-
     config = loaded.config or {}
     dist = config.get("dist") if isinstance(config.get("dist"), Mapping) else {}
     stored = {**dist, **{k: config.get(k) for k in ("output_dir", "log_dir")}}
     ignored = {k: v for k, v in stored.items() if k in PLACEMENT and v is not None and v != default_for("train", k)}
     if loaded.recipe is not None:
-        from .torchvision import NEVER_TAKEN
-
         ignored.update({k: v for k, v in loaded.recipe.items() if k in NEVER_TAKEN and v not in (None, "", False)})
     return dict(sorted(ignored.items()))

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import AUTO_AUGMENT_POLICIES, INTERPOLATIONS, WARMUP_METHODS
-
-if TYPE_CHECKING:
-    pass
 
 # torchvision's name -> (our option, how its value becomes ours)
 _SAME = lambda value, _args: value  # noqa: E731
@@ -46,11 +43,6 @@ def _ema_decay(value: Any, args: Mapping[str, Any]) -> Any:
     adjust = max(1, int(args.get("world_size") or 1)) * int(args["batch_size"]) * int(args["model_ema_steps"])
     alpha = min(1.0, (1.0 - float(value)) * adjust / max(1, int(args["epochs"])))
     return 1.0 - alpha
-
-
-def _ema_warmup(value: Any, args: Mapping[str, Any]) -> Any:
-    """torchvision's average copies the weights during the LR warmup."""
-    return float(value) if args.get("model_ema") else None
 
 
 TRANSLATIONS: dict[str, tuple[str, Callable[[Any, Mapping[str, Any]], Any]]] = {
@@ -93,8 +85,6 @@ NEVER_TAKEN = frozenset({
     "data_path", "output_dir", "resume", "device", "dist_url", "world_size", "rank", "gpu", "distributed",
     "dist_backend", "workers", "start_epoch", "test_only", "cache_dataset", "amp", "weights",
 })  # fmt: skip
-# `lr_warmup_epochs` also sets when the EMA starts averaging.
-_ALSO = {"lr_warmup_epochs": ("model_ema_warmup_epochs", _ema_warmup)}
 
 
 @dataclass
@@ -143,10 +133,9 @@ def translate(args: Mapping[str, Any]) -> Translation:
             continue
         result.options[ours] = converted
         result.taken.append(name)
-        if name in _ALSO:
-            extra, convert_extra = _ALSO[name]
-            if (also := convert_extra(value, args)) is not None:
-                result.options[extra] = also
+        if name == "lr_warmup_epochs" and args.get("model_ema"):
+            # torchvision's average copies the weights during the LR warmup, and starts averaging after it
+            result.options["model_ema_warmup_epochs"] = float(value)
     return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import os
 import re
 import shutil
@@ -174,7 +175,6 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _scontrol_hostnames(nodelist: str) -> list[str]:
-    """`scontrol show hostnames LIST`, or [] when scontrol is not here or does not answer."""
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return []
@@ -190,10 +190,8 @@ def _scontrol_hostnames(nodelist: str) -> list[str]:
 def slurm_hostnames(nodelist: str) -> list[str]:
     """Every host of a SLURM node list, in SLURM's order: `n[01-02]-ib,login` gives n01-ib, n02-ib, login.
 
-    Names are separated by commas outside brackets; a bracket holds numbers and ranges (`1,3,5-6`) whose
-    zero-padding is that of each range's first number; text after the last bracket is a suffix. A name with
-    several brackets is expanded as SLURM's hostlist.c does: the prefix's last bracket in the outer loop,
-    the earlier ones inside it, the name's last bracket innermost (`r[1-2]n[01-02]`: r1n01, r1n02, r2n01, r2n02)."""
+    A bracket holds numbers and ranges (`1,3,5-6`), each range padded as its first number. Several brackets
+    loop as SLURM's hostlist.c loops: the second-last outermost, then the earlier ones, the last innermost."""
     return [host for name in _top_level_names(nodelist) for host in _expand_name(name)]
 
 
@@ -218,26 +216,14 @@ def _top_level_names(nodelist: str) -> list[str]:
 
 
 def _expand_name(name: str) -> list[str]:
-    start = name.rfind("[")
-    if start < 0:
-        return [name]
-    end = name.index("]", start)
-    tails = [number + name[end + 1 :] for number in _bracket_numbers(name[start + 1 : end])]
-    return _under_prefix(name[:start], tails)
-
-
-def _under_prefix(prefix: str, tails: list[str]) -> list[str]:
-    """`prefix` + each tail, the brackets left in `prefix` expanded from its last one outwards."""
-    start = prefix.rfind("[")
-    if start < 0:
-        return [prefix + tail for tail in tails]
-    end = prefix.index("]", start)
-    head, middle = prefix[:start], prefix[end + 1 :]
-    return [
-        host
-        for number in _bracket_numbers(prefix[start + 1 : end])
-        for host in _under_prefix(head + number + middle, tails)
-    ]
+    texts = re.split(r"\[([^\]]*)\]", name)  # text, bracket, text, ..., text
+    ranges = [_bracket_numbers(body) for body in texts[1::2]]
+    order = [*range(len(ranges) - 2, -1, -1), len(ranges) - 1] if ranges else []  # outermost loop first
+    hosts = []
+    for numbers in itertools.product(*(ranges[i] for i in order)):
+        chosen = dict(zip(order, numbers, strict=True))
+        hosts.append("".join(text + chosen.get(i, "") for i, text in enumerate(texts[::2])))
+    return hosts
 
 
 def _bracket_numbers(body: str) -> list[str]:
@@ -290,19 +276,13 @@ def setup(cfg: DistConfig, topology: Topology, local_index: int) -> DistContext:
         with _rendezvous_errors(topology, cfg.dist_timeout, rank):
             endpoint = loopback_endpoint(topology.init_method)
             if endpoint is None:  # other machines join: torch's own rendezvous, on every interface
-                dist.init_process_group(
-                    backend=backend,
-                    init_method=topology.init_method,
-                    world_size=topology.world_size,
-                    rank=rank,
-                    timeout=timeout,
-                )
+                meeting = {"init_method": topology.init_method}
             else:
-                _confine_to_loopback()
-                store = _loopback_store(*endpoint, rank, topology.world_size, timeout)
-                dist.init_process_group(
-                    backend=backend, store=store, world_size=topology.world_size, rank=rank, timeout=timeout
-                )
+                # Gloo and NCCL listen for their peers on the address this machine's hostname resolves to,
+                # often a network interface, unless told an interface: every rank is here, so loopback.
+                os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = loopback_interface()
+                meeting = {"store": _loopback_store(*endpoint, rank, topology.world_size, timeout)}
+            dist.init_process_group(backend, world_size=topology.world_size, rank=rank, timeout=timeout, **meeting)
     return DistContext(rank, local_rank, topology.world_size, topology.nproc_per_node, device, backend)
 
 
@@ -335,14 +315,6 @@ def _loopback_store(host: str, port: int, rank: int, world_size: int, timeout: t
         listener.close()
         raise RunFailed(f"cannot serve the rendezvous tcp://{host}:{port}: {exc.strerror}") from exc
     return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=listener.detach())
-
-
-def _confine_to_loopback() -> None:
-    """Gloo and NCCL listen for their peers on the address this machine's hostname resolves to, often a
-    network interface, unless told an interface. Every rank of this run is on this machine: loopback."""
-    name = loopback_interface()
-    os.environ["GLOO_SOCKET_IFNAME"] = name
-    os.environ["NCCL_SOCKET_IFNAME"] = name
 
 
 def loopback_interface() -> str:

@@ -61,8 +61,9 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
         _check_writable(cfg.output_dir, "--output-dir")
     if cfg.log_dir:
         _check_writable(cfg.log_dir, "--log-dir")
-        for rank in _local_ranks(topology):
-            records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, rank))
+        here = range(topology.nproc_per_node) if topology.launcher == "spawn" else [topology.external_local_rank or 0]
+        for index in here:  # the processes this machine runs
+            records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, topology.global_rank(index)))
 
 
 def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
@@ -113,7 +114,8 @@ def _refuse_another_run(cfg: RunConfig) -> None:
     directory = cfg.output_dir
     saved = [name for name in (CHECKPOINT_NAME, BEST_NAME) if os.path.lexists(os.path.join(directory, name))]
     found = records.existing_records(directory) + saved
-    if not found or _continues_from(cfg.resume, directory):
+    resumed_from = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else None
+    if not found or (resumed_from and os.path.realpath(resumed_from) == os.path.realpath(directory)):
         return
     if not saved and records.records_same_options(directory, cfg):
         return
@@ -139,20 +141,6 @@ def _refuse_going_back(cfg: RunConfig) -> None:
             f"{latest} is further on (epoch {newer.epoch}, step {newer.step}) than {cfg.resume} (epoch "
             f"{resumed.epoch}, step {resumed.step}); continuing here would overwrite it: give another --output-dir"
         )
-
-
-def _continues_from(checkpoint: str | None, directory: str) -> bool:
-    """Whether `checkpoint` lies in `directory`: the run recorded there is the one continuing."""
-    if not checkpoint:
-        return False
-    return os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(directory)
-
-
-def _local_ranks(topology: Topology) -> list[int]:
-    """The global ranks of the processes this machine runs (or this process is)."""
-    if topology.launcher == "spawn":
-        return [topology.global_rank(index) for index in range(topology.nproc_per_node)]
-    return [topology.global_rank(topology.external_local_rank or 0)]
 
 
 def _check_writable(directory: str, flag: str) -> None:
@@ -190,17 +178,17 @@ def _root_cause(codes: list[int], first: int | None, reports: list[Any], topolog
         main = next((r for r in reports if r[0] == topology.global_rank(0)), None) or next(iter(reports), None)
         return Preempted(main[2] if main else "stopped by a signal")
     failures = [(rank, message) for rank, code, message in reports if code != EXIT_PREEMPTED]
-    reported = {rank for rank, _ in failures}
-    if first is not None and codes[first] < 0 and topology.global_rank(first) not in reported:
-        # killed outright, it could report nothing (a rank that reported had failed before it died)
-        return RunFailed(
-            f"rank {topology.global_rank(first)} {_describe_exit(codes[first])}; every other rank was stopped"
-        )
-    failure = next(iter(failures), None)
-    if failure is not None:
-        return RunFailed(f"rank {failure[0]} failed: {failure[1]}")
+    # killed outright, a rank could report nothing (a rank that reported had failed before it died)
+    killed = first is not None and codes[first] < 0 and topology.global_rank(first) not in {r for r, _ in failures}
+    if failures and not killed:
+        return RunFailed(f"rank {failures[0][0]} failed: {failures[0][1]}")
     index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
-    return RunFailed(f"rank {topology.global_rank(index)} {_describe_exit(codes[index])}; every other rank was stopped")
+    how = (
+        f"was killed by {signal.Signals(-codes[index]).name}"
+        if codes[index] < 0
+        else f"exited with code {codes[index]}"
+    )
+    return RunFailed(f"rank {topology.global_rank(index)} {how}; every other rank was stopped")
 
 
 def _supervise(processes: list[Any], grace_seconds: float = 3.0) -> tuple[list[int], int | None]:
@@ -219,19 +207,15 @@ def _supervise(processes: list[Any], grace_seconds: float = 3.0) -> tuple[list[i
                 first = processes.index(process)
                 deadline = time.monotonic() + (60.0 if process.exitcode == EXIT_PREEMPTED else grace_seconds)
         if not ready and deadline is not None:
-            _stop(list(pending.values()))
+            for process in pending.values():
+                process.terminate()
+            for process in pending.values():
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
             break
     return [p.exitcode if p.exitcode is not None else -signal.SIGKILL for p in processes], first
-
-
-def _stop(processes: list[Any]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(5)
-        if process.is_alive():
-            process.kill()
-            process.join()
 
 
 @contextmanager
@@ -247,12 +231,6 @@ def _forwarding_signals(processes: list[Any]) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
 
 
 def _spawned(index: int, cfg: RunConfig, topology: Topology, errors: Any) -> None:
