@@ -15,6 +15,7 @@ from imagenet_cli.checkpoint import read_checkpoint
 from imagenet_cli.config import build_config
 from imagenet_cli.core import models
 from imagenet_cli.core.context import DistContext
+from imagenet_cli.core.errors import UserError
 from imagenet_cli.data import presets
 from imagenet_cli.data.loaders import IMAGENET_MEAN, IMAGENET_STD, Normalizer, build_splits, train_loader
 from imagenet_cli.data.presets import PadCropPreset, TrainPreset, ValPreset
@@ -135,3 +136,26 @@ def test_decoding_on_the_device_gives_the_batches_the_workers_would(tmp_path):
     for (ours, labels), (theirs, their_labels) in zip(batches[True], batches[False], strict=True):
         assert torch.equal(labels, their_labels) and ours.shape == theirs.shape == (3, 3, 32, 32)
         assert (ours - theirs).abs().mean() < 0.01 and (ours - theirs).abs().max() < 0.1
+
+
+def test_hflip_sets_how_often_training_images_are_mirrored_and_keeps_the_random_stream(tmp_path):
+    from imagenet_cli.data.sources import presets_for
+
+    def flips(hflip: float) -> tuple[list[bool], float]:
+        cfg = build_config("train", {"fake": True, "image_size": 32, "hflip": hflip}).data
+        train, _ = presets_for(cfg)
+        random.seed(0)
+        drawn = [train.plan(64, 48).flip for _ in range(400)]
+        return drawn, random.random()
+
+    never, after_never = flips(0.0)
+    always, after_always = flips(1.0)
+    default, after_default = flips(0.5)
+    assert not any(never) and all(always) and 150 < sum(default) < 250
+    assert after_never == after_always == after_default  # the draw happens whatever P is: seeded runs stay aligned
+    assert build_config("train", {"fake": True}).data.hflip == 0.5
+
+
+def test_hflip_outside_zero_to_one_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"--hflip is a probability, from 0 to 1; got 1.5"):
+        build_config("train", {"fake": True, "hflip": 1.5})

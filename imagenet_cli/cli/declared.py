@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import ALL_SECTIONS, OPTIONS, default_for, options_of
+from ..config import OPTIONS, default_for, field_types, options_of
 from ..config.options import Option, file_key, long_flags
 from ..core.errors import UserError
 from .exits import one_line_errors
@@ -52,12 +52,9 @@ def _shown(name: str, found: Option, command: str) -> str | bool:
 
 def _value_type(name: str) -> type:
     """The field's type without None: `int | None` -> int."""
-    for section in ALL_SECTIONS:
-        hints = typing.get_type_hints(section)
-        if name in hints:
-            args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
-            return args[0] if args else hints[name]
-    raise KeyError(name)
+    hint = field_types()[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def signature(command: str, extra: dict[str, Any] | None = None) -> inspect.Signature:

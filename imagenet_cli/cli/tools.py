@@ -6,7 +6,7 @@ Their own options are declared here, once each; those they share with the run co
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,21 +18,27 @@ from .exits import one_line_errors
 Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
 Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
 DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
-ClassNamesFrom = Annotated[
-    str | None,
-    typer.Option(
-        "--data", rich_help_panel=MODEL,
-        help="A dataset whose classes name the outputs (for files that store no class names, as the reference "
-        "script's).",
-    ),
-]  # fmt: skip
 BENCH_PARTS = ("train", "eval", "pipeline", "e2e")
 
 
+def flag(kind: Any, *flags: str, help: str, panel: str = RUN, **shown: Any) -> Any:
+    """A tool command's own option, declared where its command is (those shared with the run commands come
+    from the configuration's declarations, `typed`)."""
+    return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, **shown)]
+
+
+def argument(kind: Any, metavar: str, help: str) -> Any:
+    return Annotated[kind, typer.Argument(metavar=metavar, help=help)]
+
+
+ClassNamesFrom = flag(
+    str | None, "--data", panel=MODEL,
+    help="A dataset whose classes name the outputs (for files that store no class names, as the reference script's).",
+)  # fmt: skip
+
+
 def inspect(
-    checkpoint: Annotated[
-        str, typer.Argument(metavar="CHECKPOINT", help="Any checkpoint or weights file the tool can read.")
-    ],
+    checkpoint: argument(str, "CHECKPOINT", "Any checkpoint or weights file the tool can read."),
     json_output: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -48,39 +54,27 @@ def inspect(
 
 
 def benchmark(
-    data: Annotated[
+    data: argument(
         str | None,
-        typer.Argument(
-            metavar="[DATA]",
-            help="A dataset root whose train/ images the pipeline reads; without it, ImageNet-like JPEGs are generated.",
-        ),
-    ] = None,
-    arch: Annotated[
-        str, typer.Option("-a", "--arch", help="Architecture to measure.", rich_help_panel=MODEL)
-    ] = "resnet50",
-    batch_size: Annotated[int, typer.Option("-b", "--batch-size", help="Batch size.", rich_help_panel=OPTIM)] = 64,
-    image_size: Annotated[int, typer.Option("--image-size", help="Image size in pixels.", rich_help_panel=DATA)] = 224,
+        "[DATA]",
+        "A dataset root whose train/ images the pipeline reads; without it, ImageNet-like JPEGs are generated.",
+    ) = None,
+    arch: flag(str, "-a", "--arch", help="Architecture to measure.", panel=MODEL) = "resnet50",
+    batch_size: flag(int, "-b", "--batch-size", help="Batch size.", panel=OPTIM) = 64,
+    image_size: flag(int, "--image-size", help="Image size in pixels.", panel=DATA) = 224,
     amp: typed("amp") = None,
     channels_last: typed("channels_last") = None,
     compile: typed("compile") = False,
-    steps: Annotated[int, typer.Option("--steps", help="Timed steps per measurement.", rich_help_panel=RUN)] = 10,
-    warmup: Annotated[
-        int, typer.Option("--warmup", help="Untimed steps first (autotuning, compilation).", rich_help_panel=RUN)
-    ] = 3,
-    images: Annotated[
-        int,
-        typer.Option("--images", help="JPEGs the pipeline reads (and generates without DATA).", rich_help_panel=DATA),
-    ] = 256,
+    steps: flag(int, "--steps", help="Timed steps per measurement.") = 10,
+    warmup: flag(int, "--warmup", help="Untimed steps first (autotuning, compilation).") = 3,
+    images: flag(int, "--images", help="JPEGs the pipeline reads (and generates without DATA).", panel=DATA) = 256,
     workers: Workers = None,
-    only: Annotated[
+    only: flag(
         list[str] | None,
-        typer.Option(
-            "--only",
-            help=f"Measure only this part: {', '.join(BENCH_PARTS)} (repeatable).",
-            show_default="all four",
-            rich_help_panel=RUN,
-        ),
-    ] = None,
+        "--only",
+        help=f"Measure only this part: {', '.join(BENCH_PARTS)} (repeatable).",
+        show_default="all four",
+    ) = None,
     no_accel: NoAccel = False,
     json_output: Json = False,
     debug: Debug = False,
@@ -106,9 +100,7 @@ def benchmark(
 
 
 def check_data(
-    data: Annotated[
-        str, typer.Argument(metavar="DATA", help="The dataset to check: class folders, CSV manifests or shards.")
-    ],
+    data: argument(str, "DATA", "The dataset to check: class folders, CSV manifests or shards."),
     data_format: DataFormat = None,
     train_manifest: TrainManifest = None,
     val_manifest: ValManifest = None,
@@ -142,15 +134,11 @@ def _data_config(data: str, data_format: str | None, train: str | None, val: str
 
 
 def make_shards(
-    data: Annotated[
-        str,
-        typer.Argument(metavar="DATA", help="A dataset of train/ and val/ class folders, or train.csv and val.csv."),
-    ],
-    out: Annotated[str, typer.Argument(metavar="OUT", help="Folder for the shards and their index, shards.json.")],
-    shard_size: Annotated[
-        str,
-        typer.Option("--shard-size", help="About this many bytes per shard: 1GB, 500MB, 64KB.", rich_help_panel=DATA),
-    ] = "1GB",
+    data: argument(str, "DATA", "A dataset of train/ and val/ class folders, or train.csv and val.csv."),
+    out: argument(str, "OUT", "Folder for the shards and their index, shards.json."),
+    shard_size: flag(
+        str, "--shard-size", help="About this many bytes per shard: 1GB, 500MB, 64KB.", panel=DATA
+    ) = "1GB",
     data_format: DataFormat = None,
     train_manifest: TrainManifest = None,
     val_manifest: ValManifest = None,
@@ -172,23 +160,18 @@ def make_shards(
 
 
 def plot(
-    run_dirs: Annotated[
+    run_dirs: argument(
         list[str],
-        typer.Argument(
-            metavar="RUN_DIR",
-            help="Runs to draw (their --output-dir, holding metrics.jsonl); several are overlaid, one colour each.",
-        ),
-    ],
-    output: Annotated[
+        "RUN_DIR",
+        "Runs to draw (their --output-dir, holding metrics.jsonl); several are overlaid, one colour each.",
+    ),
+    output: flag(
         str | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="PNG file to write.",
-            rich_help_panel=RUN,
-            show_default="RUN_DIR/curves.png for one run, ./runs.png for several",
-        ),
-    ] = None,
+        "-o",
+        "--output",
+        help="PNG file to write.",
+        show_default="RUN_DIR/curves.png for one run, ./runs.png for several",
+    ) = None,
     debug: Debug = False,
 ) -> None:
     """Loss, top-1 and learning-rate curves of runs, from their metrics.jsonl, as one PNG (needs matplotlib).
@@ -209,19 +192,13 @@ def plot(
 
 def predict(
     checkpoint: Checkpoint,
-    inputs: Annotated[
+    inputs: argument(
         list[str],
-        typer.Argument(
-            metavar="IMAGE_OR_DIR...",
-            help="Image files, and directories searched recursively for image files (by extension, sorted).",
-        ),
-    ],
-    top_k: Annotated[
-        int, typer.Option("-k", "--top-k", help="Classes shown per image, most likely first.", rich_help_panel=RUN)
-    ] = 5,
-    batch_size: Annotated[
-        int, typer.Option("-b", "--batch-size", help="Images per forward pass.", rich_help_panel=DATA)
-    ] = 32,
+        "IMAGE_OR_DIR...",
+        "Image files, and directories searched recursively for image files (by extension, sorted).",
+    ),
+    top_k: flag(int, "-k", "--top-k", help="Classes shown per image, most likely first.") = 5,
+    batch_size: flag(int, "-b", "--batch-size", help="Images per forward pass.", panel=DATA) = 32,
     arch: RecordedArch = None,
     data: ClassNamesFrom = None,
     workers: Workers = None,
@@ -247,13 +224,11 @@ def predict(
 
 
 def models(
-    pattern: Annotated[
+    pattern: argument(
         str | None,
-        typer.Argument(
-            metavar="FILTER",
-            help="Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
-        ),
-    ] = None,
+        "FILTER",
+        "Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
+    ) = None,
     json_output: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -282,30 +257,24 @@ def env(json_output: Json = False, debug: Debug = False) -> None:
 
 def export(
     checkpoint: Checkpoint,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format", rich_help_panel=RUN,
-            help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
-            "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
-        ),
-    ],
-    output: Annotated[
-        str | None,
-        typer.Option("-o", "--output", help="File to write.", rich_help_panel=RUN,
-                     show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema"),
-    ] = None,
-    ema: Annotated[
-        bool,
-        typer.Option("--ema", help="Export the weight average of a --model-ema run (or torchvision's model_ema) instead.",
-                     rich_help_panel=MODEL),
-    ] = False,
+    fmt: flag(
+        str, "--format",
+        help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
+        "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
+    ),
+    output: flag(
+        str | None, "-o", "--output", help="File to write.",
+        show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema",
+    ) = None,
+    ema: flag(
+        bool, "--ema", help="Export the weight average of a --model-ema run (or torchvision's model_ema) instead.",
+        panel=MODEL,
+    ) = False,
     arch: RecordedArch = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option("--image-size", rich_help_panel=DATA, show_default="the size the checkpoint was validated at",
-                     help="Input crop size in pixels the exported model is traced at and its preprocessing crops to."),
-    ] = None,
+    image_size: flag(
+        int | None, "--image-size", panel=DATA, show_default="the size the checkpoint was validated at",
+        help="Input crop size in pixels the exported model is traced at and its preprocessing crops to.",
+    ) = None,
     data: ClassNamesFrom = None,
     debug: Debug = False,
 ) -> None:  # fmt: skip

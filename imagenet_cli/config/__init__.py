@@ -8,6 +8,7 @@ configuration as the base and report exactly which values a command line changed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -31,32 +32,10 @@ from .run import (
 )
 
 __all__ = [
-    "AMP_MODES",
-    "AUTO_AUGMENT_POLICIES",
-    "BACKENDS",
-    "FAKE_IMAGE_SIZE",
-    "INTERPOLATIONS",
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "VAL_CROP_RATIO",
-    "WARMUP_METHODS",
-    "WORKERS_PER_CORE",
-    "ComputeConfig",
-    "DataConfig",
-    "DistConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "RunConfig",
-    "SaveConfig",
-    "build_config",
-    "changed_values",
-    "default_for",
-    "flag_values",
-    "from_stored",
-    "options_of",
-    "placement",
-    "to_options",
-    "type_problem",
+    "AMP_MODES", "AUTO_AUGMENT_POLICIES", "BACKENDS", "FAKE_IMAGE_SIZE", "INTERPOLATIONS", "OPTIMIZERS",
+    "SCHEDULES", "VAL_CROP_RATIO", "WARMUP_METHODS", "WORKERS_PER_CORE", "ComputeConfig", "DataConfig",
+    "DistConfig", "ModelConfig", "OptimConfig", "RunConfig", "SaveConfig", "build_config", "changed_values",
+    "default_for", "flag_values", "from_stored", "options_of", "placement", "to_options", "type_problem",
 ]  # fmt: skip
 
 # In the order --help shows their options: what to train on and with, then how and where, then the run.
@@ -77,14 +56,16 @@ _DERIVED = {
 }
 
 
-def section_of(name: str) -> type:
-    """The dataclass that declares option `name`."""
-    return next(section for section in ALL_SECTIONS if name in {f.name for f in dataclasses.fields(section)})
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Every option's type, resolved once: `get_type_hints` evaluates annotation strings, and --help must
+    answer at once."""
+    return {name: hint for section in ALL_SECTIONS for name, hint in typing.get_type_hints(section).items()}
 
 
 def type_problem(name: str, value: Any) -> str | None:
     """What an option's value must be when it is not (a value from a file: `lr = "0.1"`), else None."""
-    hint = typing.get_type_hints(section_of(name))[name]
+    hint = field_types()[name]
     allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
     if value is None and type(None) in allowed:
         return None

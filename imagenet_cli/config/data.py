@@ -106,6 +106,11 @@ class DataConfig:
         100, "--max-bad-images", panel=DATA, commands=EVERYWHERE,
         help="With --skip-bad-images: stop once a process has met more unreadable images than this.",
     )  # fmt: skip
+    hflip: float = option(
+        0.5, "--hflip", panel=DATA, metavar="P",
+        help="Probability of flipping a training image left to right (0 where a mirror image is another "
+        "thing: digits, text, some medical images).",
+    )  # fmt: skip
     # Training augmentations, per sample in the loader workers after the crop and flip (validation never):
     auto_augment: str | None = option(
         None, "--auto-augment", panel=DATA, show_default="none",
@@ -217,6 +222,7 @@ class DataConfig:
         check(
             1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
         )
+        check(0 <= self.hflip <= 1, f"--hflip is a probability, from 0 to 1; got {self.hflip}")
         check(0 <= self.random_erase <= 1, f"--random-erase is a probability, from 0 to 1; got {self.random_erase}")
         check(
             self.interpolation in INTERPOLATIONS, f"--interpolation must be one of {modes}, got {self.interpolation!r}"

@@ -7,7 +7,6 @@ traceback, but only with `--debug`, so logs stay readable.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILURE = 1  # the run itself failed (a rank crashed, a bug)
 EXIT_USAGE = 2  # bad input: the same code click uses for usage errors
 EXIT_PREEMPTED = 75  # stopped by a signal after saving a checkpoint: resume it (EX_TEMPFAIL, "try again")

@@ -26,7 +26,6 @@ class CatalogEntry:
     train: dict[str, Any] = field(default_factory=dict)
     val: dict[str, Any] = field(default_factory=dict)
     expected: str = ""  # what to put under ROOT, for the message when it is missing
-    grayscale: bool = False
 
 
 _CIFAR = "ROOT/{folder}/ (extract {url} into ROOT)"
@@ -43,16 +42,15 @@ DATASETS: dict[str, CatalogEntry] = {
     ),
     "mnist": CatalogEntry(
         "MNIST", 28, {"train": True}, {"train": False},
-        _MNIST.format(name="MNIST", url="https://ossci-datasets.s3.amazonaws.com/mnist/"), grayscale=True,
+        _MNIST.format(name="MNIST", url="https://ossci-datasets.s3.amazonaws.com/mnist/"),
     ),
     "fashion-mnist": CatalogEntry(
         "FashionMNIST", 28, {"train": True}, {"train": False},
         _MNIST.format(name="FashionMNIST", url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-        grayscale=True,
     ),
     "kmnist": CatalogEntry(
         "KMNIST", 28, {"train": True}, {"train": False},
-        _MNIST.format(name="KMNIST", url="http://codh.rois.ac.jp/kmnist/dataset/kmnist/"), grayscale=True,
+        _MNIST.format(name="KMNIST", url="http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
     ),
     "svhn": CatalogEntry(
         "SVHN", 32, {"split": "train"}, {"split": "test"},

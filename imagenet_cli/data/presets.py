@@ -138,12 +138,12 @@ class Preset:
 class TrainPreset(Preset):
     """Random resized crop and horizontal flip."""
 
-    def __init__(self, size: int, interpolation: InterpolationMode = BILINEAR) -> None:
-        self.size, self.interpolation = size, interpolation
+    def __init__(self, size: int, interpolation: InterpolationMode = BILINEAR, hflip: float = 0.5) -> None:
+        self.size, self.interpolation, self.hflip = size, interpolation, hflip
 
     def plan(self, width: int, height: int) -> CropPlan:
         box = random_crop_box(width, height)  # before the flip: the order seeded runs have always drawn in
-        return CropPlan(*box, size=self.size, flip=random.random() < 0.5, interpolation=self.interpolation)
+        return CropPlan(*box, size=self.size, flip=random.random() < self.hflip, interpolation=self.interpolation)
 
 
 class ValPreset(Preset):
@@ -160,12 +160,14 @@ class PadCropPreset(Preset):
     """For pictures already at training size (CIFAR's 32 px, MNIST's 28): pad, random crop back, flip;
     the classic small-image augmentation, instead of blowing 32 px up to 224."""
 
-    def __init__(self, size: int, padding: int, interpolation: InterpolationMode = BILINEAR) -> None:
-        self.size, self.padding, self.interpolation = size, padding, interpolation
+    def __init__(
+        self, size: int, padding: int, interpolation: InterpolationMode = BILINEAR, hflip: float = 0.5
+    ) -> None:
+        self.size, self.padding, self.interpolation, self.hflip = size, padding, interpolation, hflip
 
     def plan(self, width: int, height: int) -> PadCropPlan:
         offsets = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
-        flip = random.random() < 0.5
+        flip = random.random() < self.hflip  # drawn even at 0 or 1: the generators' stream stays the same
         return PadCropPlan(self.size, self.padding, *offsets, flip=flip, interpolation=self.interpolation)
 
 

@@ -71,7 +71,7 @@ def presets_for(cfg: DataConfig) -> tuple[Transform, Transform]:
     size, mode = cfg.image_size, InterpolationMode(cfg.interpolation)
     native = formats.lookup(cfg.dataset).native_size if cfg.dataset else None
     small = native == size and size <= 64
-    train = PadCropPreset(size, padding=size // 8, interpolation=mode) if small else TrainPreset(size, mode)
+    train = PadCropPreset(size, size // 8, mode, cfg.hflip) if small else TrainPreset(size, mode, cfg.hflip)
     val = ValPreset(cfg.val_resize_size, cfg.val_crop_size, mode)
     if cfg.decode_on_device:
         return DeviceDecoded(train), DeviceDecoded(val)

@@ -7,14 +7,10 @@ the weights brought them; a learning-rate multiplier slows it down instead.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from ..config import OptimConfig
 from ..core.models import head_keys
-
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def is_head(name: str, arch: str) -> bool:
@@ -43,24 +39,3 @@ def freeze_backbone(model: nn.Module, arch: str, frozen: bool) -> tuple[nn.Modul
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_head(f"{name}.weight", arch)
     )
-
-
-def parameter_groups(model: nn.Module, arch: str, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Optimizer groups by (part, kind): the head at the LR, the backbone at `backbone_lr_mult` × LR;
-    norm weights and biases with their own weight decay when set. Frozen parameters stay in their
-    groups (the optimizer skips them while they have no gradient), so unfreezing needs no new optimizer.
-    Each group records its `lr_mult`, which a resume uses to place the schedule."""
-    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        mult = 1.0 if is_head(name, arch) else cfg.backbone_lr_mult
-        decay = cfg.weight_decay
-        if id(param) in norm_params and cfg.norm_weight_decay is not None:
-            decay = cfg.norm_weight_decay
-        elif name.endswith("bias") and cfg.bias_weight_decay is not None:
-            decay = cfg.bias_weight_decay
-        groups.setdefault((mult, decay), []).append(param)
-    return [
-        {"params": params, "lr": cfg.lr * mult, "lr_mult": mult, "weight_decay": decay}
-        for (mult, decay), params in groups.items()
-    ]

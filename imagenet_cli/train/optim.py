@@ -11,7 +11,11 @@ from torch import nn
 
 from ..config import OptimConfig
 from ..core.errors import UserError
-from .finetune import parameter_groups
+from .finetune import is_head
+
+# A group's share of the schedule's LR (a slower backbone): set here, read by schedule.Schedule.apply.
+LR_MULT = "lr_mult"
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def build_criterion(label_smoothing: float = 0.0) -> nn.Module:
@@ -56,3 +60,23 @@ def restore(optimizer: torch.optim.Optimizer, optimizer_state: Mapping[str, Any]
             f"the checkpoint's optimizer state does not fit this run ({exc}); were --opt, --backbone-lr-mult "
             "or the weight-decay options changed?"
         ) from exc
+
+
+def parameter_groups(model: nn.Module, arch: str, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Optimizer groups by (part, kind): the head at the LR, the backbone at `backbone_lr_mult` × LR;
+    norm weights and biases with their own weight decay when set. Frozen parameters stay in their
+    groups (the optimizer skips them while they have no gradient), so unfreezing needs no new optimizer."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        mult = 1.0 if is_head(name, arch) else cfg.backbone_lr_mult
+        decay = cfg.weight_decay
+        if id(param) in norm_params and cfg.norm_weight_decay is not None:
+            decay = cfg.norm_weight_decay
+        elif name.endswith("bias") and cfg.bias_weight_decay is not None:
+            decay = cfg.bias_weight_decay
+        groups.setdefault((mult, decay), []).append(param)
+    return [
+        {"params": params, "lr": cfg.lr * mult, LR_MULT: mult, "weight_decay": decay}
+        for (mult, decay), params in groups.items()
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..config import OptimConfig
+from .optim import LR_MULT
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ class Schedule:
         return self.lr
 
     def apply(self, optimizer: torch.optim.Optimizer, progress: float) -> float:
-        """Set every group's LR (a slower backbone keeps its `lr_mult` share); returns the head's."""
+        """Set every group's LR (a slower backbone keeps its `LR_MULT` share); returns the head's."""
         lr = self.lr_at(progress)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
+            group["lr"] = lr * group.get(LR_MULT, 1.0)
         return lr
 
     def state_dict(self, epoch: int) -> dict[str, Any]:

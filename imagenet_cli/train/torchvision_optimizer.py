@@ -16,7 +16,7 @@ from torch import nn
 from ..config import RunConfig
 from ..core import models
 from ..core.errors import UserError
-from .finetune import parameter_groups
+from .optim import parameter_groups
 
 if TYPE_CHECKING:
     from ..checkpoint import LoadedCheckpoint
