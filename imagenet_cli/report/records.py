@@ -186,8 +186,7 @@ class MetricsFile(Reporter):
 
     def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None:
         self._phase = (phase, epoch, total)
-        if phase == "train" and self._file is None:
-            trim(self.path, epoch, done)
+        if phase == "train" and self._file is None:  # the run's restore trimmed it to where it continues
             self._file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed by close())
 
     def phase_update(self, step: int, metrics: Metrics, lr: float | None = None) -> None:
