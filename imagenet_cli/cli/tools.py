@@ -259,12 +259,14 @@ def export(
     checkpoint: Checkpoint,
     fmt: flag(
         str, "--format",
-        help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
-        "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
+        help="pt2 (torch.export program; class names and preprocessing inside), onnx (dynamo exporter; needs "
+        "imagenet-cli[onnx]), safetensors (weights and metadata, no code), torchscript (legacy: deprecated by "
+        "torch), or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json "
+        "beside them. Every file is loaded back and checked against the model on a real batch.",
     ),
     output: flag(
         str | None, "-o", "--output", help="File to write.",
-        show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema",
+        show_default="CHECKPOINT's name with .pt2, .onnx, .safetensors, .ts or .pth, beside it; NAME-ema.EXT with --ema",
     ) = None,
     ema: flag(
         bool, "--ema", help="Export the weight average of a --model-ema run (or torchvision's model_ema) instead.",
@@ -273,14 +275,14 @@ def export(
     arch: RecordedArch = None,
     image_size: flag(
         int | None, "--image-size", panel=DATA, show_default="the size the checkpoint was validated at",
-        help="Input crop size in pixels the exported model is traced at and its preprocessing crops to.",
+        help="Input crop size in pixels the exported model is captured at and its preprocessing crops to.",
     ) = None,
     data: ClassNamesFrom = None,
     debug: Debug = False,
 ) -> None:  # fmt: skip
-    """A checkpoint as a deployable file (TorchScript, ONNX or a plain state_dict) with its class names and preprocessing.
+    """A checkpoint as a deployable file (pt2, ONNX, safetensors, TorchScript, state_dict), checked against the model.
 
-    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format torchscript[/dim]
+    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format pt2[/dim]
     """
     with one_line_errors(debug):
         from ..tools.export import Request
@@ -291,6 +293,8 @@ def export(
             typer.echo(note, err=True)
         for path in outcome.written:
             typer.echo(f"wrote {path}")
+        if outcome.check is not None:
+            typer.echo(outcome.check.line(outcome.written[0]))
 
 
 TOOLS = {
