@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from ..checkpoint import read_checkpoint
 from ..config import DataConfig
 from ..core import models
-from ..core.errors import UserError
+from ..core.errors import UserError, one_line
 from ..data import loaders
 from ..data.presets import ValPreset
 from .pictures import photo_like
@@ -114,8 +114,15 @@ def verifier(check: Check, fmt: str, results: list[Result]) -> Callable[[str], N
             results.append(Result(None, check.inputs))
             return
         runner, run = RUNNERS[fmt]
-        with torch.no_grad():
-            got = run(path, check).float()
+        try:
+            with torch.no_grad():
+                got = run(path, check).float()
+        except UserError:
+            raise
+        except Exception as exc:  # a file its own loader cannot run must not be shipped either
+            raise UserError(
+                f"the exported {fmt} file cannot be run by {runner}: {one_line(exc)[:200]}; nothing was written"
+            ) from exc
         diff = (got - check.expected).abs().max().item() if got.shape == check.expected.shape else float("inf")
         limit = TOLERANCE * max(1.0, check.expected.abs().max().item())
         results.append(Result(runner, check.inputs, diff, limit))
