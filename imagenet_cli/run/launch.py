@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,13 +34,28 @@ def launch(cfg: RunConfig) -> None:
     if topology.launcher == "spawn":
         spawn(cfg, topology)
     else:
-        index = topology.external_local_rank or 0
-        try:
-            worker.run(index, cfg, topology)
-        except UserError as exc:
-            if topology.world_size > 1:
-                raise type(exc)(f"rank {topology.global_rank(index)}: {exc}") from exc
-            raise
+        torchrun = distributed.TORCHELASTIC_ERROR_FILE in os.environ
+        (record_for_torchrun(_launched_rank) if torchrun else _launched_rank)(cfg, topology)
+
+
+def _launched_rank(cfg: RunConfig, topology: Topology) -> None:
+    """One rank that a launcher (torchrun, srun) started; its errors name the rank."""
+    index = topology.external_local_rank or 0
+    try:
+        worker.run(index, cfg, topology)
+    except UserError as exc:
+        if topology.world_size > 1:
+            raise type(exc)(f"rank {topology.global_rank(index)}: {exc}") from exc
+        raise
+
+
+def record_for_torchrun(run: Callable[..., None]) -> Callable[..., None]:
+    """`run`, writing its failure into TorchElastic's error file as well (torch's `record`). This process
+    prints one line on its own stderr and exits 1; torchrun's summary reads only the error file, and
+    without one its "Root Cause" says N/A: with it, the summary names the error and the rank."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(run)
 
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
