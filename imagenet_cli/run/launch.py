@@ -19,6 +19,7 @@ from ..checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint
 from ..config import WORKERS_PER_CORE, RunConfig
 from ..core.errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserError, one_line
 from ..data import checks as datacheck
+from ..data import decoders
 from ..data import loaders as data
 from ..report import records
 from ..train.stops import STOP_SIGNALS
@@ -113,6 +114,13 @@ def _check_flags(cfg: RunConfig, topology: Topology) -> None:
         raise UserError(
             f"--nproc-per-node {topology.nproc_per_node} asks for more processes than this machine's {gpus} GPU(s); "
             "use one process per GPU (leave --nproc-per-node out), or --no-accel for CPU processes"
+        )
+    if cfg.data.decode_on_device and not gpus:
+        raise UserError("--decode-on-device decodes JPEGs on a CUDA GPU; this run has none (leave the flag out)")
+    if cfg.data.decode_on_device and decoders.chosen().decode_jpegs is None:
+        raise UserError(
+            f"--decode-on-device needs a GPU JPEG decoder, and {decoders.chosen().name} has none here: install "
+            "TorchCodec (pip install 'imagenet-cli[decode]'), or leave the flag out"
         )
     if cfg.dist.gpu is not None and topology.world_size > 1:
         raise UserError(

@@ -151,7 +151,7 @@ class ImageFiles(Dataset):
         try:
             return index, self.preset(read_bytes(self.paths[index])), None
         except UnidentifiedImageError:  # PIL's own message names an in-memory buffer, not the file
-            return index, None, "not a picture in a format PIL or torchvision can decode"
+            return index, None, "not a picture in a format this tool decodes (PIL opens every picture first)"
         except Exception as exc:  # any failure to read or decode names the file; the rest go on
             return index, None, one_line(exc)
 
