@@ -139,14 +139,27 @@ def test_train_crop_size_is_another_name_for_image_size(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "flags",
-    [("--random-erase", "1.5"), ("--auto-augment", "foo"), ("--ra-magnitude", "-1"), ("--augmix-severity", "0"),
-     ("--interpolation", "lanczos"), ("--fake-data", "--auto-augment", "ra")],
+    [("--random-erase", "1.5"), ("--ra-magnitude", "-1"), ("--augmix-severity", "0"),
+     ("--fake-data", "--auto-augment", "ra")],
 )  # fmt: skip
 def test_bad_values_are_one_line_usage_errors(monkeypatch, tmp_path, flags):
     monkeypatch.chdir(tmp_path)
     code, output, launched = invoke("train", str(tmp_path), *flags, monkeypatch=monkeypatch)
     assert code == 2 and not launched
     assert len(output.strip().splitlines()) == 1 and output.startswith("error: "), output
+
+
+@pytest.mark.parametrize(
+    ("flags", "offered"),
+    [(("--auto-augment", "foo"), "'ra', 'ta_wide', 'augmix', 'imagenet'"),
+     (("--interpolation", "lanczos"), "'bilinear', 'bicubic', 'nearest'")],
+)  # fmt: skip
+def test_a_word_not_offered_is_refused_before_the_run(monkeypatch, tmp_path, flags, offered):
+    """Refused by the command line itself (main() makes it one line: tests/test_listings.py)."""
+    monkeypatch.chdir(tmp_path)
+    code, output, launched = invoke("train", str(tmp_path), *flags, monkeypatch=monkeypatch)
+    assert code == 2 and not launched
+    assert f"is not one of {offered}" in " ".join(output.replace("│", " ").split()), output
 
 
 def test_a_short_augmented_training_run_finishes(tmp_path):

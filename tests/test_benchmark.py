@@ -38,7 +38,7 @@ def test_benchmark_generates_imagenet_like_jpegs_when_given_no_data():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--only", "everything"), "--only takes train, eval, pipeline or e2e"), (("--steps", "0"), "must be positive"),
+    [(("--only", "everything"), "'everything' is not one of 'train', 'eval', 'pipeline', 'e2e'"), (("--steps", "0"), "must be positive"),
      (("/nonexistent",), "has no train/ folder"), (("-a", "resnet19"), "unknown architecture 'resnet19'")],
 )  # fmt: skip
 def test_benchmark_refuses_bad_input_in_one_line(args, message):

@@ -197,6 +197,22 @@ def test_torchrun_starts_every_rank(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).exists() and (tmp_path / BEST_NAME).exists()
 
 
+def test_a_failing_torchrun_rank_names_its_error_in_torchruns_summary(tmp_path):
+    """Each failing rank writes TorchElastic's error file, so torchrun's summary shows the error and its
+    traceback, not `error_file: <N/A>`. The summary's "Root Cause" is the failure with the earliest
+    timestamp, in whole seconds: a peer failing in the same second from the lost connection can take
+    that place, so the injected error is looked for in the whole summary."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "imagenet_cli", *TRAIN_TINY, "--output-dir", str(tmp_path)]
+    env = cli_env(IMAGENET_CLI_FAULT="raise:rank=1,step=2")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    summary = result.stderr[result.stderr.index("imagenet_cli FAILED") :]
+    assert "Root Cause" in summary and "<N/A>" not in summary, summary
+    assert "imagenet_cli.core.faults.InjectedFault: injected failure at epoch 0, step 2" in summary, summary
+    assert re.search(r"rank\s+: 1 \(local_rank: 1\)", summary), summary
+
+
 def test_two_nodes_of_two_workers_train_together_on_loopback(tmp_path):
     url = f"tcp://127.0.0.1:{distributed.free_port()}"
     node_args = [*TRAIN_TINY, "--multiprocessing-distributed", "--nproc-per-node", "2", "--world-size", "2"]

@@ -223,3 +223,76 @@ def test_train_resume_of_a_reference_checkpoint_takes_its_arch(original, tmp_pat
         )
     )
     assert f"train {TINY_ARCH}" in result.stdout and "resuming" in result.stdout
+
+
+# --- .safetensors: timm's and Hugging Face's layouts, and headers that lie ---------------------------------
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("layout", "prefix"),
+    [("timm", ""), ("lightning", "model."), ("hf-timm-wrapper", "timm_model."), ("peft", "base_model.model."),
+     ("dataparallel", "module.")],
+)  # fmt: skip
+def test_safetensors_layouts_evaluate_to_the_original_top1(original, image_folder, tmp_path, layout, prefix):
+    pytest.importorskip("safetensors")
+    model, acc1 = original
+    # as timm and the Hugging Face hub write them: {"format": "pt"} and nothing about the model
+    path = _save_safetensors(
+        _prefixed(model.state_dict(), prefix), tmp_path / f"{layout}.safetensors", {"format": "pt"}
+    )
+    common = (str(image_folder), "--image-size", "32", "-b", "4", "--json", "-j", "0")
+    assert json_result(run_cli("evaluate", str(path), "--arch", TINY_ARCH, *common))["acc1"] == acc1
+    assert "does not record its architecture; pass --arch" in _one_line_error(run_cli("evaluate", str(path), *common))
+
+
+def test_safetensors_is_recognised_by_content_under_any_name(original, tmp_path):
+    pytest.importorskip("safetensors")
+    model, _ = original
+    path = _save_safetensors(model.state_dict(), tmp_path / "weights.bin", {"arch": TINY_ARCH})
+    summary = json_result(run_cli("inspect", str(path), "--json"))
+    assert summary["format"] == "safetensors weights" and summary["arch"] == TINY_ARCH
+
+
+def test_a_safetensors_layout_of_another_model_names_the_keys(original, tmp_path):
+    """Hugging Face transformers' own classes rename every layer: not the arch's weights, said in one line."""
+    pytest.importorskip("safetensors")
+    model, _ = original
+    state = {f"shufflenet.encoder.{k}": v for k, v in model.state_dict().items()}
+    path = _save_safetensors(state, tmp_path / "hf.safetensors", {"format": "pt"})
+    line = _one_line_error(run_cli("evaluate", str(path), "--arch", TINY_ARCH, "--fake-data"))
+    assert "do not fit shufflenet_v2_x0_5" in line and "missing: conv1.0.weight" in line
+    assert "unexpected: shufflenet.encoder." in line
+
+
+def _header_file(path: Path, header: bytes, data: bytes = b"") -> Path:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.write_bytes((1 << 60).to_bytes(8, "little") + b"{}"), "-byte safetensors header in a"),
+        (lambda p: _header_file(p, b'{"w": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 40000000000]}}',
+                                b"\0" * 16), "outside or beyond its 16 bytes of data; refused"),
+        (lambda p: _header_file(p, b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4]}}', b"\0" * 16),
+         "outside or beyond"),
+        (lambda p: _header_file(p, b"{not json"), "its header is not JSON"),
+        (lambda p: _header_file(p, b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                                   b'"__metadata__": {"preprocessing": "{\\"resize\\": 1e9}"}}', b"\0" * 4),
+         "stores a preprocessing that is not sizes"),
+    ],
+    ids=["huge-header", "huge-tensor", "wrong-range", "not-json", "bad-preprocessing"],
+)  # fmt: skip
+def test_a_safetensors_header_that_lies_is_refused_in_one_line(tmp_path, make, words):
+    path = tmp_path / "bad.safetensors"
+    make(path)
+    line = _one_line_error(run_cli("inspect", str(path)))
+    assert words in line and str(path) in line

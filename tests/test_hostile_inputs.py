@@ -26,7 +26,7 @@ from imagenet_cli.cli.recipes import read_options
 from imagenet_cli.config import build_config
 from imagenet_cli.core import models
 from imagenet_cli.core.errors import UserError
-from imagenet_cli.data import presets, shards, sources
+from imagenet_cli.data import decoders, presets, shards, sources
 
 from .conftest import TINY_ARCH, cli_env, ok, run_cli, write_image_folder, write_manifests
 
@@ -60,18 +60,20 @@ def test_an_animated_gif_is_read_as_its_first_frame():
 
 def test_a_gif_of_many_frames_decodes_only_one_of_them(monkeypatch):
     """One frame fits under the pixel limit, the sixty together would not: only the first is decoded,
-    and a GIF whose one frame is past the limit is refused by name."""
+    and a GIF whose one frame is past the limit is refused by name. The process's decoder is made to
+    claim GIF too: an animated picture must still go to PIL, which decodes its first frame only."""
     frame = (300, 200)
     monkeypatch.setattr(presets, "MAX_DECODED_PIXELS", 2 * frame[0] * frame[1])
     decoded: list[int] = []
-    original = presets.decode_image
+    real = decoders.chosen()
 
-    def counting(*args: object, **kwargs: object) -> torch.Tensor:
-        result = original(*args, **kwargs)
+    def counting(encoded: torch.Tensor, fmt: str) -> torch.Tensor:
+        result = real.decode(encoded, fmt) if real.decode else torch.empty(0)
         decoded.append(result.numel())
         return result
 
-    monkeypatch.setattr(presets, "decode_image", counting)
+    claims_gif = decoders.Decoder("counting", real.formats | {"GIF"}, counting)
+    monkeypatch.setattr(decoders, "chosen", lambda: claims_gif)
     encoded = _tensor(_gif([RED, GREEN] * 30, frame))
     assert presets.ValPreset(64, 64)(encoded).shape == (3, 64, 64)
     assert sum(decoded) <= 3 * frame[0] * frame[1]  # at most one frame's pixels, whichever decoder ran

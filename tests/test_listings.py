@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -189,3 +190,107 @@ def test_shell_completion_completes_command_names() -> None:
     """Bash's completion function calls the program with these variables (the name comes from prog_name)."""
     result = ok(_run_module(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS="imagenet-cli tr", COMP_CWORD="1"))
     assert result.stdout.split() == ["train"]
+
+
+def test_version_names_the_package_torch_and_torchvision() -> None:
+    import imagenet_cli
+
+    out = ok(_run_module("--version")).stdout.strip()
+    assert out.startswith(f"imagenet-cli {imagenet_cli.__version__} (torch ")
+    assert torch.__version__.split("+")[0] in out and torchvision.__version__.split("+")[0] in out
+
+
+def test_version_and_help_import_no_torch() -> None:
+    """Both answer at once: the versions come from the installed packages' metadata."""
+    probe = "import sys; from imagenet_cli.cli.app import version_line; version_line(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def _completions(*words: str) -> list[str]:
+    line = " ".join(("imagenet-cli", *words))
+    result = _run_module(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS=line, COMP_CWORD=str(len(words)))
+    return ok(result).stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (("train", "--opt", ""), ["sgd", "nesterov", "adamw", "rmsprop"]),
+        (("train", "--lr-scheduler", "c"), ["cosine", "constant"]),
+        (("evaluate", "--amp", ""), ["auto", "none", "bf16", "fp16"]),
+        (("check-data", "--data-format", "w"), ["webdataset"]),
+        (("export", "--format", ""), ["torchscript", "onnx", "state_dict"]),
+        (("benchmark", "--only", "e"), ["eval", "e2e"]),
+    ],
+)
+def test_shell_completion_offers_an_options_choices(words: tuple[str, ...], expected: list[str]) -> None:
+    assert _completions(*words) == expected
+
+
+def test_help_lists_every_declared_choice() -> None:
+    from imagenet_cli.config import OPTIONS
+
+    shown = " ".join(ok(_run_module("train", "--help", COLUMNS="400")).stdout.split())
+    chosen = {name: found for name, found in OPTIONS.items() if found.choices and "train" in found.commands}
+    assert {"opt", "lr_scheduler", "amp", "data_format", "interpolation", "auto_augment", "best_by"} <= set(chosen)
+    for found in chosen.values():
+        assert f"{found.flags[-1]} <{'|'.join(found.choices)}>" in shown, found.flags
+
+
+def test_a_choice_not_offered_is_one_line_before_anything_runs() -> None:
+    result = _run_module("train", "--fake-data", "--amp", "fp8")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: Invalid value for '--amp': 'fp8' is not one of 'auto', 'none', 'bf16', 'fp16'. "
+        "(see `imagenet-cli train --help`)"
+    )
+
+
+def test_models_reads_its_cache_without_torch(tmp_path: Path) -> None:
+    """The second `models` answers from the cache of these versions: no torch import, the same rows."""
+    env = cli_env(XDG_CACHE_HOME=str(tmp_path))
+    first = _rows(ok(run_cli("models", "resnet", "--json", env=env)))
+    assert [p.name for p in (tmp_path / "imagenet-cli").iterdir()] == [os.path.basename(catalogue.cache_path(env))]
+    probe = "import sys; from imagenet_cli.tools.catalogue import list_models as l; print(len(l('resnet')), 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == [str(len(first)), "False"], result.stderr
+    assert _rows(ok(run_cli("models", "resnet", "--json", env=env))) == first
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["not json", '{"format": 1, "models": []}', '{"format": 1, "models": [{"name": "resnet18", "parameters": -1}]}',
+     '{"format": 0, "models": [{"name": "x", "parameters": 1, "crop_size": 1, "resize_size": 1, "imagenet_acc1": 1.0}]}'],
+)  # fmt: skip
+def test_a_cache_that_is_not_a_catalogue_is_rebuilt(tmp_path: Path, stored: str) -> None:
+    cache = tmp_path / "models.json"
+    cache.write_text(stored)
+    rows = catalogue.catalogue(str(cache))
+    assert [row["name"] for row in rows] == list(torchvision.models.list_models(module=torchvision.models))
+    assert catalogue.catalogue(str(cache)) == rows  # now read back as written
+
+
+def test_env_lists_the_optional_extras() -> None:
+    extras = json_result(run_cli("env", "--json"))["extras"]
+    assert {"plot", "tensorboard", "yaml", "onnx"} <= set(extras) and "dev" not in extras
+    assert extras["plot"]["packages"]["matplotlib"] is not None and extras["plot"]["installed"] is True
+    assert "Optional extras" in ok(run_cli("env")).stdout
+
+
+def test_env_says_how_to_install_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    requires = ["torch>=2.5", 'matplotlib>=3.5; extra == "plot"', 'pyyaml>=6; extra == "yaml"', 'ruff; extra == "dev"']
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: requires)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "6.0" if name == "pyyaml" else _missing(name))
+    assert environment.optional_extras() == {
+        "plot": {"packages": {"matplotlib": None}, "installed": False, "hint": 'pip install "imagenet-cli[plot]"'},
+        "yaml": {"packages": {"pyyaml": "6.0"}, "installed": True, "hint": None},
+    }
+
+
+def _missing(name: str) -> str:
+    import importlib.metadata
+
+    raise importlib.metadata.PackageNotFoundError(name)

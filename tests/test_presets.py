@@ -116,8 +116,10 @@ def test_the_uint8_pipeline_predicts_what_the_reference_pipeline_predicts(traine
 
 
 def test_decoding_on_the_device_gives_the_batches_the_workers_would(tmp_path):
-    """The workers only plan (the same seeded crops and flips); the device decodes JPEGs in a batch. On a
-    CPU the "device" path runs the same decoder, so only the resize kernel's rounding may differ."""
+    """The workers only plan (the same seeded crops and flips); the device decodes JPEGs in a batch. The
+    command line refuses `--decode-on-device` without a GPU decoder (tests/test_decoders.py); on the CPU the
+    batch path decodes each JPEG as the workers do, so this checks the planning, ordering and batching
+    (nvJPEG itself: tests/gpu/test_data.py), and only the resize kernel's rounding may differ."""
     for split, count in (("train", 6), ("val", 3)):
         for i in range(count):
             folder = tmp_path / split / ("cats" if i % 2 else "dogs")

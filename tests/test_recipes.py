@@ -213,14 +213,31 @@ def test_a_recipe_file_round_trips_through_config_json(tmp_path):
         (("--lr-scheduler", "multistep"), "--lr-scheduler multistep needs --lr-milestones"),
         (("--lr-scheduler", "multistep", "--lr-milestones", "5,3"), "--lr-milestones must be increasing"),
         (("--best-by", "ema"), "--best-by ema needs --model-ema"),
-        (("--opt", "lamb"), "--opt must be one of sgd, nesterov, adamw, rmsprop"),
-        (("--lr-scheduler", "poly"), "--lr-scheduler must be one of step, multistep, cosine, linear"),
+        (("--opt", "lamb"), "Invalid value for '--opt': 'lamb' is not one of 'sgd', 'nesterov', 'adamw', 'rmsprop'"),
+        (("--lr-scheduler", "poly"), "'poly' is not one of 'step', 'multistep', 'cosine', 'linear'"),
         (("--sync-bn",), "--sync-bn needs CUDA GPUs"),
         (("--grad-accum-steps", "0"), "--grad-accum-steps must be at least 1"),
     ],
 )
 def test_inconsistent_recipe_flags_are_one_clear_line(flags, message, tmp_path):
     result = run_cli("train", *FAST_FAKE, "--no-accel", *flags, "--output-dir", str(tmp_path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('opt = "lamb"', "--opt must be one of sgd, nesterov, adamw, rmsprop, got 'lamb'"),
+        ('lr-scheduler = "poly"', "--lr-scheduler must be one of step, multistep, cosine, linear"),
+        ('amp = "fp8"', "--amp must be one of auto, none, bf16, fp16, got 'fp8'"),
+    ],
+)
+def test_a_choice_from_a_recipe_file_is_still_checked(line, message, tmp_path):
+    """The command line refuses other values before the configuration sees them; a file's values reach the
+    configuration's own check, one line too."""
+    (tmp_path / "recipe.toml").write_text(line + "\n")
+    result = run_cli("train", *FAST_FAKE, "--config", str(tmp_path / "recipe.toml"), "--output-dir", str(tmp_path))
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

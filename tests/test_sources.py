@@ -182,8 +182,8 @@ def test_malformed_manifests_are_reported_by_line(tmp_path, rows, message):
         ("empty", (), "holds no dataset this tool recognises"),
         ("both", (), "holds several datasets (imagefolder, csv); choose one with --data-format"),
         ("mnist-missing", ("--dataset", "mnist"), "expected "),
-        ("empty", ("--dataset", "imagenet21k"), "unknown --dataset 'imagenet21k'"),
-        ("empty", ("--data-format", "parquet"), "--data-format must be one of"),
+        ("empty", ("--dataset", "imagenet21k"), "Invalid value for '--dataset': 'imagenet21k' is not one of 'cifar10'"),
+        ("empty", ("--data-format", "parquet"), "'parquet' is not one of 'auto', 'imagefolder', 'csv'"),
         ("unknown-class", (), "has classes the model does not know: moths"),
     ],
 )

@@ -1,5 +1,6 @@
 """Any checkpoint or weights file users bring, read back without executing pickled code: this tool's, the
-reference script's, torchvision's references', DataParallel/DDP/compiled models' and plain state dicts.
+reference script's, torchvision's references', DataParallel/DDP/compiled models', plain state dicts and
+`.safetensors` weights (this tool's exports, timm's, Hugging Face's: `safe_tensors`).
 
 Files of this tool keep the reference script's keys (`epoch`, `arch`, `state_dict`, `best_acc1`,
 `optimizer`, `scheduler`) so its users' tooling keeps working, and add the run's configuration and class
@@ -26,9 +27,15 @@ import torch
 
 from ..core.errors import UserError
 from .integrity import verify_checksum
+from .safe_tensors import KIND as SAFETENSORS_KIND
+from .safe_tensors import is_safetensors, read_safetensors
 
 FORMAT = "imagenet-cli/1"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+# Where other programs put a whole torchvision-like model under an attribute: Lightning's and most training
+# frameworks' `model.`, PEFT's `base_model.model.`, Hugging Face's timm wrapper `timm_model.`, `backbone.`.
+# Removed only when every key has it: no torchvision classifier keeps all of its weights under one name.
+HOLDER_PREFIXES = ("model.", "base_model.", "timm_model.", "backbone.")
 # Where files from elsewhere keep their weights, most specific first (torchvision's references: `model`,
 # and `model_ema` for the averaged copy, used only when nothing else is there).
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "model_ema")
@@ -57,6 +64,7 @@ class LoadedCheckpoint:
     recipe: dict[str, Any] | None = None  # torchvision's references: the run's own `args`, as plain values
     ema_updates: int | None = None  # torchvision's `model_ema`: AveragedModel's n_averaged
     notes: tuple[str, ...] = ()  # what a reader should know (a checksum the file outlived)
+    preprocessing: dict[str, Any] | None = None  # resize, crop, interpolation a weights file names (safetensors)
 
     @functools.cached_property
     def optimizer(self) -> dict[str, Any] | None:
@@ -85,6 +93,21 @@ def read_checkpoint(path: str) -> LoadedCheckpoint:
 @functools.lru_cache(maxsize=2)  # each holds a mapped file: one to resume from, one it is compared with
 def _parsed(path: str, version: tuple[str, int, int, int]) -> LoadedCheckpoint:
     note = _verified(path, version)
+    safetensors = is_safetensors(path)
+    raw = read_safetensors(path) if safetensors else _unpickled(path)
+    try:
+        loaded = _interpret(path, raw)
+    except UserError:
+        raise
+    except Exception as exc:  # values of unexpected types or shapes: the file is not what it claims to be
+        raise UserError(f"{path} holds values this tool cannot read ({_first_line(exc)}); damaged?") from exc
+    if safetensors:
+        loaded = dataclasses.replace(loaded, kind=SAFETENSORS_KIND, preprocessing=raw.get("preprocessing"))
+    return dataclasses.replace(loaded, notes=(note,)) if note else loaded
+
+
+def _unpickled(path: str) -> Mapping[str, Any]:
+    """A PyTorch file's contents, or one line saying why it cannot be read safely."""
     try:
         raw = _load(path)
     except pickle.UnpicklingError as exc:
@@ -95,13 +118,7 @@ def _parsed(path: str, version: tuple[str, int, int, int]) -> LoadedCheckpoint:
         ) from exc
     if not isinstance(raw, Mapping):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a checkpoint or state dict")
-    try:
-        loaded = _interpret(path, raw)
-    except UserError:
-        raise
-    except Exception as exc:  # values of unexpected types or shapes: the file is not what it claims to be
-        raise UserError(f"{path} holds values this tool cannot read ({_first_line(exc)}); damaged?") from exc
-    return dataclasses.replace(loaded, notes=(note,)) if note else loaded
+    return raw
 
 
 @functools.lru_cache(maxsize=64)
@@ -242,7 +259,23 @@ def _torchvision_references(raw: Mapping[str, Any], key: str | None) -> bool:
 
 def _weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Plain model keys; AveragedModel's `n_averaged` count is not a weight."""
-    return strip_prefixes({k: v for k, v in state.items() if k != "n_averaged"})
+    return _holders_removed(strip_prefixes({k: v for k, v in state.items() if k != "n_averaged"}))
+
+
+def _holders_removed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`model.conv1.weight` -> `conv1.weight` when every key sits under one of `HOLDER_PREFIXES` (nested
+    ones too: `base_model.model.`); whether the rest fits the arch is for the model to say."""
+    while state and (prefix := next((p for p in HOLDER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        metadata = getattr(state, "_metadata", None)
+        state = OrderedDict((k[len(prefix) :], v) for k, v in state.items())
+        if metadata is not None:
+            state._metadata = OrderedDict((_under(k, prefix), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return state
+
+
+def _under(key: str, prefix: str) -> str:
+    """A module's name inside the holder: the holder itself (`model`) becomes the root (``)."""
+    return key[len(prefix) :] if key.startswith(prefix) else "" if key == prefix[:-1] else key
 
 
 def _arch(raw: Mapping[str, Any]) -> str | None:

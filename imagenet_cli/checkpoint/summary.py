@@ -31,6 +31,7 @@ def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "num_classes": len(loaded.class_names) if loaded.class_names else None,
         "outputs": _outputs(loaded),
         "class_names": loaded.class_names,
+        "preprocessing": loaded.preprocessing,  # a weights file's own evaluation view (an exported safetensors)
         "parameters": params,
         "tensors": len(loaded.state_dict),
         "resumable": loaded.optimizer_state is not None,

@@ -16,6 +16,8 @@ from . import commands
 from .declared import command
 from .tools import TOOLS
 
+PYDANTIC_PREFIX = "Value error, "  # Typer checks values with pydantic, which puts this before a refused choice
+
 app = typer.Typer(
     name="imagenet-cli",
     help="Train, evaluate, resume and finetune torchvision image classifiers, on one CPU or many GPUs and nodes.",
@@ -35,6 +37,39 @@ RECIPE_FILE = {
         ),
     ]
 }  # fmt: skip
+
+
+def version_line() -> str:
+    """This package's version and the torch and torchvision it would run with, read from their installed
+    metadata: importing torch would take seconds, and `--version` answers at once."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"imagenet-cli {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """The program's own options (`--version`); the help text is the app's."""
+
 
 for _name, _body, _extra in (
     ("train", commands.train, RECIPE_FILE),
@@ -59,6 +94,7 @@ def main() -> None:
                 sys.exit(getattr(exc, "exit_code", 2))
             raise
         command = getattr(getattr(exc, "ctx", None), "command_path", "imagenet-cli")
-        typer.echo(f"error: {one_line(UserError(exc.format_message()))} (see `{command} --help`)", err=True)
+        message = exc.format_message().replace(PYDANTIC_PREFIX, "")
+        typer.echo(f"error: {one_line(UserError(message))} (see `{command} --help`)", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -68,7 +68,22 @@ def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
     base = None
     if stored is not None:  # the training run's data settings; its optimiser and processes do not apply
         base = RunConfig(command="evaluate", data=stored.data.for_evaluation(), model=ModelConfig(arch=arch))
+    else:
+        given = {**sizes_named_by(given["checkpoint"], given), **given}
     launch(build_config("evaluate", {**given, "arch": arch}, base))
+
+
+def sizes_named_by(path: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation view a weights file names (an exported safetensors' preprocessing), unless a size
+    flag was typed: the model is then fed as it was validated."""
+    from ..checkpoint import read_checkpoint
+
+    named = read_checkpoint(path).preprocessing
+    if named is None or given.keys() & {"image_size", "val_crop_size", "val_resize_size"}:
+        return {}
+    crop = named["crop"]
+    return {"image_size": crop, "val_crop_size": crop, "val_resize_size": named["resize"],
+            "interpolation": named["interpolation"]}  # fmt: skip
 
 
 def resume(given: dict[str, Any], _extras: dict[str, Any]) -> None:
@@ -182,6 +197,9 @@ def input_size_of_weights(given: dict[str, Any]) -> dict[str, int]:
         stored, _ = stored_base(given["weights"], {}, None)
         if stored is not None:
             return {k: getattr(stored.data, k) for k in ("image_size", "val_crop_size", "val_resize_size")}
+        named = sizes_named_by(given["weights"], given)
+        if named:
+            return {k: v for k, v in named.items() if k != "interpolation"}
     return expected_input(given.get("arch", default_for("finetune", "arch")))
 
 

@@ -12,7 +12,7 @@ import inspect
 import os
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -31,16 +31,24 @@ def typed(name: str, command: str = "train") -> Any:
 
 
 def _annotation(name: str, found: Option, command: str) -> Any:
-    kind = _value_type(name)
+    kind = choice_of(found.choices) if found.choices else _value_type(name)
     if found.argument:
         info = typer.Argument(metavar=found.flags[0], help=found.help, show_default=False)
         return Annotated[kind if found.required else kind | None, info]
     flags = found.flags
     info = typer.Option(*flags, help=found.help, show_default=_shown(name, found, command), rich_help_panel=found.panel,
-                        metavar=found.metavar)  # fmt: skip
+                        metavar=found.metavar, case_sensitive=False)  # fmt: skip
     if kind is bool:
         return Annotated[bool | None if found.toggle else bool, info]
     return Annotated[kind | None, info]
+
+
+def choice_of(choices: tuple[str, ...]) -> Any:
+    """`Literal["sgd", "nesterov", ...]`: Typer lists a Literal's values in --help (`<sgd|nesterov|...>`),
+    completes them in the shell and refuses any other on the command line, in one line; a value typed in
+    another case (`--amp BF16`) arrives as declared (`case_sensitive=False`, which only choices heed).
+    Values from files are still checked by the configuration, which holds the same tuple."""
+    return Literal[choices]
 
 
 def _shown(name: str, found: Option, command: str) -> str | bool:

@@ -129,6 +129,7 @@ def print_environment(report: dict[str, Any], as_json: bool) -> None:
         return
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(_environment_table(report))
+    console.print(_extras_table(report["extras"]))
     if report["cuda"]:
         console.print(_cuda_table(report["cuda"]))
     launcher = Table(title="Launcher variables", title_justify="left", show_header=False)
@@ -158,6 +159,21 @@ def _environment_table(report: dict[str, Any]) -> Table:
     table.add_row("CUDA devices", str(len(report["cuda"])))
     if report["mps"] is not None:
         table.add_row("MPS", "available" if report["mps"] else "not available")
+    return table
+
+
+def _extras_table(extras: dict[str, dict[str, Any]]) -> Table:
+    """The optional parts: what each brings, installed or how to install it."""
+    table = Table(title="Optional extras", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, extra in extras.items():
+        packages = ", ".join(
+            f"{package} {version or 'not installed'}" for package, version in extra["packages"].items()
+        )
+        table.add_row(literal(name), literal(packages if extra["installed"] else f"{packages}: {extra['hint']}"))
+    if not extras:
+        table.add_row("-", "unknown: imagenet-cli is not installed as a package (pip install -e .)")
     return table
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 import types
 from typing import Any
 
@@ -95,13 +96,14 @@ def _parse(path: str) -> dict[str, Any]:
 
 
 def _toml() -> types.ModuleType:
-    try:
+    """tomllib from Python 3.11 on; before it, tomli (the same parser), a dependency there."""
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         try:
             import tomli as tomllib
         except ModuleNotFoundError as exc:
-            raise UserError("TOML recipes on Python 3.10 need tomli: pip install tomli (or use JSON)") from exc
+            raise UserError('TOML recipes on Python 3.10 need tomli: pip install "tomli>=2" (or use JSON)') from exc
     return tomllib
 
 

@@ -5,6 +5,7 @@ Their own options are declared here, once each; those they share with the run co
 
 from __future__ import annotations
 
+import enum
 import os
 from typing import Annotated, Any
 
@@ -12,19 +13,23 @@ import typer
 
 from ..config.options import DATA, MODEL, OPTIM, RUN
 from ..core.errors import EXIT_FAILURE
-from .declared import typed
+from .declared import choice_of, typed
 from .exits import one_line_errors
 
 Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
 Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
 DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
-BENCH_PARTS = ("train", "eval", "pipeline", "e2e")
+BENCH_PARTS = ("train", "eval", "pipeline", "e2e")  # tools/benchmark.PARTS (torch: not imported for --help)
+EXPORT_FORMATS = ("pt2", "onnx", "safetensors", "torchscript", "state_dict")  # tools/export.FORMATS' keys, likewise
+# Typer takes a list of choices only as a list of an Enum (not of a Literal): its values are the parts.
+BenchPart = enum.Enum("BenchPart", {part: part for part in BENCH_PARTS})
 
 
 def flag(kind: Any, *flags: str, help: str, panel: str = RUN, **shown: Any) -> Any:
     """A tool command's own option, declared where its command is (those shared with the run commands come
-    from the configuration's declarations, `typed`)."""
-    return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, **shown)]
+    from the configuration's declarations, `typed`). A `choice_of(...)` kind lists its values in --help and
+    completes them; a value typed in another case arrives as declared."""
+    return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, case_sensitive=False, **shown)]
 
 
 def argument(kind: Any, metavar: str, help: str) -> Any:
@@ -70,9 +75,9 @@ def benchmark(
     images: flag(int, "--images", help="JPEGs the pipeline reads (and generates without DATA).", panel=DATA) = 256,
     workers: Workers = None,
     only: flag(
-        list[str] | None,
+        list[BenchPart] | None,
         "--only",
-        help=f"Measure only this part: {', '.join(BENCH_PARTS)} (repeatable).",
+        help="Measure only this part (repeatable).",
         show_default="all four",
     ) = None,
     no_accel: NoAccel = False,
@@ -93,7 +98,7 @@ def benchmark(
             arch=arch, batch_size=batch_size, image_size=image_size,
             compute=ComputeConfig(**compute_given, compile=compile), steps=steps, warmup=warmup,
             data=os.path.abspath(data) if data else None, images=images, workers=workers,
-            parts=tuple(only or BENCH_PARTS), no_accel=no_accel,
+            parts=tuple(part.value for part in only) if only else BENCH_PARTS, no_accel=no_accel,
         )  # fmt: skip
         progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
         print_benchmark(run(cfg, progress), json_output)
@@ -258,13 +263,15 @@ def env(json_output: Json = False, debug: Debug = False) -> None:
 def export(
     checkpoint: Checkpoint,
     fmt: flag(
-        str, "--format",
-        help="torchscript (traced module, class names and preprocessing inside), onnx (needs the onnx package), "
-        "or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json beside them.",
+        choice_of(EXPORT_FORMATS), "--format",
+        help="pt2 (torch.export program; class names and preprocessing inside), onnx (dynamo exporter; needs "
+        "imagenet-cli[onnx]), safetensors (weights and metadata, no code), torchscript (legacy: deprecated by "
+        "torch), or state_dict (plain weights for torchvision's model); ONNX and state_dict get OUTPUT.json "
+        "beside them. Every file is loaded back and checked against the model on a real batch.",
     ),
     output: flag(
         str | None, "-o", "--output", help="File to write.",
-        show_default="CHECKPOINT's name with .ts, .onnx or .pth, beside it; NAME-ema.EXT with --ema",
+        show_default="CHECKPOINT's name with .pt2, .onnx, .safetensors, .ts or .pth, beside it; NAME-ema.EXT with --ema",
     ) = None,
     ema: flag(
         bool, "--ema", help="Export the weight average of a --model-ema run (or torchvision's model_ema) instead.",
@@ -273,14 +280,14 @@ def export(
     arch: RecordedArch = None,
     image_size: flag(
         int | None, "--image-size", panel=DATA, show_default="the size the checkpoint was validated at",
-        help="Input crop size in pixels the exported model is traced at and its preprocessing crops to.",
+        help="Input crop size in pixels the exported model is captured at and its preprocessing crops to.",
     ) = None,
     data: ClassNamesFrom = None,
     debug: Debug = False,
 ) -> None:  # fmt: skip
-    """A checkpoint as a deployable file (TorchScript, ONNX or a plain state_dict) with its class names and preprocessing.
+    """A checkpoint as a deployable file (pt2, ONNX, safetensors, TorchScript, state_dict), checked against the model.
 
-    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format torchscript[/dim]
+    [dim]imagenet-cli export runs/r18/model_best.pth.tar --format pt2[/dim]
     """
     with one_line_errors(debug):
         from ..tools.export import Request
@@ -291,6 +298,8 @@ def export(
             typer.echo(note, err=True)
         for path in outcome.written:
             typer.echo(f"wrote {path}")
+        if outcome.check is not None:
+            typer.echo(outcome.check.line(outcome.written[0]))
 
 
 TOOLS = {

@@ -40,13 +40,13 @@ class DataConfig:
         help="Synthetic, learnable images: no data directory, no download.",
     )  # fmt: skip
     data_format: str = option(
-        "auto", "--data-format", panel=DATA, commands=RUNS, show_default="recognised from DATA",
-        help=f"How DATA is stored: imagefolder (train/ and val/ class folders), csv (train.csv, val.csv), "
-        f"torchvision (with --dataset), webdataset (tar shards). One of {', '.join(FORMATS)}.",
+        "auto", "--data-format", panel=DATA, commands=RUNS, show_default="recognised from DATA", choices=FORMATS,
+        help="How DATA is stored: imagefolder (train/ and val/ class folders), csv (train.csv, val.csv), "
+        "torchvision (with --dataset), webdataset (tar shards).",
     )  # fmt: skip
     dataset: str | None = option(
-        None, "--dataset", panel=DATA, commands=RUNS,
-        help=f"A torchvision dataset read from DATA (its root): {', '.join(DATASETS)}.",
+        None, "--dataset", panel=DATA, commands=RUNS, choices=tuple(DATASETS),
+        help="A torchvision dataset read from DATA (its root).",
     )  # fmt: skip
     train_manifest: str | None = option(
         None, "--train-manifest", filename=True, panel=DATA, commands=TRAINING,
@@ -113,7 +113,7 @@ class DataConfig:
     )  # fmt: skip
     # Training augmentations, per sample in the loader workers after the crop and flip (validation never):
     auto_augment: str | None = option(
-        None, "--auto-augment", panel=DATA, show_default="none",
+        None, "--auto-augment", panel=DATA, show_default="none", choices=AUTO_AUGMENT_POLICIES,
         help="Augmentation policy of training images, after the crop and flip: ra (RandAugment), ta_wide "
         "(TrivialAugmentWide), augmix (AugMix) or imagenet (AutoAugment's ImageNet policy).",
     )  # fmt: skip
@@ -130,8 +130,8 @@ class DataConfig:
         "with the mean pixel.",
     )  # fmt: skip
     interpolation: str = option(
-        "bilinear", "--interpolation", panel=DATA,
-        help="Resampling of the training crop's and the validation resize: bilinear, bicubic or nearest.",
+        "bilinear", "--interpolation", panel=DATA, choices=INTERPOLATIONS,
+        help="Resampling of the training crop's and the validation resize.",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

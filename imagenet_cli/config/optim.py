@@ -11,6 +11,7 @@ from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, option
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop")
 SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant")
 WARMUP_METHODS = ("linear", "constant")
+BEST_BY = ("model", "ema")
 MAX_EPOCHS = 100_000
 # Finetuning starts from good weights: a short schedule and a small LR, as in torchvision's transfer
 # learning tutorial, instead of the 90-epoch from-scratch recipe.
@@ -43,7 +44,11 @@ class OptimConfig:
     )  # fmt: skip
     batch_size_given: bool = True  # no flag: False when -b was not typed (a default, rounded at launch)
     opt: str = option(
-        "sgd", "--opt", panel=RECIPE, help="Optimizer: sgd, nesterov (SGD with Nesterov momentum), adamw, rmsprop."
+        "sgd",
+        "--opt",
+        panel=RECIPE,
+        choices=OPTIMIZERS,
+        help="Optimizer: sgd, nesterov (SGD with Nesterov momentum), adamw, rmsprop.",
     )
     lr: float = option(
         0.1, "--lr", "--learning-rate", panel=OPTIM, commands=RESUMABLE, help="Initial learning rate.",
@@ -52,7 +57,7 @@ class OptimConfig:
     momentum: float = option(0.9, "--momentum", panel=OPTIM, help="SGD momentum.")
     weight_decay: float = option(1e-4, "--wd", "--weight-decay", panel=OPTIM, help="Weight decay.")
     lr_scheduler: str = option(
-        "step", "--lr-scheduler", panel=RECIPE,
+        "step", "--lr-scheduler", panel=RECIPE, choices=SCHEDULES,
         help="LR schedule, set every step: step (× --lr-gamma every --lr-step-size epochs), multistep (at "
         "--lr-milestones), cosine or linear (down to --lr-min), exponential (× --lr-gamma per epoch), constant.",
     )  # fmt: skip
@@ -71,7 +76,7 @@ class OptimConfig:
         help="Warm the LR up over this many epochs (fractions allowed); the schedule starts after.",
     )  # fmt: skip
     lr_warmup_method: str = option(
-        "linear", "--lr-warmup-method", panel=RECIPE,
+        "linear", "--lr-warmup-method", panel=RECIPE, choices=WARMUP_METHODS,
         help="Warmup: linear (from --lr-warmup-decay × LR up to the LR) or constant.",
     )  # fmt: skip
     lr_warmup_decay: float = option(
@@ -102,7 +107,7 @@ class OptimConfig:
         help="Until then the average just copies the weights (e.g. the LR warmup).",
     )  # fmt: skip
     best_by: str = option(
-        "model", "--best-by", panel=RECIPE,
+        "model", "--best-by", panel=RECIPE, choices=BEST_BY,
         help="Which top-1 picks model_best.pth.tar: model, or ema (with --model-ema).",
     )  # fmt: skip
     grad_accum_steps: int = option(
@@ -180,7 +185,7 @@ class OptimConfig:
         check(0 < self.model_ema_decay < 1, f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
         check(self.model_ema_steps >= 1, f"--model-ema-steps must be at least 1, got {self.model_ema_steps}")
         check(self.model_ema_warmup_epochs >= 0, "--model-ema-warmup-epochs must be 0 or more")
-        check(self.best_by in ("model", "ema"), f"--best-by must be model or ema, got {self.best_by!r}")
+        check(self.best_by in BEST_BY, f"--best-by must be model or ema, got {self.best_by!r}")
         check(self.best_by == "model" or self.model_ema, "--best-by ema needs --model-ema")
 
     def milestones(self) -> tuple[int, ...]:

@@ -46,6 +46,7 @@ class Option:
     required: bool = False  # an argument without which the command cannot run
     alias: str | None = None  # an argument also given as this option (DATA as --data)
     metavar: str | None = None
+    choices: tuple[str, ...] = ()  # the only values it takes: --help lists them, the shell completes them
     toggle: bool = False  # `--x/--no-x`: False is a choice, not an absence
     filename: bool = False  # a path: made absolute where it is typed, so every process reads the same file
     key: str | None = None  # its name in config.json and recipes; None: the field's name with dashes

@@ -41,8 +41,9 @@ class DistConfig:
         help="Rendezvous of a multi-node run, tcp://HOST:PORT of node 0. Local runs need none.",
     )  # fmt: skip
     dist_backend: str | None = option(
-        None, "--dist-backend", **_PLACE, show_default="nccl on CUDA, gloo otherwise", help="nccl, gloo, ..."
-    )
+        None, "--dist-backend", **_PLACE, show_default="nccl on CUDA, gloo otherwise", choices=BACKENDS,
+        help="The process group's backend.",
+    )  # fmt: skip
     multiprocessing_distributed: bool = option(
         False, "--multiprocessing-distributed", panel=DIST, commands=EVERYWHERE,
         help="Spawn --nproc-per-node workers on this node, one per GPU (DDP).",
@@ -98,7 +99,7 @@ class ComputeConfig:
     """How the model runs on its device. The defaults are the fast settings that are safe there."""
 
     amp: str = option(
-        "auto", "--amp", panel=SPEED, commands=EVERYWHERE,
+        "auto", "--amp", panel=SPEED, commands=EVERYWHERE, choices=AMP_MODES,
         show_default="bf16 on GPUs that support it, fp16 on older GPUs, none on CPU",
         help="Mixed precision (autocast): none, bf16, or fp16 with a gradient scaler.",
     )  # fmt: skip

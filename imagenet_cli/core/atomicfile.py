@@ -22,13 +22,17 @@ def _no_steps(_path: str, _point: str) -> None:
     return None
 
 
-def atomic_write(path: str, write: Callable[[Any], None], on_step: Steps = _no_steps) -> None:
+def atomic_write(
+    path: str, write: Callable[[Any], None], on_step: Steps = _no_steps, verify: Callable[[str], None] | None = None
+) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
 
     The rename is atomic on POSIX file systems, so readers see the old file or the new one, never half.
     The file gets the permissions an ordinary `open` would (the umask's), not the temporary file's 0600:
     a cluster's group must still be able to read a run's checkpoints. A failed write removes its temporary
-    file; one left by a killed process is removed by `remove_stale_temporaries` at the next start."""
+    file; one left by a killed process is removed by `remove_stale_temporaries` at the next start.
+    `verify` reads the whole temporary file before the rename: a file it refuses (by raising) is removed,
+    so a file that fails its check is never seen under `path` (`export`'s round trip)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory)
@@ -39,6 +43,8 @@ def atomic_write(path: str, write: Callable[[Any], None], on_step: Steps = _no_s
             f.flush()
             os.fsync(f.fileno())
         on_step(path, "written")
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):

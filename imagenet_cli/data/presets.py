@@ -1,8 +1,8 @@
 """Training and validation image presets: file to uint8 tensor, as little CPU work as the result allows.
 
 What the reference pipeline spends its CPU time on, per image, and what these presets do instead:
-- PIL decoding plus a PIL crop and resize: torchvision's libjpeg-turbo decoder, then one antialiased
-  resize in torch's vectorised uint8 kernel (it wants channels-last pixels, so the crop is laid out so);
+- PIL decoding plus a PIL crop and resize: a libjpeg-turbo decoder (TorchCodec's, see `decoders`), then
+  one antialiased resize in torch's vectorised uint8 kernel (it wants channels-last pixels, so the crop is laid out so);
 - decoding a large JPEG at full size only to shrink it: libjpeg's reduced-size decoding (1/2, 1/4, 1/8,
   in the DCT) whenever the crop still has at least the output's pixels at that scale;
 - `ToTensor` and `Normalize` in float32 per image: nothing; uint8 batches are normalised on the device.
@@ -26,10 +26,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 
-try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL decodes everything when it is gone
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-except ImportError:  # pragma: no cover
-    decode_image = decode_jpeg = None
+from . import decoders
 
 CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's area range, as in the reference and torchvision's recipes
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -203,9 +200,16 @@ class DeferredBatch:
         self.items = items
 
     def decode(self, device: torch.device) -> torch.Tensor:
-        """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`."""
+        """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`. On the
+        CPU (tests; the command line refuses `--decode-on-device` without a GPU decoder) each JPEG is
+        decoded as the workers would."""
         deferred = [item for item in self.items if isinstance(item, Deferred)]
-        decoded = decode_jpeg([item.encoded for item in deferred], mode=ImageReadMode.RGB, device=device)
+        encoded = [item.encoded for item in deferred]
+        decoder = decoders.chosen()
+        if device.type == "cuda" and decoder.decode_jpegs is not None:
+            decoded = decoder.decode_jpegs(encoded, device)
+        else:
+            decoded = [decode_rgb(pixels, open_sample(pixels)[1]).to(device) for pixels in encoded]
         planned = iter([item.plan(pixels) for item, pixels in zip(deferred, decoded, strict=True)])
         return torch.stack([next(planned) if isinstance(item, Deferred) else item.to(device) for item in self.items])
 
@@ -266,10 +270,6 @@ Image.MAX_IMAGE_PIXELS = None
 # three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
 # this tool could decode, so it is refused before it is read.
 MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
-# What torchvision's decoder reads here; anything else goes to PIL. Not GIF: torchvision decodes every
-# frame of an animated GIF (4-D, and a small file of many large frames asks for gigabytes), where PIL
-# decodes the first frame only, as every other format here gives one picture.
-TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 
 
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
@@ -306,15 +306,22 @@ def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> in
 
 def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 1) -> torch.Tensor:
     """Pixels as uint8 (3, H, W) whatever the file's colour mode, laid out channels-last in memory:
-    torch's vectorised uint8 resize needs that layout, and crops of it stay views. PIL decodes when the
-    DCT can reduce (torchvision's decoder cannot) or the format is not one of TORCHVISION_FORMATS; an
-    animated picture gives its first frame."""
-    if reduce == 1 and encoded is not None and decode_image is not None and header.format in TORCHVISION_FORMATS:
+    torch's vectorised uint8 resize needs that layout, and crops of it stay views. The process's decoder
+    (`decoders.chosen`) decodes the formats it reads; PIL decodes when the DCT can reduce (the others
+    cannot), for other formats, and for an animated picture, of which it decodes the first frame only
+    (the others would decode every frame: a small file of many large frames asks for gigabytes)."""
+    decoder = decoders.chosen()
+    if (
+        reduce == 1
+        and encoded is not None
+        and header.format in decoder.formats
+        and not getattr(header, "is_animated", False)
+    ):
         try:
-            chw = decode_image(encoded, mode=ImageReadMode.RGB)
+            chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
         except RuntimeError:
-            pass  # a format or colour mode torchvision does not decode: PIL does
-        else:  # 16-bit PNGs come as uint16: scale them (PIL would clip everything above 255 to white)
+            pass  # a variant or colour mode that decoder does not read: PIL does
+        else:  # 16-bit PNGs may come as uint16: scale them (PIL would clip everything above 255 to white)
             chw = F.to_dtype(chw, torch.uint8, scale=True) if chw.dtype != torch.uint8 else chw
             return chw.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     if reduce > 1:

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint
 from ..config import WORKERS_PER_CORE, RunConfig
 from ..core.errors import EXIT_FAILURE, EXIT_PREEMPTED, Preempted, RunFailed, UserError, one_line
 from ..data import checks as datacheck
+from ..data import decoders
 from ..data import loaders as data
 from ..report import records
 from ..train.stops import STOP_SIGNALS
@@ -34,13 +35,28 @@ def launch(cfg: RunConfig) -> None:
     if topology.launcher == "spawn":
         spawn(cfg, topology)
     else:
-        index = topology.external_local_rank or 0
-        try:
-            worker.run(index, cfg, topology)
-        except UserError as exc:
-            if topology.world_size > 1:
-                raise type(exc)(f"rank {topology.global_rank(index)}: {exc}") from exc
-            raise
+        torchrun = distributed.TORCHELASTIC_ERROR_FILE in os.environ
+        (record_for_torchrun(_launched_rank) if torchrun else _launched_rank)(cfg, topology)
+
+
+def _launched_rank(cfg: RunConfig, topology: Topology) -> None:
+    """One rank that a launcher (torchrun, srun) started; its errors name the rank."""
+    index = topology.external_local_rank or 0
+    try:
+        worker.run(index, cfg, topology)
+    except UserError as exc:
+        if topology.world_size > 1:
+            raise type(exc)(f"rank {topology.global_rank(index)}: {exc}") from exc
+        raise
+
+
+def record_for_torchrun(run: Callable[..., None]) -> Callable[..., None]:
+    """`run`, writing its failure into TorchElastic's error file as well (torch's `record`). This process
+    prints one line on its own stderr and exits 1; torchrun's summary reads only the error file, and
+    without one its "Root Cause" says N/A: with it, the summary names the error and the rank."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(run)
 
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
@@ -98,6 +114,13 @@ def _check_flags(cfg: RunConfig, topology: Topology) -> None:
         raise UserError(
             f"--nproc-per-node {topology.nproc_per_node} asks for more processes than this machine's {gpus} GPU(s); "
             "use one process per GPU (leave --nproc-per-node out), or --no-accel for CPU processes"
+        )
+    if cfg.data.decode_on_device and not gpus:
+        raise UserError("--decode-on-device decodes JPEGs on a CUDA GPU; this run has none (leave the flag out)")
+    if cfg.data.decode_on_device and decoders.chosen().decode_jpegs is None:
+        raise UserError(
+            f"--decode-on-device needs a GPU JPEG decoder, and {decoders.chosen().name} has none here: install "
+            "TorchCodec (pip install 'imagenet-cli[decode]'), or leave the flag out"
         )
     if cfg.dist.gpu is not None and topology.world_size > 1:
         raise UserError(

@@ -1,32 +1,101 @@
-"""What this machine and torchvision offer: the architectures `--arch` accepts, and the software,
-accelerators and launcher a run would meet here (`imagenet-cli models`, `imagenet-cli env`).
+"""The architectures `--arch` accepts (`imagenet-cli models`): torchvision's registry and its weights'
+metadata, without building a model.
 
-Everything here describes and changes nothing. Listing models must stay fast, so no real model is
-built: the facts come from torchvision's weights metadata, and an architecture without published weights
-is counted on the meta device. The environment's launcher variables are read only to show them; what a
-run would do with them is asked of `distributed.plan`, the one place that decides it.
+The facts come from torchvision's weights metadata (parameters, evaluation sizes, ImageNet top-1); an
+architecture without published weights is counted on the meta device. Importing torchvision takes
+seconds, far longer than listing, and the list changes only with torchvision: so the catalogue is kept
+in the user's cache under the installed versions' names (read from their metadata, without importing
+them), and a `models` after the first answers without importing torch. The cache is data like any other
+file the tool reads: bounded, checked row by row, rebuilt when it is anything but a catalogue.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
 from typing import Any
 
-import torchvision
-
+from ..core.atomicfile import write_text
 from ..core.errors import UserError
+
+ROW_KEYS = ("name", "parameters", "crop_size", "resize_size", "imagenet_acc1")
+CACHE_FORMAT = 1  # raise when rows change shape: an older cache is then never read
+MAX_CACHE_BYTES = 1 << 20  # torchvision's 80 classifiers take about 8 KB
 
 
 def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
     """One row per torchvision classifier whose name contains `pattern` (any case); an error if none does,
     so a typo is not mistaken for an empty zoo."""
+    rows = catalogue()
+    matching = [row for row in rows if not pattern or pattern.lower() in row["name"].lower()]
+    if not matching:
+        raise UserError(f"no architecture matches {pattern!r}; `imagenet-cli models` lists all {len(rows)}")
+    return matching
+
+
+def catalogue(cache: str | None = None) -> list[dict[str, Any]]:
+    """Every classifier's row, from the cache of these versions when it holds one, else from torchvision
+    (then cached; a cache that cannot be written is skipped, the listing is the same)."""
+    path = cache if cache is not None else cache_path()
+    rows = _read_cache(path) if path else None
+    if rows is None:
+        rows = [describe_model(name) for name in _classifier_names()]
+        if path:
+            with contextlib.suppress(UserError, OSError):  # a read-only home, a full disk: list without caching
+                write_text(path, json.dumps({"format": CACHE_FORMAT, "models": rows}))
+    return rows
+
+
+def cache_path(env: dict[str, str] | None = None) -> str | None:
+    """$XDG_CACHE_HOME/imagenet-cli (~/.cache/imagenet-cli) models-<versions>.json: a new torch, torchvision or
+    imagenet-cli is a new file. None when the versions cannot be read (a source tree never installed)."""
+    env = dict(os.environ) if env is None else env
+    try:
+        versions = [importlib.metadata.version(name) for name in ("imagenet-cli", "torch", "torchvision")]
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    root = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = re.sub(r"[^A-Za-z0-9.+_-]", "_", "-".join(versions))
+    return os.path.join(root, "imagenet-cli", f"models-{CACHE_FORMAT}-{key}.json")
+
+
+def _read_cache(path: str) -> list[dict[str, Any]] | None:
+    """The cached rows, or None when there is no cache or it is not one this version wrote."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_CACHE_BYTES + 1)
+        stored = json.loads(text) if len(text) <= MAX_CACHE_BYTES else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
+        return None
+    rows = stored.get("models")
+    if not isinstance(rows, list) or not rows or not all(_is_row(row) for row in rows):
+        return None
+    return rows
+
+
+def _is_row(row: Any) -> bool:
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    return (
+        isinstance(row, dict)
+        and tuple(row) == ROW_KEYS
+        and isinstance(row["name"], str)
+        and whole(row["parameters"])
+        and all(row[key] is None or whole(row[key]) for key in ("crop_size", "resize_size"))
+        and (row["imagenet_acc1"] is None or isinstance(row["imagenet_acc1"], float))
+    )
+
+
+def _classifier_names() -> tuple[str, ...]:
     from ..core.models import classification_models
 
-    names = [n for n in classification_models() if not pattern or pattern.lower() in n.lower()]
-    if not names:
-        raise UserError(
-            f"no architecture matches {pattern!r}; `imagenet-cli models` lists all {len(classification_models())}"
-        )
-    return [describe_model(name) for name in names]
+    return classification_models()
 
 
 def describe_model(name: str) -> dict[str, Any]:
@@ -55,6 +124,8 @@ def parameter_count(name: str, num_classes: int = 1000) -> int:
 
 def _default_weights(name: str) -> Any | None:
     """torchvision's default (best) weights enum member for `name`, or None when it publishes none."""
+    import torchvision
+
     try:
         return torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, AttributeError, KeyError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 from typing import Any
 
 import torch
@@ -14,6 +15,10 @@ from ..core.errors import UserError
 from ..run.distributed import SLURM_ENV, TORCHRUN_ENV, TORCHRUN_VARS, default_backend
 
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+DISTRIBUTION = "imagenet-cli"
+NOT_EXTRAS = ("dev",)  # the developers' set (tests, linters), not a part of the tool
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def describe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -22,6 +27,7 @@ def describe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     cuda = cuda_devices()
     return {
         "versions": versions(),
+        "extras": optional_extras(),
         "distributed_backends": distributed_backends(),
         "cuda": cuda,
         "mps": mps_available(),
@@ -55,6 +61,35 @@ def _own_version() -> str | None:
         return str(version)
     try:
         return importlib.metadata.version("imagenet-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def optional_extras() -> dict[str, dict[str, Any]]:
+    """Each optional part of the package (`pip install "imagenet-cli[plot]"`) with its packages' installed
+    versions (None: not installed). Read from the installed package's own metadata, so the list is the
+    one pyproject.toml declares and pip would install, not a copy of it kept here."""
+    try:
+        requirements = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return {}
+    extras: dict[str, dict[str, Any]] = {}
+    for requirement in requirements:
+        marker = _EXTRA_MARKER.search(requirement)
+        name = _NAME.match(requirement)
+        if marker is None or name is None or marker.group(1) in NOT_EXTRAS:
+            continue
+        extra = extras.setdefault(marker.group(1), {"packages": {}, "installed": True, "hint": None})
+        extra["packages"][name.group(0)] = _installed_version(name.group(0))
+    for extra_name, extra in extras.items():
+        extra["installed"] = all(version is not None for version in extra["packages"].values())
+        extra["hint"] = None if extra["installed"] else f'pip install "{DISTRIBUTION}[{extra_name}]"'
+    return extras
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
 

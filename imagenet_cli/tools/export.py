@@ -2,37 +2,42 @@
 
 Each file travels with what a server needs to feed the model and read its answer: the class names in
 output order and the exact evaluation preprocessing (resize, centre crop, mean, std, interpolation) the
-checkpoint was validated with. TorchScript keeps them inside its archive; ONNX and state-dict files get
-them in a JSON file beside them. Every file is written atomically: a crash leaves the previous file or
-none, never half of one.
+checkpoint was validated with. pt2 and TorchScript keep them inside their archive, safetensors in its
+metadata; ONNX and state-dict files get them in a JSON file beside them. Every file is loaded back and
+run on a real batch before it is renamed into place (export_check): a file that computes something else,
+or half a file, is never left under the target's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import io
 import json
 import os
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import read_checkpoint
 from ..config import VAL_CROP_RATIO
 from ..core.atomicfile import atomic_write
 from ..core.errors import UserError
 from ..data.loaders import IMAGENET_MEAN, IMAGENET_STD
+from .export_check import Result, make_check, verifier
+from .exporters import ONNX_OPSET, WRITERS, Deployable
 from .predict import class_labels, input_sizes, interpolation, load_model, resolve_arch
 
-FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "state_dict": ".pth"}  # format: default file extension
-CHECKPOINT_SUFFIXES = (".tar", ".pth", ".pt", ".ckpt", ".bin")  # stripped from a checkpoint's name for the default
-ONNX_OPSET = 17
+# format: default file extension; pt2 first, TorchScript (deprecated by torch) kept as a legacy format
+FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors", "torchscript": ".ts", "state_dict": ".pth"}
+SIDECARS = ("onnx", "state_dict")  # formats with no room for metadata: OUTPUT.json beside them
+CHECKPOINT_SUFFIXES = (".tar", ".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # stripped for the default name
 EXAMPLE_BATCH = 2  # tracing with one image could let a batch size of 1 leak into the graph
+NEEDS = {  # format: (modules, how to install them)
+    "onnx": (("onnx", "onnxscript"), 'pip install "imagenet-cli[onnx]" (onnx, onnxscript, onnxruntime)'),
+    "safetensors": (("safetensors",), 'pip install "imagenet-cli[safetensors]" (or pip install safetensors)'),
+}
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,12 @@ class Outcome:
 
     written: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Deployable:
-    """A model ready to write, with what a deployment needs beside it."""
-
-    model: nn.Module
-    example: torch.Tensor
-    metadata: dict[str, Any]  # arch, num_classes, class_names, preprocessing, source, weights
+    check: Result | None = None  # how far the written file's logits are from the model's
 
 
 def export(request: Request) -> Outcome:
-    """Rebuild the checkpoint's model (or its EMA twin) and write it in the requested format."""
+    """Rebuild the checkpoint's model (or its EMA twin), write it in the requested format, and check the
+    written file against it on a real batch."""
     _check(request)
     loaded = read_checkpoint(request.checkpoint)
     arch = resolve_arch(loaded, request.arch)
@@ -86,19 +84,28 @@ def export(request: Request) -> Outcome:
         "source": os.path.abspath(request.checkpoint),
         "weights": "ema" if request.ema else "model",
     }
+    check = make_check(model, arch, num_classes, request.data, (resize, crop, interpolation(loaded)))
+    results: list[Result] = []
     deployable = Deployable(model, torch.randn(EXAMPLE_BATCH, 3, crop, crop), metadata)
-    outcome.written.extend(WRITERS[request.format](deployable, target))
+    WRITERS[request.format](deployable, target, verifier(check, request.format, results), outcome.notes)
+    outcome.written.append(target)
+    outcome.check = results[-1]
+    if request.format in SIDECARS:
+        fields = {"input": "images", "output": "logits", "opset": ONNX_OPSET} if request.format == "onnx" else {}
+        outcome.written.append(_write_sidecar(target, {**metadata, **fields, "check": outcome.check.as_json()}))
     return outcome
 
 
 def _check(request: Request) -> None:
-    """Refuse bad requests before any weights are read; ONNX's missing package too."""
+    """Refuse bad requests before any weights are read; a format's missing packages too."""
     if request.format not in FORMATS:
         raise UserError(f"--format takes {', '.join(FORMATS)}, not {request.format!r}")
     if request.image_size is not None and request.image_size < 8:
         raise UserError(f"--image-size must be 8 or more, got {request.image_size}")
-    if request.format == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise UserError('--format onnx needs the onnx package: pip install onnx (or pip install "imagenet-cli[onnx]")')
+    modules, install = NEEDS.get(request.format, ((), ""))
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--format {request.format} needs {' and '.join(missing)}: {install}")
 
 
 def default_output(checkpoint: str, fmt: str, ema: bool) -> str:
@@ -134,66 +141,7 @@ def preprocessing(resize: int, crop: int, interpolation: str = "bilinear") -> di
 
 
 def _write_sidecar(target: str, metadata: Mapping[str, Any]) -> str:
-    """`TARGET.json`: what a deployment of an ONNX or state-dict file reads beside it."""
+    """`TARGET.json`: what a deployment of an ONNX or state-dict file reads beside it, and the check's figure."""
     path = target + ".json"
     atomic_write(path, lambda f: f.write((json.dumps(dict(metadata), indent=2) + "\n").encode()))
     return path
-
-
-def write_torchscript(deployable: Deployable, target: str) -> list[str]:
-    extra = {
-        "class_names.json": json.dumps(deployable.metadata["class_names"]),
-        "preprocessing.json": json.dumps(deployable.metadata["preprocessing"]),
-    }
-    with warnings.catch_warnings(), torch.no_grad():
-        # TorchScript is asked for by name here; torch's notice that it is deprecated is no news to the user.
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
-        traced = torch.jit.trace(deployable.model, deployable.example, check_trace=False)
-        _check_same_outputs(traced, deployable)
-        atomic_write(target, lambda f: torch.jit.save(traced, f, _extra_files=extra))
-    return [target]
-
-
-def _check_same_outputs(traced: nn.Module, deployable: Deployable) -> None:
-    """A traced graph that computes something else (data-dependent control flow) must not be shipped;
-    one comparison on a fresh batch costs less than `torch.jit.trace`'s own repeated check."""
-    batch = torch.randn_like(deployable.example)
-    expected, got = deployable.model(batch), traced(batch)
-    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
-        raise UserError(
-            f"the traced {deployable.metadata['arch']} does not reproduce the model's outputs "
-            f"(largest difference {(expected - got).abs().max().item():.3g}); use --format onnx or state_dict"
-        )
-
-
-def write_onnx(deployable: Deployable, target: str) -> list[str]:
-    """ONNX with a free batch axis (input "images", output "logits"), checked before it is written. The
-    TorchScript-based exporter is used: it needs only the onnx package, not onnxscript."""
-    import onnx
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice; it still works
-        torch.onnx.export(
-            deployable.model, (deployable.example,), buffer, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-        )  # fmt: skip
-    data = buffer.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data))
-    atomic_write(target, lambda f: f.write(data))
-    metadata = {**deployable.metadata, "input": "images", "output": "logits", "opset": ONNX_OPSET}
-    return [target, _write_sidecar(target, metadata)]
-
-
-def write_state_dict(deployable: Deployable, target: str) -> list[str]:
-    """Plain tensors under a plain model's keys: `torch.load(weights_only=True)` and `load_state_dict` take them."""
-    state = deployable.model.state_dict()
-    atomic_write(target, lambda f: torch.save(state, f))
-    return [target, _write_sidecar(target, deployable.metadata)]
-
-
-WRITERS: dict[str, Callable[[Deployable, str], list[str]]] = {
-    "torchscript": write_torchscript,
-    "onnx": write_onnx,
-    "state_dict": write_state_dict,
-}

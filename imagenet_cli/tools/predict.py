@@ -79,11 +79,14 @@ def find_images(inputs: Sequence[str]) -> list[str]:
 
 
 def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
-    """(resize, crop) the model was validated at: the stored run's, else torchvision's for the arch."""
+    """(resize, crop) the model was validated at: the stored run's, or those a weights file names (an exported
+    safetensors), else torchvision's for the arch."""
     if loaded.config is not None:
         stored = from_stored(loaded.config, loaded.path).data
         assert stored.val_resize_size and stored.val_crop_size
         return stored.val_resize_size, stored.val_crop_size
+    if loaded.preprocessing is not None:
+        return loaded.preprocessing["resize"], loaded.preprocessing["crop"]
     expected = models.expected_input(arch)
     if expected:
         return expected["val_resize_size"], expected["val_crop_size"]
@@ -91,8 +94,10 @@ def input_sizes(loaded: LoadedCheckpoint, arch: str) -> tuple[int, int]:
 
 
 def interpolation(loaded: LoadedCheckpoint) -> str:
-    """The resampling the stored run validated with (--interpolation); bilinear otherwise."""
-    return from_stored(loaded.config, loaded.path).data.interpolation if loaded.config is not None else "bilinear"
+    """The resampling the stored run validated with (--interpolation), or a weights file names; else bilinear."""
+    if loaded.config is not None:
+        return from_stored(loaded.config, loaded.path).data.interpolation
+    return (loaded.preprocessing or {}).get("interpolation", "bilinear")
 
 
 def resolve_arch(loaded: LoadedCheckpoint, given: str | None) -> str:
@@ -146,7 +151,7 @@ class ImageFiles(Dataset):
         try:
             return index, self.preset(read_bytes(self.paths[index])), None
         except UnidentifiedImageError:  # PIL's own message names an in-memory buffer, not the file
-            return index, None, "not a picture in a format PIL or torchvision can decode"
+            return index, None, "not a picture in a format this tool decodes (PIL opens every picture first)"
         except Exception as exc:  # any failure to read or decode names the file; the rest go on
             return index, None, one_line(exc)
 

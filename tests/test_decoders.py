@@ -1,0 +1,136 @@
+"""The image decoder is chosen once, from a chain (TorchCodec, torchvision.io while it exists, PIL): each
+link gives the pixels the pipeline always had, large JPEGs still decode reduced in the DCT, a link that
+cannot load is passed over, and none of them warns. `--decode-on-device` without a GPU decoder is
+refused before anything starts."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagenet_cli.config import build_config
+from imagenet_cli.core.errors import UserError
+from imagenet_cli.data import decoders, presets
+from imagenet_cli.data.presets import TrainPreset, ValPreset
+from imagenet_cli.run import distributed, launch
+
+from .conftest import run_cli, write_image_folder, write_photo
+
+
+def _absent() -> decoders.Decoder:
+    raise ImportError("No module named 'torchcodec'")
+
+
+def _chain_from(name: str) -> dict[str, Callable[[], decoders.Decoder]]:
+    """The chain with every link before `name` absent, as on an installation without them."""
+    names = list(decoders.CANDIDATES)
+    return {n: (_absent if names.index(n) < names.index(name) else load) for n, load in decoders.CANDIDATES.items()}
+
+
+def _available() -> list[str]:
+    return [name for name in decoders.CANDIDATES if decoders.select(_chain_from(name)).name.startswith(name)]
+
+
+def _pil_pixels(path: Path) -> torch.Tensor:
+    with Image.open(path) as picture:
+        return torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)
+
+
+def test_the_decoder_is_chosen_once_and_is_the_first_link_that_works():
+    assert decoders.chosen() is decoders.chosen()
+    assert decoders.chosen().name == decoders.select().name
+    assert "PIL" in _available()
+
+
+def test_an_absent_or_broken_link_is_passed_over():
+    def broken() -> decoders.Decoder:  # installs, loads, but cannot decode on this platform
+        def decode(encoded: torch.Tensor, fmt: str) -> torch.Tensor:
+            raise RuntimeError("libjpeg.so: cannot open shared object file")
+
+        return decoders.Decoder("broken", frozenset({"JPEG"}), decode)
+
+    chain = {"torchcodec": _absent, "broken": broken, "PIL": lambda: decoders.PIL_ONLY}
+    assert decoders.select(chain) is decoders.PIL_ONLY
+    assert decoders.select({"torchcodec": _absent}) is decoders.PIL_ONLY  # PIL even when the chain forgot it
+    if "torchvision.io" in _available():  # torchcodec's import failing falls to torchvision.io
+        assert decoders.select(_chain_from("torchvision.io")).name.startswith("torchvision.io")
+
+
+@pytest.mark.parametrize("link", list(decoders.CANDIDATES))
+@pytest.mark.parametrize(
+    ("mode", "suffix", "tolerance"),
+    [("RGB", "jpg", 2), ("L", "jpg", 2), ("CMYK", "jpg", 2), ("RGB", "png", 0), ("RGBA", "png", 0), ("P", "png", 0),
+     ("RGB", "webp", 0)],
+)  # fmt: skip
+def test_every_link_decodes_the_pixels_pil_decodes_without_a_warning(
+    tmp_path, monkeypatch, link, mode, suffix, tolerance
+):
+    """The same pixels whichever link decodes (two grey levels for JPEG: libjpeg-turbo builds may round
+    their IDCT differently), channels-last, and no DeprecationWarning from any of them."""
+    if link not in _available():
+        pytest.skip(f"{link} is not installed or does not load here")
+    decoder = decoders.select(_chain_from(link))
+    monkeypatch.setattr(decoders, "chosen", lambda: decoder)
+    path = write_photo(tmp_path / f"picture.{suffix}", 90, 60, mode=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = presets.decode_rgb(*presets.open_sample(presets.read_bytes(str(path))))
+        for preset in (TrainPreset(32), ValPreset(37, 32)):
+            assert preset(presets.read_bytes(str(path))).shape == (3, 32, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 60, 90)
+    assert pixels.permute(1, 2, 0).is_contiguous()  # torch's vectorised uint8 resize wants this layout
+    assert (pixels.int() - _pil_pixels(path).int()).abs().max() <= tolerance
+
+
+def test_large_jpegs_are_still_reduced_in_the_dct_by_pil(tmp_path, monkeypatch):
+    """The chosen decoder decodes at full size only; a large JPEG whose crop allows it is PIL's, at 1/4."""
+    path = write_photo(tmp_path / "big.jpg", 1600, 1200, quality=90)
+    calls: list[str] = []
+    real = decoders.chosen()
+
+    def counting(encoded: torch.Tensor, fmt: str) -> torch.Tensor:
+        calls.append(fmt)
+        return real.decode(encoded, fmt) if real.decode else torch.empty(0)
+
+    monkeypatch.setattr(decoders, "chosen", lambda: decoders.Decoder("counting", frozenset({"JPEG"}), counting))
+    decoded: list[tuple[int, ...]] = []
+    decode_rgb = presets.decode_rgb
+
+    def recording(*args: object) -> torch.Tensor:
+        pixels = decode_rgb(*args)
+        decoded.append(tuple(pixels.shape))
+        return pixels
+
+    monkeypatch.setattr(presets, "decode_rgb", recording)
+    assert ValPreset(256, 224)(presets.read_bytes(str(path))).shape == (3, 224, 224)
+    assert calls == [] and decoded == [(3, 300, 400)]  # decoded at 1/4 of 1600x1200
+    small = write_photo(tmp_path / "small.jpg", 500, 375, quality=90)
+    ValPreset(256, 224)(presets.read_bytes(str(small)))
+    assert calls == ["JPEG"]  # below a megapixel the chosen decoder decodes it whole
+
+
+def test_decode_on_device_is_refused_at_start_in_one_line_without_a_gpu(tmp_path):
+    """Not a TypeError in the first batch: exit 2, one line, no traceback, nothing written."""
+    data = write_image_folder(tmp_path / "data", {"ants": 2, "bees": 2}, {"ants": 1, "bees": 1}, size=32)
+    out = tmp_path / "out"
+    result = run_cli("train", str(data), "-a", "resnet18", "--decode-on-device", "--no-accel", "--output-dir", str(out))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --decode-on-device decodes JPEGs on a CUDA GPU; this run has none (leave the flag out)"
+    ]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_decode_on_device_is_refused_when_the_decoder_has_no_gpu_path(monkeypatch):
+    """A GPU, but only PIL (or a decoder without nvJPEG): refused before any process starts, naming it."""
+    monkeypatch.setattr(distributed, "accelerator_count", lambda cfg: 1)
+    monkeypatch.setattr(decoders, "chosen", lambda: decoders.PIL_ONLY)
+    cfg = build_config("train", {"path": "data", "decode_on_device": True})
+    with pytest.raises(UserError, match=r"--decode-on-device needs a GPU JPEG decoder, and PIL has none here"):
+        launch.preflight(cfg, distributed.plan(cfg.dist, env={}))
