@@ -271,6 +271,34 @@ def test_a_cache_that_is_not_a_catalogue_is_rebuilt(tmp_path: Path, stored: str)
     assert catalogue.catalogue(str(cache)) == rows  # now read back as written
 
 
+_ROW = '{"parameters": 1, "crop_size": 1, "resize_size": 1, "imagenet_acc1": %s}'
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["[" * 100_000,  # JSON nested past Python's recursion limit
+     '{"format": 1, "models": [{"name": "evil\\u001b]0;title\\u0007[bold]x", ' + _ROW[1:] % "1.0" + "]}",
+     '{"format": 1, "models": [{"name": "resnet18", ' + _ROW[1:] % "NaN" + "]}"],
+)  # fmt: skip
+def test_a_hostile_cache_is_rebuilt_not_shown(tmp_path: Path, stored: str) -> None:
+    """A cache nested too deep, or naming an architecture in terminal escapes and rich markup, is not a catalogue."""
+    cache = tmp_path / "models.json"
+    cache.write_text(stored)
+    rows = catalogue.catalogue(str(cache))
+    assert [row["name"] for row in rows] == list(torchvision.models.list_models(module=torchvision.models))
+
+
+def test_a_fifo_under_the_caches_name_does_not_hang_models(tmp_path: Path) -> None:
+    """Opening a FIFO with no writer blocks forever: the cache is read only when it is a regular file."""
+    env = cli_env(XDG_CACHE_HOME=str(tmp_path))
+    cache = Path(catalogue.cache_path(env))
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)
+    result = ok(run_cli("models", "resnet18", "--json", env=env, timeout=90))
+    assert list(_rows(result)) == ["resnet18"]
+    assert cache.is_file()  # replaced by the catalogue
+
+
 def test_env_lists_the_optional_extras() -> None:
     extras = json_result(run_cli("env", "--json"))["extras"]
     assert {"plot", "tensorboard", "yaml", "onnx"} <= set(extras) and "dev" not in extras
@@ -294,3 +322,19 @@ def _missing(name: str) -> str:
     import importlib.metadata
 
     raise importlib.metadata.PackageNotFoundError(name)
+
+
+def test_models_table_shows_a_name_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever a row holds is shown, never acted on: no rich markup, no escape reaching the terminal."""
+    from imagenet_cli.cli.printing import print_models
+
+    row = {
+        "name": "[bold]x\x1b]0;t\x07",
+        "parameters": 10**6,
+        "crop_size": 224,
+        "resize_size": 256,
+        "imagenet_acc1": 1.0,
+    }
+    print_models([row], as_json=False)
+    out = capsys.readouterr().out
+    assert "[bold]x\\x1b]0;t\\x07" in out and "\x1b" not in out

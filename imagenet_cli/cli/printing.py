@@ -114,7 +114,7 @@ def print_models(rows: list[dict[str, Any]], as_json: bool) -> None:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
-            row["name"], f"{row['parameters'] / 1e6:,.1f}M", _or_dash(row["crop_size"]),
+            literal(row["name"]), f"{row['parameters'] / 1e6:,.1f}M", _or_dash(row["crop_size"]),
             _or_dash(row["resize_size"]), _or_dash(row["imagenet_acc1"], "{:.2f}%"),
         )  # fmt: skip
     console = Console(width=None if sys.stdout.isatty() else 120)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import re
+import stat
 from typing import Any
 
 from ..core.atomicfile import write_text
@@ -24,6 +26,7 @@ from ..core.errors import UserError
 ROW_KEYS = ("name", "parameters", "crop_size", "resize_size", "imagenet_acc1")
 CACHE_FORMAT = 1  # raise when rows change shape: an older cache is then never read
 MAX_CACHE_BYTES = 1 << 20  # torchvision's 80 classifiers take about 8 KB
+ARCH_NAME = re.compile(r"[A-Za-z0-9_]{1,80}")  # how torchvision names its builders: nothing a terminal acts on
 
 
 def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
@@ -64,11 +67,14 @@ def cache_path(env: dict[str, str] | None = None) -> str | None:
 
 def _read_cache(path: str) -> list[dict[str, Any]] | None:
     """The cached rows, or None when there is no cache or it is not one this version wrote."""
-    try:
-        with open(path, "rb") as f:
+    try:  # not blocking: a FIFO under the cache's name must not hang `models`; only a regular file is read
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
             text = f.read(MAX_CACHE_BYTES + 1)
         stored = json.loads(text) if len(text) <= MAX_CACHE_BYTES else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python recurses
         return None
     if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
         return None
@@ -86,10 +92,15 @@ def _is_row(row: Any) -> bool:
         isinstance(row, dict)
         and tuple(row) == ROW_KEYS
         and isinstance(row["name"], str)
+        and ARCH_NAME.fullmatch(row["name"]) is not None
         and whole(row["parameters"])
         and all(row[key] is None or whole(row[key]) for key in ("crop_size", "resize_size"))
-        and (row["imagenet_acc1"] is None or isinstance(row["imagenet_acc1"], float))
+        and (row["imagenet_acc1"] is None or _percentage(row["imagenet_acc1"]))
     )
+
+
+def _percentage(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and 0 <= value <= 100
 
 
 def _classifier_names() -> tuple[str, ...]:
