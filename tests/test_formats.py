@@ -288,8 +288,12 @@ def _header_file(path: Path, header: bytes, data: bytes = b"") -> Path:
         (lambda p: _header_file(p, b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
                                    b'"__metadata__": {"preprocessing": "{\\"resize\\": 1e9}"}}', b"\0" * 4),
          "stores a preprocessing that is not sizes"),
+        (lambda p: _header_file(p, b"[" * 100_000), "its header is not JSON"),
+        (lambda p: _header_file(p, b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                                   b'"__metadata__": {"class_names": "' + b"[" * 100_000 + b'"}}', b"\0" * 4),
+         "stores class_names that are not JSON"),
     ],
-    ids=["huge-header", "huge-tensor", "wrong-range", "not-json", "bad-preprocessing"],
+    ids=["huge-header", "huge-tensor", "wrong-range", "not-json", "bad-preprocessing", "deep-header", "deep-names"],
 )  # fmt: skip
 def test_a_safetensors_header_that_lies_is_refused_in_one_line(tmp_path, make, words):
     path = tmp_path / "bad.safetensors"

@@ -69,7 +69,7 @@ def _checked_header(path: str) -> dict[str, str]:
             )
         try:
             header = json.loads(f.read(length))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
             raise UserError(f"{path} is not a readable safetensors file: its header is not JSON") from exc
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a readable safetensors file: its header is not a table of tensors")
@@ -114,7 +114,7 @@ def _described(path: str, metadata: dict[str, str]) -> dict[str, Any]:
         if key in metadata:
             try:
                 out[key] = json.loads(metadata[key])
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise UserError(f"{path} stores {key} that are not JSON; damaged?") from exc
     if "preprocessing" in out:
         out["preprocessing"] = checked_preprocessing(out["preprocessing"], path)
