@@ -82,6 +82,26 @@ def test_a_gif_of_many_frames_decodes_only_one_of_them(monkeypatch):
         presets.ValPreset(64, 64)(encoded)
 
 
+def test_decode_on_device_keeps_the_pixel_limit(monkeypatch):
+    """A JPEG past the pixel limit (a 65535x65535 one is a few KB) is decoded reduced by the worker, as
+    without --decode-on-device, never deferred to the device's decoder that would decode it whole."""
+    monkeypatch.setattr(presets, "MAX_DECODED_PIXELS", 100 * 100)
+    out = io.BytesIO()
+    Image.new("RGB", (200, 200), RED).save(out, format="JPEG")
+    encoded = _tensor(out.getvalue())
+    decoded: list[tuple[int, ...]] = []
+    real = decoders.chosen()
+
+    def counting(pixels: torch.Tensor, fmt: str) -> torch.Tensor:
+        decoded.append(tuple(pixels.shape))
+        return real.decode(pixels, fmt) if real.decode else torch.empty(0)
+
+    monkeypatch.setattr(decoders, "chosen", lambda: decoders.Decoder("counting", real.formats, counting))
+    item = presets.DeviceDecoded(presets.ValPreset(36, 32))(encoded)
+    batch = presets.DeferredBatch([item]).decode(torch.device("cpu"))
+    assert not isinstance(item, presets.Deferred) and batch.shape == (1, 3, 32, 32) and decoded == []
+
+
 def test_check_data_reads_an_animated_gif_that_a_manifest_lists(tmp_path):
     folders = write_image_folder(tmp_path / "folders", {"ants": 2}, {"ants": 1}, size=32)
     (folders / "train" / "ants" / "moving.gif").write_bytes(_gif([RED, GREEN, BLUE], (40, 40)))

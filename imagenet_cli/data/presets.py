@@ -188,8 +188,8 @@ class DeviceDecoded:
 
     def __call__(self, sample: Sample) -> torch.Tensor | Deferred:
         encoded, header = open_sample(sample)
-        if encoded is None or header.format != "JPEG":
-            return self.preset(sample)
+        if encoded is None or header.format != "JPEG" or within_limit(header, 1) > 1:
+            return self.preset(sample)  # past the pixel limit: reduced in the DCT here, never decoded whole there
         return Deferred(encoded, self.preset.plan(*header.size))
 
 
