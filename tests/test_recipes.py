@@ -242,6 +242,13 @@ def test_a_choice_from_a_recipe_file_is_still_checked(line, message, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_choice_from_a_recipe_file_is_taken_in_any_case_as_on_the_command_line(tmp_path):
+    """`--amp BF16` is `--amp bf16` on the command line; a recipe's `amp = "BF16"` is the same choice."""
+    (tmp_path / "recipe.toml").write_text('amp = "NONE"\nopt = "SGD"\ninterpolation = "Bicubic"\n')
+    options = read_options(str(tmp_path / "recipe.toml"), "train", {})
+    assert (options["amp"], options["opt"], options["interpolation"]) == ("none", "sgd", "bicubic")
+
+
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 
 

@@ -57,8 +57,17 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
         if value is None:
             continue  # a null is the default: not given
         _check_type(path, key, name, value)
-        options[name] = value
+        options[name] = _declared_case(name, value)
     return options
+
+
+def _declared_case(name: str, value: Any) -> Any:
+    """A choice as declared, whatever its case (`amp = "BF16"`), as the command line takes `--amp BF16`;
+    a value no choice matches is left for the configuration's own check to refuse by name."""
+    choices = OPTIONS[name].choices
+    if choices and isinstance(value, str):
+        return next((c for c in choices if c.casefold() == value.casefold()), value)
+    return value
 
 
 def option_name(key: str, aliases: dict[str, str]) -> str:
