@@ -252,3 +252,10 @@ def _checked_difference(stdout: str, runner: str) -> float:
     figure, limit = line.split("max abs difference of logits ")[1].split(" (limit ")
     assert float(limit.rstrip(")")) >= 1e-3
     return float(figure)
+
+
+def test_the_command_line_offers_exactly_the_formats_export_writes():
+    from imagenet_cli.cli.tools import EXPORT_FORMATS
+    from imagenet_cli.tools.export import FORMATS
+
+    assert tuple(FORMATS) == EXPORT_FORMATS  # spelled twice only so that --help need not import torch

@@ -220,7 +220,7 @@ def _completions(*words: str) -> list[str]:
         (("train", "--lr-scheduler", "c"), ["cosine", "constant"]),
         (("evaluate", "--amp", ""), ["auto", "none", "bf16", "fp16"]),
         (("check-data", "--data-format", "w"), ["webdataset"]),
-        (("export", "--format", ""), ["torchscript", "onnx", "state_dict"]),
+        (("export", "--format", ""), ["pt2", "onnx", "safetensors", "torchscript", "state_dict"]),
         (("benchmark", "--only", "e"), ["eval", "e2e"]),
     ],
 )
