@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,12 +55,16 @@ def test_ctrl_c_stops_the_benchmark_and_its_baseline_process_at_once():
     bench = subprocess.Popen(
         command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    assert bench.stdout is not None and "train:" in bench.stdout.readline()  # measuring from here on
-    time.sleep(3)
-    os.killpg(bench.pid, signal.SIGINT)
-    _, stderr = bench.communicate(timeout=30)
-    assert bench.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr
-    assert _group_ends(bench.pid, within=10)
+    try:
+        assert bench.stdout is not None and "train:" in bench.stdout.readline()  # measuring from here on
+        time.sleep(3)
+        os.killpg(bench.pid, signal.SIGINT)
+        _, stderr = bench.communicate(timeout=30)
+        assert bench.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr
+        assert _group_ends(bench.pid, within=10)
+    finally:  # a failure must not leave a benchmark of 100,000 steps running on the machine
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bench.pid, signal.SIGKILL)
 
 
 def _group_ends(group: int, within: float) -> bool:
