@@ -247,15 +247,32 @@ def test_a_choice_not_offered_is_one_line_before_anything_runs() -> None:
     )
 
 
-def test_models_reads_its_cache_without_torch(tmp_path: Path) -> None:
-    """The second `models` answers from the cache of these versions: no torch import, the same rows."""
+def test_a_first_models_answers_from_the_shipped_catalogue_without_torch(tmp_path: Path) -> None:
+    """With an empty cache, the catalogue shipped for the installed torchvision answers: no torch import."""
     env = cli_env(XDG_CACHE_HOME=str(tmp_path))
-    first = _rows(ok(run_cli("models", "resnet", "--json", env=env)))
-    assert [p.name for p in (tmp_path / "imagenet-cli").iterdir()] == [os.path.basename(catalogue.cache_path(env))]
     probe = "import sys; from imagenet_cli.tools.catalogue import list_models as l; print(len(l('resnet')), 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
-    assert result.stdout.split() == [str(len(first)), "False"], result.stderr
-    assert _rows(ok(run_cli("models", "resnet", "--json", env=env))) == first
+    listed = _rows(ok(run_cli("models", "resnet", "--json", env=env)))
+    assert result.stdout.split() == [str(len(listed)), "False"], result.stderr
+
+
+def test_the_shipped_catalogue_is_what_torchvision_lists() -> None:
+    """`python -m imagenet_cli.tools.catalogue` wrote it; a torchvision it was not listed from is never answered by it."""
+    shipped = catalogue._read_cache(catalogue.SHIPPED)
+    assert shipped is not None
+    if catalogue._shipped_for(catalogue.SHIPPED) != torchvision.__version__.split("+")[0]:
+        assert catalogue._shipped() is None
+        pytest.skip("the shipped catalogue lists another torchvision")
+    assert shipped == [catalogue.describe_model(name) for name in catalogue._classifier_names()]
+
+
+def test_models_caches_a_catalogue_it_had_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a torchvision the package was not shipped with, the list is built once and cached under the versions."""
+    monkeypatch.setattr(catalogue, "SHIPPED", str(tmp_path / "none.json"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rows = catalogue.catalogue()
+    path = catalogue.cache_path()
+    assert path is not None and os.path.isfile(path) and catalogue._read_cache(path) == rows
 
 
 @pytest.mark.parametrize(
@@ -295,8 +312,7 @@ def test_a_fifo_under_the_caches_name_does_not_hang_models(tmp_path: Path) -> No
     cache.parent.mkdir(parents=True)
     os.mkfifo(cache)
     result = ok(run_cli("models", "resnet18", "--json", env=env, timeout=90))
-    assert list(_rows(result)) == ["resnet18"]
-    assert cache.is_file()  # replaced by the catalogue
+    assert list(_rows(result)) == ["resnet18"]  # the cache is read first: the FIFO was opened, not waited on
 
 
 def test_env_lists_the_optional_extras() -> None:

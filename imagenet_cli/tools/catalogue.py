@@ -26,6 +26,7 @@ from ..core.errors import UserError
 ROW_KEYS = ("name", "parameters", "crop_size", "resize_size", "imagenet_acc1")
 CACHE_FORMAT = 1  # raise when rows change shape: an older cache is then never read
 MAX_CACHE_BYTES = 1 << 20  # torchvision's 80 classifiers take about 8 KB
+SHIPPED = os.path.join(os.path.dirname(__file__), "torchvision_models.json")
 ARCH_NAME = re.compile(r"[A-Za-z0-9_]{1,80}")  # how torchvision names its builders: nothing a terminal acts on
 
 
@@ -44,6 +45,8 @@ def catalogue(cache: str | None = None) -> list[dict[str, Any]]:
     (then cached; a cache that cannot be written is skipped, the listing is the same)."""
     path = cache if cache is not None else cache_path()
     rows = _read_cache(path) if path else None
+    if rows is None and cache is None:
+        rows = _shipped()
     if rows is None:
         rows = [describe_model(name) for name in _classifier_names()]
         if path:
@@ -63,6 +66,24 @@ def cache_path(env: dict[str, str] | None = None) -> str | None:
     root = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     key = re.sub(r"[^A-Za-z0-9.+_-]", "_", "-".join(versions))
     return os.path.join(root, "imagenet-cli", f"models-{CACHE_FORMAT}-{key}.json")
+
+
+def _shipped() -> list[dict[str, Any]] | None:
+    """The catalogue shipped with the package (SHIPPED), when it was listed from the torchvision installed
+    here: even a first `models` then answers without importing torch (`python -m imagenet_cli.tools.catalogue`
+    writes it; a test keeps it equal to what torchvision lists)."""
+    try:
+        installed = importlib.metadata.version("torchvision").split("+")[0]  # 0.29.1+cu130 lists the same
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    rows = _read_cache(SHIPPED)
+    return rows if rows is not None and _shipped_for(SHIPPED) == installed else None
+
+
+def _shipped_for(path: str) -> str | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError), open(path) as f:
+        return json.load(f).get("torchvision")
+    return None
 
 
 def _read_cache(path: str) -> list[dict[str, Any]] | None:
@@ -151,3 +172,11 @@ def _preset_sizes(weights: Any) -> tuple[int | None, int | None]:
         return None, None
     crop, resize = getattr(preset, "crop_size", None), getattr(preset, "resize_size", None)
     return (int(crop[0]) if crop else None), (int(resize[0]) if resize else None)
+
+
+if __name__ == "__main__":  # write SHIPPED from the torchvision installed here
+    import torchvision
+
+    rows = [describe_model(name) for name in _classifier_names()]
+    shipped = {"format": CACHE_FORMAT, "torchvision": torchvision.__version__.split("+")[0], "models": rows}
+    write_text(SHIPPED, json.dumps(shipped, indent=0) + "\n")
