@@ -50,13 +50,34 @@ def _launched_rank(cfg: RunConfig, topology: Topology) -> None:
         raise
 
 
+# A rank that fails only because a peer died waits this long before its failure is recorded: torchrun stops
+# the run at the first failed rank it sees, so the peer's own error becomes the summary's root cause.
+PEER_LOSS_GRACE = 5.0
+PEER_LOSS = ("Connection closed by peer", "Connection reset by peer")
+
+
 def record_for_torchrun(run: Callable[..., None]) -> Callable[..., None]:
     """`run`, writing its failure into TorchElastic's error file as well (torch's `record`). This process
     prints one line on its own stderr and exits 1; torchrun's summary reads only the error file, and
     without one its "Root Cause" says N/A: with it, the summary names the error and the rank."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    return record(run)
+    return record(_peers_first(run))
+
+
+def _peers_first(run: Callable[..., None]) -> Callable[..., None]:
+    """torchrun names as root cause the earliest failure in whole seconds, the lowest rank on a tie: a rank
+    whose collective broke because the failing rank exited would often take its place."""
+
+    def waiting(*args: object) -> None:
+        try:
+            run(*args)
+        except Exception as exc:
+            if any(text in str(exc) for text in PEER_LOSS):
+                time.sleep(PEER_LOSS_GRACE)  # torchrun ends this process meanwhile, having recorded the peer
+            raise
+
+    return waiting
 
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
