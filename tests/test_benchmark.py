@@ -53,8 +53,9 @@ def test_ctrl_c_stops_the_benchmark_and_its_baseline_process_at_once():
     command = [sys.executable, "-m", "imagenet_cli", "benchmark", "-a", TINY_ARCH, "-b", "4", "--image-size", "32",
                "--steps", "100000", "--only", "train"]  # fmt: skip
     bench = subprocess.Popen(
-        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_terminal_ctrl_c,
+    )  # fmt: skip
     try:
         assert bench.stdout is not None and "train:" in bench.stdout.readline()  # measuring from here on
         time.sleep(3)
@@ -65,6 +66,12 @@ def test_ctrl_c_stops_the_benchmark_and_its_baseline_process_at_once():
     finally:  # a failure must not leave a benchmark of 100,000 steps running on the machine
         with contextlib.suppress(ProcessLookupError):
             os.killpg(bench.pid, signal.SIGKILL)
+
+
+def _terminal_ctrl_c() -> None:
+    """Ctrl-C as a terminal's foreground job gets it: a suite started in the background (`cmd &` in a script)
+    hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _group_ends(group: int, within: float) -> bool:
