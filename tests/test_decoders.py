@@ -1,4 +1,4 @@
-"""The image decoder is chosen once, from a chain (TorchCodec, torchvision.io while it exists, PIL): each
+"""The image decoder is chosen once, from a chain (TorchCodec, then PIL; never torchvision.io's deprecated decoders): each
 link gives the pixels the pipeline always had, large JPEGs still decode reduced in the DCT, a link that
 cannot load is passed over, and none of them warns. `--decode-on-device` without a GPU decoder is
 refused before anything starts."""
@@ -58,8 +58,7 @@ def test_an_absent_or_broken_link_is_passed_over():
     chain = {"torchcodec": _absent, "broken": broken, "PIL": lambda: decoders.PIL_ONLY}
     assert decoders.select(chain) is decoders.PIL_ONLY
     assert decoders.select({"torchcodec": _absent}) is decoders.PIL_ONLY  # PIL even when the chain forgot it
-    if "torchvision.io" in _available():  # torchcodec's import failing falls to torchvision.io
-        assert decoders.select(_chain_from("torchvision.io")).name.startswith("torchvision.io")
+    assert "torchvision.io" not in decoders.CANDIDATES  # deprecated: never called, so never warns
 
 
 @pytest.mark.parametrize("link", list(decoders.CANDIDATES))

@@ -3,11 +3,9 @@
 1. TorchCodec (`pip install "imagenet-cli[decode]"`): the decoders torchvision's are superseded by, with
    their own libjpeg-turbo, libpng and libwebp (no FFmpeg needed for pictures), and nvJPEG for batches on
    a CUDA device;
-2. torchvision.io, while it exists: deprecated since torchvision 0.29 and to be removed, yet faster than
-   PIL per core (about 1.3x on ImageNet-sized JPEGs, 2x at a megapixel), so kept for installations
-   without TorchCodec. Its deprecation warning is silenced around our calls only: choosing it is the
-   fallback's point, and the warning would tell a user nothing they could act on but installing TorchCodec;
-3. PIL, which decodes every format this tool reads, always there.
+2. PIL, which decodes every format this tool reads, always there (about 20% slower per core on
+   ImageNet-sized JPEGs). torchvision.io is not in the chain: its decoders are deprecated since torchvision
+   0.29, and calling them would only mean hiding their warning.
 
 A candidate counts as available when it imports and decodes a small JPEG: a wheel that installs but
 cannot load its libraries on this platform is passed over, never met mid-run. The presets decode with
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import io
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,30 +58,9 @@ def _torchcodec() -> Decoder:
     return Decoder(f"torchcodec {version}".strip(), frozenset(by_format), decode, decode_jpegs)
 
 
-def _torchvision() -> Decoder:
-    import torchvision
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg  # gone once torchvision removes it
-
-    def decode(encoded: torch.Tensor, fmt: str) -> torch.Tensor:
-        with warnings.catch_warnings():  # its deprecation: see the module's docstring
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(encoded, mode=ImageReadMode.RGB)
-
-    def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-
-    # Not GIF: torchvision decodes every frame of an animated GIF (4-D, and a small file of many large frames
-    # asks for gigabytes), where PIL decodes the first frame only.
-    formats = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
-    return Decoder(f"torchvision.io {torchvision.__version__.split('+')[0]}", formats, decode, decode_jpegs)
-
-
 # The chain, best first. Each loader raises when its library is absent or cannot load on this platform.
 CANDIDATES: dict[str, Callable[[], Decoder]] = {
     "torchcodec": _torchcodec,
-    "torchvision.io": _torchvision,
     "PIL": lambda: PIL_ONLY,
 }
 
