@@ -13,14 +13,15 @@ import typer
 
 from ..config.options import DATA, MODEL, OPTIM, RUN
 from ..core.errors import EXIT_FAILURE
+from ..tools import BENCHMARK_PARTS, EXPORT_EXTENSIONS
 from .declared import choice_of, typed
 from .exits import one_line_errors
 
 Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
 Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
 DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
-BENCH_PARTS = ("train", "eval", "pipeline", "e2e")  # tools/benchmark.PARTS (torch: not imported for --help)
-EXPORT_FORMATS = ("pt2", "onnx", "safetensors", "torchscript", "state_dict")  # tools/export.FORMATS' keys, likewise
+BENCH_PARTS = BENCHMARK_PARTS
+EXPORT_FORMATS = tuple(EXPORT_EXTENSIONS)
 # Typer takes a list of choices only as a list of an Enum (not of a Literal): its values are the parts.
 BenchPart = enum.Enum("BenchPart", {part: part for part in BENCH_PARTS})
 

@@ -44,10 +44,11 @@ from ..data.shard_writer import make_shards
 from ..report.live import Reporter
 from ..run import hostmemory
 from ..train import compute, engine
+from . import BENCHMARK_PARTS
 from .isolated import ChildRunners, Runner
 from .pictures import IMAGENET_LIKE, write_imagenet_like
 
-PARTS = ("train", "eval", "pipeline", "e2e")
+PARTS = BENCHMARK_PARTS
 Progress = Callable[[str], None]  # told what is measured next
 
 

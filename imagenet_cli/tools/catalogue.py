@@ -76,18 +76,12 @@ def _shipped() -> list[dict[str, Any]] | None:
         installed = importlib.metadata.version("torchvision").split("+")[0]  # 0.29.1+cu130 lists the same
     except importlib.metadata.PackageNotFoundError:
         return None
-    rows = _read_cache(SHIPPED)
-    return rows if rows is not None and _shipped_for(SHIPPED) == installed else None
+    return _read_cache(SHIPPED, torchvision=installed)
 
 
-def _shipped_for(path: str) -> str | None:
-    with contextlib.suppress(OSError, ValueError, AttributeError), open(path) as f:
-        return json.load(f).get("torchvision")
-    return None
-
-
-def _read_cache(path: str) -> list[dict[str, Any]] | None:
-    """The cached rows, or None when there is no cache or it is not one this version wrote."""
+def _read_cache(path: str, torchvision: str | None = None) -> list[dict[str, Any]] | None:
+    """The cached rows, or None when there is no cache or it is not one this version wrote (nor, with
+    `torchvision`, one listed from that torchvision: the shipped catalogue says which it was)."""
     try:  # not blocking: a FIFO under the cache's name must not hang `models`; only a regular file is read
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with open(fd, "rb") as f:
@@ -98,6 +92,8 @@ def _read_cache(path: str) -> list[dict[str, Any]] | None:
     except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python recurses
         return None
     if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
+        return None
+    if torchvision is not None and stored.get("torchvision") != torchvision:
         return None
     rows = stored.get("models")
     if not isinstance(rows, list) or not rows or not all(_is_row(row) for row in rows):

@@ -25,12 +25,13 @@ from ..config import VAL_CROP_RATIO
 from ..core.atomicfile import atomic_write
 from ..core.errors import UserError
 from ..data.loaders import IMAGENET_MEAN, IMAGENET_STD
+from . import EXPORT_EXTENSIONS
 from .export_check import Result, make_check, verifier
 from .exporters import ONNX_OPSET, WRITERS, Deployable
 from .predict import class_labels, input_sizes, interpolation, load_model, resolve_arch
 
 # format: default file extension; pt2 first, TorchScript (deprecated by torch) kept as a legacy format
-FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "safetensors": ".safetensors", "torchscript": ".ts", "state_dict": ".pth"}
+FORMATS = EXPORT_EXTENSIONS
 SIDECARS = ("onnx", "state_dict")  # formats with no room for metadata: OUTPUT.json beside them
 CHECKPOINT_SUFFIXES = (".tar", ".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # stripped for the default name
 EXAMPLE_BATCH = 2  # tracing with one image could let a batch size of 1 leak into the graph
