@@ -23,7 +23,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -44,27 +44,28 @@ from ..data.shard_writer import make_shards
 from ..report.live import Reporter
 from ..run import hostmemory
 from ..train import compute, engine
-from . import BENCHMARK_PARTS
+from . import BENCHMARK_PARTS as PARTS
 from .isolated import ChildRunners, Runner
 from .pictures import IMAGENET_LIKE, write_imagenet_like
 
-PARTS = BENCHMARK_PARTS
 Progress = Callable[[str], None]  # told what is measured next
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    arch: str = "resnet50"
-    batch_size: int = 64
-    image_size: int = 224
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    steps: int = 10
-    warmup: int = 3
-    data: str | None = None  # a dataset root (its train/ folder) for the pipeline; None: generated JPEGs
-    images: int = 256  # how many JPEGs the pipeline reads (and generates when there is no data)
-    workers: int | None = None  # None: the CPU cores available
-    parts: tuple[str, ...] = PARTS
-    no_accel: bool = False
+    """What `benchmark` measures; its defaults are the command line's (cli/tools.py), declared once there."""
+
+    arch: str
+    batch_size: int
+    image_size: int
+    compute: ComputeConfig
+    steps: int
+    warmup: int
+    data: str | None  # a dataset root (its train/ folder) for the pipeline; None: generated JPEGs
+    images: int  # how many JPEGs the pipeline reads (and generates when there is no data)
+    workers: int | None  # None: the CPU cores available
+    parts: tuple[str, ...]
+    no_accel: bool
 
     def __post_init__(self) -> None:
         """Mistakes cost a line before anything is measured (or generated)."""
@@ -97,11 +98,12 @@ def run(cfg: BenchmarkConfig, progress: Progress = lambda _text: None) -> dict[s
     if {"train", "eval", "e2e"} & set(cfg.parts):
         result["compute"] = settings.describe()
     with ChildRunners() as reference:
-        for part, ours, baseline in (("train", train_ours, train_reference), ("eval", eval_ours, eval_reference)):
+        for part in ("train", "eval"):
             if part in cfg.parts:
                 progress(f"{part}: {cfg.arch}, batch {cfg.batch_size}, {cfg.image_size} px on {device.type}")
-                runners = {"ours": ours(cfg, settings), "baseline": reference.add(part, baseline, cfg, device)}
-                rates = _timed_steps(cfg, runners, device)
+                ours = model_ours(part, cfg, settings)
+                runners = {"ours": ours, "baseline": reference.add(part, model_reference, part, cfg, device)}
+                rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, device)
                 result["results"].append(_row(part, f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px", rates))
                 reference.clear()
         if {"pipeline", "e2e"} & set(cfg.parts):
@@ -125,11 +127,6 @@ def _file_parts(
             rows.append(_e2e_throughput(cfg, settings, root, workers, reference))
             reference.clear()
     return rows
-
-
-def _timed_steps(cfg: BenchmarkConfig, runners: dict[str, Runner], device: torch.device) -> dict[str, float]:
-    """Training or evaluation steps of each side, `cfg.steps` a round."""
-    return _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, device)
 
 
 def _row(part: str, what: str, rates: dict[str, float]) -> dict[str, Any]:
@@ -197,26 +194,17 @@ def _our_parts(cfg: BenchmarkConfig, settings: compute.Compute) -> tuple[engine.
     return parts, FakeImages(cfg.batch_size * (cfg.steps + cfg.warmup), 1000, cfg.image_size, seed=0)
 
 
-def _device_batches(images: FakeImages, steps: int, batch: int, device: torch.device) -> DeviceBatches:
-    return DeviceBatches(images, data.ShardSampler(steps * batch, 0, 1), batch, device, drop_last=True)
-
-
-def train_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
-    """The tool's own training loop, on data made on the device."""
+def model_ours(part: str, cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
+    """The tool's own training loop ("train") or evaluation ("eval"), on data made on the device."""
     parts, images = _our_parts(cfg, settings)
 
     def steps(n: int) -> None:
-        engine.train_one_epoch(parts, _device_batches(images, n, cfg.batch_size, settings.device), epoch=0)
-
-    return steps
-
-
-def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
-    parts, images = _our_parts(cfg, settings)
-
-    def steps(n: int) -> None:
-        loader = _device_batches(images, n, cfg.batch_size, settings.device)
-        engine.evaluate(parts.model, loader, parts.normalize, parts.ctx, Reporter(), 0, 10**9, 1000, parts.autocast)
+        sampler = data.ShardSampler(n * cfg.batch_size, 0, 1)
+        loader = DeviceBatches(images, sampler, cfg.batch_size, settings.device, drop_last=True)
+        if part == "train":
+            engine.train_one_epoch(parts, loader, epoch=0)
+        else:
+            engine.evaluate(parts.model, loader, parts.normalize, parts.ctx, Reporter(), 0, 10**9, 1000, parts.autocast)
 
     return steps
 
@@ -224,53 +212,40 @@ def eval_ours(cfg: BenchmarkConfig, settings: compute.Compute) -> Runner:
 # -- model throughput: the reference script's habits -------------------------------------------------------
 
 
-def _reference_batch(cfg: BenchmarkConfig, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _reference_model(cfg: BenchmarkConfig, device: torch.device) -> nn.Module:
     torch.backends.cudnn.benchmark = True  # as in ours: not among the changes this benchmark credits
-    model = models.build_model(cfg.arch, 1000).to(device)
+    return models.build_model(cfg.arch, 1000).to(device)
+
+
+def model_reference(part: str, cfg: BenchmarkConfig, device: torch.device) -> Runner:
+    """The reference's training ("train") or evaluation ("eval") steps on one batch from the host."""
+    model = _reference_model(cfg, device)
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)  # normalised floats, on the host
     targets = torch.randint(0, 1000, (cfg.batch_size,))
     if device.type == "cuda":  # its loader pins memory
         images, targets = images.pin_memory(), targets.pin_memory()
-    return model, images, targets
+    return _reference_steps(model, device, itertools.repeat((images, targets)), training=part == "train")
 
 
-def train_reference(cfg: BenchmarkConfig, device: torch.device) -> Runner:
-    model, images, targets = _reference_batch(cfg, device)
-    return _reference_training(model, device, itertools.repeat((images, targets)))
-
-
-def _reference_training(model: nn.Module, device: torch.device, batches: Iterator[Any]) -> Runner:
-    """Steps as the reference's `train()` takes them: copy, fp32 forward, loss and top-k read on the host
-    (`loss.item()`, a sync), `zero_grad`, backward, step."""
+def _reference_steps(model: nn.Module, device: torch.device, batches: Iterator[Any], training: bool = True) -> Runner:
+    """Steps as the reference's `train()` and `validate()` take them: copy, fp32 forward, loss and top-k read
+    on the host (`loss.item()`, a sync); in training then `zero_grad`, backward, step."""
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    model.train()
+    model.train(training)
 
     def steps(n: int) -> None:
-        for x, y in itertools.islice(batches, n):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            logits = output[0] if isinstance(output, tuple) else output  # with auxiliary outputs (Inception)
-            loss = criterion(logits, y)
-            _reference_accuracy(logits, y, loss)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    return steps
-
-
-def eval_reference(cfg: BenchmarkConfig, device: torch.device) -> Runner:
-    model, images, targets = _reference_batch(cfg, device)
-    criterion = nn.CrossEntropyLoss().to(device)
-    model.eval()
-
-    @torch.no_grad()
-    def steps(n: int) -> None:
-        for _ in range(n):
-            x, y = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            output = model(x)
-            _reference_accuracy(output, y, criterion(output, y))
+        with torch.set_grad_enabled(training):
+            for x, y in itertools.islice(batches, n):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                output = model(x)
+                logits = output[0] if isinstance(output, tuple) else output  # with auxiliary outputs (Inception)
+                loss = criterion(logits, y)
+                _reference_accuracy(logits, y, loss)
+                if training:
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
 
     return steps
 
@@ -335,12 +310,11 @@ def _e2e_throughput(
         raise UserError(
             f"e2e needs at least one batch of images: --images {cfg.images} < --batch-size {cfg.batch_size}"
         )
-    runners = {
-        "ours": e2e_ours(cfg, settings, folder, workers),
-        "baseline": reference.add("e2e", e2e_reference, cfg, settings.device, root, workers),
-    }
+    ours = e2e_ours(cfg, settings, folder, workers)
+    runners = {"ours": ours, "baseline": reference.add("e2e", e2e_reference, cfg, settings.device, root, workers)}
     what = f"{cfg.arch} b{cfg.batch_size} {cfg.image_size}px from {cfg.source}"
-    return _row(f"e2e: train from files, {workers} workers", what, _timed_steps(cfg, runners, settings.device))
+    rates = _interleaved(runners, cfg.steps, cfg.batch_size * cfg.steps, cfg.warmup, settings.device)
+    return _row(f"e2e: train from files, {workers} workers", what, rates)
 
 
 def _train_folder(root: str, size: int) -> sources.ClassFolder:
@@ -387,10 +361,9 @@ def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, folder: sources.Cl
 
 def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Runner:
     """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
-    torch.backends.cudnn.benchmark = True  # as in ours: not among the changes this benchmark credits
+    model = _reference_model(cfg, device)
     images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
-    model = models.build_model(cfg.arch, 1000).to(device)
-    return _reference_training(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
+    return _reference_steps(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
 
 
 def per_core_ours(files: list[str], size: int) -> Runner:
