@@ -12,7 +12,6 @@ file the tool reads: bounded, checked row by row, rebuilt when it is anything bu
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 from ..core.atomicfile import write_text
 from ..core.errors import UserError
+from . import installed_version
 
 ROW_KEYS = ("name", "parameters", "crop_size", "resize_size", "imagenet_acc1")
 CACHE_FORMAT = 1  # raise when rows change shape: an older cache is then never read
@@ -59,9 +59,8 @@ def cache_path(env: dict[str, str] | None = None) -> str | None:
     """$XDG_CACHE_HOME/imagenet-cli (~/.cache/imagenet-cli) models-<versions>.json: a new torch, torchvision or
     imagenet-cli is a new file. None when the versions cannot be read (a source tree never installed)."""
     env = dict(os.environ) if env is None else env
-    try:
-        versions = [importlib.metadata.version(name) for name in ("imagenet-cli", "torch", "torchvision")]
-    except importlib.metadata.PackageNotFoundError:
+    versions = [installed_version(name) for name in ("imagenet-cli", "torch", "torchvision")]
+    if None in versions:
         return None
     root = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     key = re.sub(r"[^A-Za-z0-9.+_-]", "_", "-".join(versions))
@@ -72,11 +71,10 @@ def _shipped() -> list[dict[str, Any]] | None:
     """The catalogue shipped with the package (SHIPPED), when it was listed from the torchvision installed
     here: even a first `models` then answers without importing torch (`python -m imagenet_cli.tools.catalogue`
     writes it; a test keeps it equal to what torchvision lists)."""
-    try:
-        installed = importlib.metadata.version("torchvision").split("+")[0]  # 0.29.1+cu130 lists the same
-    except importlib.metadata.PackageNotFoundError:
+    installed = installed_version("torchvision")
+    if installed is None:
         return None
-    return _read_cache(SHIPPED, torchvision=installed)
+    return _read_cache(SHIPPED, torchvision=installed.split("+")[0])  # 0.29.1+cu130 lists the same
 
 
 def _read_cache(path: str, torchvision: str | None = None) -> list[dict[str, Any]] | None:

@@ -11,8 +11,10 @@ from typing import Any
 import torch
 import torchvision
 
+from .. import __version__
 from ..core.errors import UserError
 from ..run.distributed import SLURM_ENV, TORCHRUN_ENV, TORCHRUN_VARS, default_backend
+from . import installed_version
 
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 DISTRIBUTION = "imagenet-cli"
@@ -44,25 +46,13 @@ def versions() -> dict[str, str | None]:
 
     return {
         "python": platform.python_version(),
-        "imagenet-cli": _own_version(),
+        "imagenet-cli": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
         "pillow": getattr(PIL, "__version__", None),
     }
-
-
-def _own_version() -> str | None:
-    import imagenet_cli
-
-    version = getattr(imagenet_cli, "__version__", None)
-    if version:
-        return str(version)
-    try:
-        return importlib.metadata.version("imagenet-cli")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def optional_extras() -> dict[str, dict[str, Any]]:
@@ -80,30 +70,21 @@ def optional_extras() -> dict[str, dict[str, Any]]:
         if marker is None or name is None or marker.group(1) in NOT_EXTRAS:
             continue
         extra = extras.setdefault(marker.group(1), {"packages": {}, "installed": True, "hint": None})
-        extra["packages"][name.group(0)] = _installed_version(name.group(0))
+        extra["packages"][name.group(0)] = installed_version(name.group(0))
     for extra_name, extra in extras.items():
         extra["installed"] = all(version is not None for version in extra["packages"].values())
         extra["hint"] = None if extra["installed"] else f'pip install "{DISTRIBUTION}[{extra_name}]"'
     return extras
 
 
-def _installed_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def distributed_backends() -> dict[str, bool]:
     """Which process-group backends this torch build has (ucc only where torch can tell)."""
     import torch.distributed as dist
 
+    names = ("nccl", "gloo", "mpi", "ucc")
     if not dist.is_available():
-        return {"nccl": False, "gloo": False, "mpi": False, "ucc": False}
-    found = {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available(), "mpi": dist.is_mpi_available()}
-    if hasattr(dist, "is_ucc_available"):
-        found["ucc"] = dist.is_ucc_available()
-    return found
+        return dict.fromkeys(names, False)
+    return {name: getattr(dist, f"is_{name}_available")() for name in names if hasattr(dist, f"is_{name}_available")}
 
 
 def cuda_devices() -> list[dict[str, Any]]:
