@@ -10,12 +10,11 @@ or half a file, is never left under the target's name.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -71,7 +70,7 @@ def export(request: Request) -> Outcome:
     arch = resolve_arch(loaded, request.arch)
     target = os.path.abspath(request.output or default_output(request.checkpoint, request.format, request.ema))
     _check_target(target, request.checkpoint)
-    model, num_classes = load_model(dataclasses.replace(loaded, state_dict=loaded.weights(request.ema)), arch)
+    model, num_classes = load_model(replace(loaded, state_dict=loaded.weights(request.ema)), arch)
     outcome = Outcome()
     if request.image_size is None:
         resize, crop = input_sizes(loaded, arch)  # the sizes the model was validated at
@@ -93,7 +92,7 @@ def export(request: Request) -> Outcome:
     outcome.check = results[-1]
     if request.format in SIDECARS:
         fields = {"input": "images", "output": "logits", "opset": ONNX_OPSET} if request.format == "onnx" else {}
-        outcome.written.append(_write_sidecar(target, {**metadata, **fields, "check": outcome.check.as_json()}))
+        outcome.written.append(_write_sidecar(target, {**metadata, **fields, "check": asdict(outcome.check)}))
     return outcome
 
 

@@ -20,7 +20,6 @@ import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -60,9 +59,6 @@ class Result:
     inputs: str
     max_abs_diff: float | None = None
     limit: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"runner": self.runner, "inputs": self.inputs, "max_abs_diff": self.max_abs_diff, "limit": self.limit}
 
     def line(self, path: str) -> str:
         if self.max_abs_diff is None:

@@ -90,11 +90,8 @@ def write_safetensors(deployable: Deployable, target: str, verify: Verify, _note
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in exportable(deployable).state_dict().items()}
-    meta = deployable.metadata
-    metadata = {"format": "pt", "producer": "imagenet-cli", "arch": meta["arch"], "num_classes": str(meta["num_classes"]),
-                "class_names": json.dumps(meta["class_names"]), "preprocessing": json.dumps(meta["preprocessing"]),
-                "source": meta["source"], "weights": meta["weights"]}  # fmt: skip
-    data = save(state, metadata=metadata)
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in deployable.metadata.items()}
+    data = save(state, metadata={"format": "pt", "producer": "imagenet-cli", **strings})
     atomic_write(target, lambda f: f.write(data), verify=verify)
 
 
