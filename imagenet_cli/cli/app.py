@@ -10,11 +10,10 @@ from typing import Annotated
 
 import typer
 
-from ..config.options import RUN
 from ..core.errors import UserError, one_line
 from . import commands
 from .declared import command
-from .tools import TOOLS
+from .tools import TOOLS, flag
 
 PYDANTIC_PREFIX = "Value error, "  # Typer checks values with pydantic, which puts this before a refused choice
 
@@ -28,31 +27,22 @@ app = typer.Typer(
 )
 
 RECIPE_FILE = {
-    "config": Annotated[
-        str | None,
-        typer.Option(
-            "--config", rich_help_panel=RUN,
-            help="Options from a recipe file (.toml, .yaml or .json; keys are the long flag names, as in a run's "
-            "config.json); flags given here override it.",
-        ),
-    ]
+    "config": flag(
+        str | None, "--config",
+        help="Options from a recipe file (.toml, .yaml or .json; keys are the long flag names, as in a run's "
+        "config.json); flags given here override it.",
+    )
 }  # fmt: skip
 
 
 def version_line() -> str:
     """This package's version and the torch and torchvision it would run with, read from their installed
     metadata: importing torch would take seconds, and `--version` answers at once."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from .. import __version__
+    from ..tools import installed_version
 
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return f"imagenet-cli {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
+    torch, torchvision = (installed_version(name) or "not installed" for name in ("torch", "torchvision"))
+    return f"imagenet-cli {__version__} (torch {torch}, torchvision {torchvision})"
 
 
 def _print_version(asked: bool) -> None:

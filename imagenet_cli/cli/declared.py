@@ -35,9 +35,8 @@ def _annotation(name: str, found: Option, command: str) -> Any:
     if found.argument:
         info = typer.Argument(metavar=found.flags[0], help=found.help, show_default=False)
         return Annotated[kind if found.required else kind | None, info]
-    flags = found.flags
-    info = typer.Option(*flags, help=found.help, show_default=_shown(name, found, command), rich_help_panel=found.panel,
-                        metavar=found.metavar, case_sensitive=False)  # fmt: skip
+    info = typer.Option(*found.flags, help=found.help, show_default=_shown(name, found, command),
+                        rich_help_panel=found.panel, metavar=found.metavar, case_sensitive=False)  # fmt: skip
     if kind is bool:
         return Annotated[bool | None if found.toggle else bool, info]
     return Annotated[kind | None, info]

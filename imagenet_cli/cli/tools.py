@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import os
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,22 +16,20 @@ import typer
 from ..config.options import DATA, MODEL, OPTIM, RUN
 from ..core.errors import EXIT_FAILURE
 from ..tools import BENCHMARK_PARTS, EXPORT_EXTENSIONS
-from .declared import choice_of, typed
+from .declared import choice_of, given_options, typed
 from .exits import one_line_errors
 
 Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
 Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
 DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
-BENCH_PARTS = BENCHMARK_PARTS
 EXPORT_FORMATS = tuple(EXPORT_EXTENSIONS)
 # Typer takes a list of choices only as a list of an Enum (not of a Literal): its values are the parts.
-BenchPart = enum.Enum("BenchPart", {part: part for part in BENCH_PARTS})
+BenchPart = enum.Enum("BenchPart", {part: part for part in BENCHMARK_PARTS})
 
 
 def flag(kind: Any, *flags: str, help: str, panel: str = RUN, **shown: Any) -> Any:
-    """A tool command's own option, declared where its command is (those shared with the run commands come
-    from the configuration's declarations, `typed`). A `choice_of(...)` kind lists its values in --help and
-    completes them; a value typed in another case arrives as declared."""
+    """An option declared by hand: a tool command's own, or `--config`. A `choice_of(...)` kind lists its
+    values in --help and completes them; a value typed in another case arrives as declared."""
     return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, case_sensitive=False, **shown)]
 
 
@@ -99,7 +99,7 @@ def benchmark(
             arch=arch, batch_size=batch_size, image_size=image_size,
             compute=ComputeConfig(**compute_given, compile=compile), steps=steps, warmup=warmup,
             data=os.path.abspath(data) if data else None, images=images, workers=workers,
-            parts=tuple(part.value for part in only) if only else BENCH_PARTS, no_accel=no_accel,
+            parts=tuple(part.value for part in only) if only else BENCHMARK_PARTS, no_accel=no_accel,
         )  # fmt: skip
         progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
         print_benchmark(run(cfg, progress), json_output)
@@ -133,10 +133,8 @@ def check_data(
 def _data_config(data: str, data_format: str | None, train: str | None, val: str | None, workers: int | None = None):
     from ..config import DataConfig
 
-    given = {"data_format": data_format, "train_manifest": train, "val_manifest": val, "workers": workers}
-    paths = {"train_manifest", "val_manifest"}
-    typed_values = {k: os.path.abspath(v) if k in paths else v for k, v in given.items() if v is not None}
-    return DataConfig(path=os.path.abspath(data), **typed_values)
+    given = {"path": data, "data_format": data_format, "train_manifest": train, "val_manifest": val, "workers": workers}
+    return DataConfig(**given_options(given, {name: name for name in given}))
 
 
 def make_shards(
@@ -185,8 +183,6 @@ def plot(
     [dim]imagenet-cli plot runs/r18 runs/r50 -o compare.png[/dim]
     """
     with one_line_errors(debug):
-        from pathlib import Path
-
         from ..report.plots import default_output, training_curves
 
         runs = [Path(run) for run in run_dirs]
@@ -217,8 +213,6 @@ def predict(
     [dim]imagenet-cli predict runs/r18/model_best.pth.tar photos/ --top-k 3[/dim]
     """
     with one_line_errors(debug):
-        from dataclasses import asdict
-
         from ..tools.predict import Request
         from ..tools.predict import predict as run_predict
         from .printing import print_predictions

@@ -34,16 +34,16 @@ DEFAULT_SIZES = (256, 224)  # resize, crop: the reference's evaluation view, for
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asked for, checked by `predict`."""
+    """What the user asked for, checked by `predict`; the defaults are the command line's (cli/tools.py)."""
 
     checkpoint: str
     inputs: Sequence[str]
-    arch: str | None = None
-    top_k: int = 5
-    batch_size: int = 32
-    workers: int | None = None
-    no_accel: bool = False
-    data: str | None = None  # a dataset whose classes name the outputs (a file that stores no names)
+    arch: str | None
+    top_k: int
+    batch_size: int
+    workers: int | None
+    no_accel: bool
+    data: str | None  # a dataset whose classes name the outputs (a file that stores no names)
 
 
 @dataclass
@@ -198,9 +198,8 @@ def predict(request: Request) -> Outcome:
     device = select_device(DistConfig(no_accel=request.no_accel), 0, Topology("single", 1, 1))
     settings = compute.resolve(ComputeConfig(), device, model)
     model = compute.place(model, settings)
-    loader = _loader(
-        paths, ValPreset(*input_sizes(loaded, arch), InterpolationMode(interpolation(loaded))), request, device
-    )
+    preset = ValPreset(*input_sizes(loaded, arch), InterpolationMode(interpolation(loaded)))
+    loader = _loader(paths, preset, request, device)
     top_k = min(request.top_k, len(names))
     for index, result in _run(model, loader, settings, top_k):
         if isinstance(result, str):
