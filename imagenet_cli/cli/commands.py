@@ -47,10 +47,7 @@ def train(given: dict[str, Any], extras: dict[str, Any]) -> None:
         base, given = stored_base(given["resume"], given, "train", quiet)
     if "resume" in given and base is None and "arch" not in given:
         given = {**given, **recorded_arch(given["resume"])}
-    cfg = build_config("train", given, base)
-    if base is not None:
-        report_overrides(base, cfg, quiet)
-    launch(cfg)
+    launch_over(base, "train", given, quiet)
 
 
 def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
@@ -96,11 +93,7 @@ def resume(given: dict[str, Any], _extras: dict[str, Any]) -> None:
     base, given = stored_base(given["resume"], given, None, quiet)
     if base is None:  # the reference script's, torchvision's: DATA and the arch come from here
         require_for_foreign(given)
-        launch(build_config("train", given))
-        return
-    cfg = build_config(base.command, given, base)
-    report_overrides(base, cfg, quiet)
-    launch(cfg)
+    launch_over(base, base.command if base else "train", given, quiet)
 
 
 def finetune(given: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -223,9 +216,12 @@ def resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
     return {**rest, "resume": latest}
 
 
-def report_overrides(base: RunConfig, cfg: RunConfig, quiet: bool) -> None:
+def launch_over(base: RunConfig | None, command: str, given: dict[str, Any], quiet: bool) -> None:
+    """Launch `given` over a checkpoint's stored configuration (`base`), saying which stored values it changes."""
+    cfg = build_config(command, given, base)
     ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "batch_size_given", *PLACEMENT}
-    changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore}
+    changes = {k: v for k, v in changed_values(base, cfg).items() if k not in ignore} if base is not None else {}
     if changes and not quiet:
         listed = ", ".join(f"{k} {clip(repr(old))} -> {clip(repr(new))}" for k, (old, new) in sorted(changes.items()))
         typer.echo(f"overriding the checkpoint's configuration: {listed}", err=True)
+    launch(cfg)

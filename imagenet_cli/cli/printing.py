@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from ..core.text import clip, printable
 from ..report.tables import literal
@@ -18,9 +19,7 @@ def print_inspection(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary), flush=True)
         return
-    table = Table(title=literal(summary["path"]), title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = _pairs(literal(summary["path"]))
     for key, value in summary.items():
         if key == "path" or value is None:
             continue
@@ -46,10 +45,7 @@ def print_benchmark(result: dict[str, Any], as_json: bool) -> None:
         f"{machine['device_name']} ({machine['device']}, {machine['cpu_cores']} CPU cores), "
         f"torch {machine['torch']}" + (f"; ours: {result['compute']}" if "compute" in result else "")
     )
-    table = Table(title=title, title_justify="left")
-    for column, justify in (("part", "left"), ("what", "left"), ("ours img/s", "right"),
-                            ("baseline img/s", "right"), ("ours / baseline", "right")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = _columns(title, ("part", "what"), ("ours img/s", "baseline img/s", "ours / baseline"))
     for row in result["results"]:
         table.add_row(
             row["part"], row["what"], f"{row['ours_images_per_second']:,.1f}",
@@ -76,9 +72,7 @@ def print_data_check(report: dict[str, Any], as_json: bool) -> None:
             table.add_row(literal(row["file"]), literal(row["problem"]))
         console.print(table)
     for title, key in (("Colour modes", "modes"), ("Formats", "formats"), ("Shorter side", "shorter_side")):
-        table = Table(title=title, title_justify="left")
-        table.add_column(title.lower())
-        table.add_column("images", justify="right")
+        table = _columns(title, (title.lower(),), ("images",))
         for name, count in report[key].items():
             table.add_row(literal(name), f"{count:,}")
         console.print(table)
@@ -108,10 +102,8 @@ def print_models(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"models": rows}), flush=True)
         return
-    table = Table(title="torchvision classifiers (default weights)", title_justify="left")
-    for column, justify in (("arch", "left"), ("parameters", "right"), ("crop", "right"),
-                            ("resize", "right"), ("ImageNet top-1", "right")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    figures = ("parameters", "crop", "resize", "ImageNet top-1")
+    table = _columns("torchvision classifiers (default weights)", ("arch",), figures)
     for row in rows:
         table.add_row(
             literal(row["name"]), f"{row['parameters'] / 1e6:,.1f}M", _or_dash(row["crop_size"]),
@@ -132,9 +124,7 @@ def print_environment(report: dict[str, Any], as_json: bool) -> None:
     console.print(_extras_table(report["extras"]))
     if report["cuda"]:
         console.print(_cuda_table(report["cuda"]))
-    launcher = Table(title="Launcher variables", title_justify="left", show_header=False)
-    launcher.add_column(style="bold")
-    launcher.add_column(overflow="fold")
+    launcher = _pairs("Launcher variables", overflow="fold")
     for name, value in report["launcher_env"].items():
         launcher.add_row(literal(name), literal(value))
     if report["launcher_env"]:
@@ -146,9 +136,7 @@ def print_environment(report: dict[str, Any], as_json: bool) -> None:
 
 def _environment_table(report: dict[str, Any]) -> Table:
     """Versions, distributed backends, CPUs and devices other than CUDA, as name/value rows."""
-    table = Table(title="Environment", title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = _pairs("Environment")
     for name, version in report["versions"].items():
         table.add_row(name.replace("_", " "), literal(version or "-"))
     table.add_row("distributed backends", _backends(report["distributed_backends"]))
@@ -164,9 +152,7 @@ def _environment_table(report: dict[str, Any]) -> Table:
 
 def _extras_table(extras: dict[str, dict[str, Any]]) -> Table:
     """The optional parts: what each brings, installed or how to install it."""
-    table = Table(title="Optional extras", title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = _pairs("Optional extras")
     for name, extra in extras.items():
         packages = ", ".join(
             f"{package} {version or 'not installed'}" for package, version in extra["packages"].items()
@@ -179,15 +165,26 @@ def _extras_table(extras: dict[str, dict[str, Any]]) -> Table:
 
 def _cuda_table(devices: list[dict[str, Any]]) -> Table:
     """CUDA devices, the one with the most free memory first."""
-    table = Table(title="CUDA devices (most free memory first)", title_justify="left")
-    for column, justify in (("device", "left"), ("name", "left"), ("capability", "right"), ("total", "right"),
-                            ("in use", "right"), ("free", "right")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    figures = ("capability", "total", "in use", "free")
+    table = _columns("CUDA devices (most free memory first)", ("device", "name"), figures)
     for d in devices:
         table.add_row(
             f"cuda:{d['index']}", literal(d["name"]), d["capability"], _gib(d["total_bytes"]), _gib(d["used_bytes"]),
             _gib(d["free_bytes"]) if d["free_bytes"] is not None else literal(d.get("error", "-")),
         )  # fmt: skip
+    return table
+
+
+def _columns(title: str, words: tuple[str, ...], figures: tuple[str, ...]) -> Table:
+    """A table with a header: columns of words left-aligned, then columns of figures right-aligned."""
+    return Table(*words, *(Column(name, justify="right") for name in figures), title=title, title_justify="left")
+
+
+def _pairs(title: str | Text, **value_column: Any) -> Table:
+    """A table of name/value rows: names in bold, no header."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(**value_column)
     return table
 
 

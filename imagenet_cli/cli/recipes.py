@@ -56,7 +56,9 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
             )
         if value is None:
             continue  # a null is the default: not given
-        _check_type(path, key, name, value)
+        wanted = type_problem(name, value)
+        if wanted:  # `lr = "0.1"` is caught in the file, not deep inside a worker
+            raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")
         options[name] = _declared_case(name, value)
     return options
 
@@ -138,13 +140,6 @@ def _load_yaml(text: bytes, path: str) -> Any:
             return super().compose_node(parent, index)
 
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: plain data, never Python objects
-
-
-def _check_type(path: str, key: str, name: str, value: Any) -> None:
-    """Catch `lr = "0.1"` in the file, not deep inside a worker."""
-    wanted = type_problem(name, value)
-    if wanted:
-        raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")
 
 
 def _suggest(key: str) -> str:
