@@ -65,21 +65,15 @@ CANDIDATES: dict[str, Callable[[], Decoder]] = {
 }
 
 
-def _probe() -> tuple[torch.Tensor, torch.Tensor]:
-    """A small JPEG and the pixels PIL decodes from it."""
-    out = io.BytesIO()
-    Image.new("RGB", (16, 8), (200, 40, 90)).save(out, format="JPEG", quality=95)
-    encoded = torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)
-    with Image.open(out) as picture:
-        expected = torch.tensor(picture.convert("RGB").getpixel((0, 0)), dtype=torch.int16)
-    return encoded, expected
-
-
 def _works(decoder: Decoder) -> bool:
+    """Does it decode a small JPEG as PIL does?"""
     if decoder.decode is None:
         return True
-    encoded, expected = _probe()
-    pixels = decoder.decode(encoded, "JPEG")
+    out = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 90)).save(out, format="JPEG", quality=95)
+    with Image.open(out) as picture:
+        expected = torch.tensor(picture.convert("RGB").getpixel((0, 0)), dtype=torch.int16)
+    pixels = decoder.decode(torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8), "JPEG")
     return pixels.shape == (3, 8, 16) and bool((pixels[:, 0, 0].to(torch.int16) - expected).abs().max() <= 2)
 
 

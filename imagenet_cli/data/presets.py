@@ -179,12 +179,12 @@ class Deferred:
     plan: Plan
 
 
+@dataclass(frozen=True)
 class DeviceDecoded:
     """A preset whose JPEGs are decoded on the device (nvJPEG on CUDA, batched) instead of in the loader
     workers: the workers only read files and make the random choices. Other formats decode as usual."""
 
-    def __init__(self, preset: Preset) -> None:
-        self.preset = preset
+    preset: Preset
 
     def __call__(self, sample: Sample) -> torch.Tensor | Deferred:
         encoded, header = open_sample(sample)
@@ -193,11 +193,11 @@ class DeviceDecoded:
         return Deferred(encoded, self.preset.plan(*header.size))
 
 
+@dataclass
 class DeferredBatch:
     """A batch of deferred JPEGs (and pictures the workers decoded), made whole on the device."""
 
-    def __init__(self, items: list[torch.Tensor | Deferred]) -> None:
-        self.items = items
+    items: list[torch.Tensor | Deferred]
 
     def decode(self, device: torch.device) -> torch.Tensor:
         """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`. On the
@@ -219,13 +219,8 @@ def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     box = sample_box(width, height, CROP_SCALE, CROP_RATIO, whole=True)
     if box is not None:
         return box
-    ratio = width / height
-    if ratio < CROP_RATIO[0]:
-        w, h = width, round(width / CROP_RATIO[0])
-    elif ratio > CROP_RATIO[1]:
-        w, h = round(height * CROP_RATIO[1]), height
-    else:
-        w, h = width, height
+    w = min(width, round(height * CROP_RATIO[1]))  # the whole picture, its ratio clamped into CROP_RATIO
+    h = min(height, round(w / CROP_RATIO[0]))
     return (height - h) // 2, (width - w) // 2, h, w
 
 
@@ -310,13 +305,8 @@ def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 
     (`decoders.chosen`) decodes the formats it reads; PIL decodes when the DCT can reduce (the others
     cannot), for other formats, and for an animated picture, of which it decodes the first frame only
     (the others would decode every frame: a small file of many large frames asks for gigabytes)."""
-    decoder = decoders.chosen()
-    if (
-        reduce == 1
-        and encoded is not None
-        and header.format in decoder.formats
-        and not getattr(header, "is_animated", False)
-    ):
+    decoder, animated = decoders.chosen(), getattr(header, "is_animated", False)
+    if reduce == 1 and encoded is not None and header.format in decoder.formats and not animated:
         try:
             chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
         except RuntimeError:

@@ -15,7 +15,7 @@ from typing import IO, Any
 from ..config import DataConfig
 from ..core import formats
 from ..core.errors import UserError, one_line
-from .presets import check_encoded_size
+from .presets import read_bytes
 from .shards import INDEX_FORMAT
 
 # Our own temporary names (`train-000003.tar.tmp`, `shards.json.tmp`): what an interrupted make-shards
@@ -98,9 +98,7 @@ def _source_bytes(path: str) -> bytes:
     """A source picture's bytes; a file that cannot be read, or is larger than any picture, is named (as a
     UserError, so it is not mistaken for a failure to write)."""
     try:
-        with open(path, "rb") as f:
-            check_encoded_size(os.fstat(f.fileno()).st_size)
-            return f.read()
+        return read_bytes(path).numpy().tobytes()
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
         raise UserError(f"cannot pack {path}: {reason}") from exc
