@@ -203,19 +203,14 @@ def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
             f"would get {batch / processes:g}); the nearest that do are {nearest}"
         )
     share = max(1, batch // processes)
-    fitted = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=share * processes))
-    return fitted, _rounding_note(cfg, batch, processes, share)
-
-
-def _rounding_note(cfg: RunConfig, batch: int, processes: int, share: int) -> str:
-    used = share * processes
-    steps = cfg.optim.grad_accum_steps
+    used, steps = share * processes, cfg.optim.grad_accum_steps
     per_step = f"; {used * steps} per optimizer step with --grad-accum-steps {steps}" if steps > 1 else ""
     whose = "the resumed run's batch" if cfg.resume else "the default batch"
-    return (
+    note = (
         f"{whose} {batch} (no -b given) does not split evenly over {processes} processes: this run uses "
         f"{used} = {processes} × {share}{per_step}; give -b to choose another (a multiple of {processes})"
     )
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=used)), note
 
 
 def resolve_workers(workers: int | None, ctx: DistContext) -> int:

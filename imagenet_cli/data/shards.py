@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..config import DataConfig
 from ..core import formats
 from ..core.context import DistContext
 from ..core.errors import UserError, one_line
@@ -114,20 +113,6 @@ def _scan(root: str) -> ShardIndex:
     return ShardIndex([str(i) for i in range(top + 1)], splits)
 
 
-def open_splits(
-    cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, train_preset: Transform, val_preset: Transform
-) -> tuple[ShardStream | None, ShardStream, list[str]]:
-    """(train, val, class names), for `sources` to make its DataSplits of (it imports this module)."""
-    index = read_index(cfg.path or "")
-    if class_names is not None and list(class_names) != index.classes:
-        raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
-    if with_train and not index.splits.get("train"):
-        raise UserError(f"{cfg.path} has no training shards")
-    train = ShardStream(index.splits.get("train", []), train_preset, index.classes, shuffle_buffer=cfg.shuffle_buffer)
-    val = ShardStream(index.splits["val"], val_preset, index.classes, training=False)
-    return train if with_train else None, val, index.classes
-
-
 class ShardStream(IterableDataset):
     """One split's samples, streamed from its shards. `place` (rank, world size, batch, seed) is set by the
     loader; `set_position` before each epoch's iterator (workers are started anew each epoch)."""
@@ -205,17 +190,11 @@ class ShardStream(IterableDataset):
             yield image, label, tuple(problems)
             problems = []
 
-    def _shard_order(self) -> list[Shard]:
-        if not self.shuffle:
-            return self.shards
-        order = list(self.shards)
-        # The same order on every rank, seeded or not: ranks deal shards from it without talking.
-        random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
-        return order
-
     def _slots_samples(self, slot: int, slots: int) -> Iterator[Numbered]:
         """Whole shards when there are enough to deal, else every `slots`-th sample of them all."""
-        order = self._shard_order()
+        order = list(self.shards)
+        if self.shuffle:  # the same order on every rank, seeded or not: ranks deal shards from it without talking
+            random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
         if len(order) >= slots:
             for shard in order[slot::slots]:
                 yield from _numbered(shard)
