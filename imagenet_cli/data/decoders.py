@@ -8,9 +8,8 @@
    0.29, and calling them would only mean hiding their warning.
 
 A candidate counts as available when it imports and decodes a small JPEG: a wheel that installs but
-cannot load its libraries on this platform is passed over, never met mid-run. The presets decode with
-`chosen()`; PIL still does what the chosen decoder cannot (DCT-reduced decoding of large JPEGs, other
-formats, the first frame of an animated picture).
+cannot load its libraries on this platform is passed over, never met mid-run. What PIL still decodes
+after the choice: see `presets.decode_rgb`.
 """
 
 from __future__ import annotations
@@ -59,10 +58,7 @@ def _torchcodec() -> Decoder:
 
 
 # The chain, best first. Each loader raises when its library is absent or cannot load on this platform.
-CANDIDATES: dict[str, Callable[[], Decoder]] = {
-    "torchcodec": _torchcodec,
-    "PIL": lambda: PIL_ONLY,
-}
+CANDIDATES: dict[str, Callable[[], Decoder]] = {"torchcodec": _torchcodec, "PIL": lambda: PIL_ONLY}
 
 
 def _works(decoder: Decoder) -> bool:

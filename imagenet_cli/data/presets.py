@@ -11,7 +11,6 @@ Random choices use Python's generator, which a seeded run sets per sample and lo
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import os
@@ -60,17 +59,14 @@ class CropPlan:
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(self.width, self.height), self.size)
 
-    def scaled(self, scale: float) -> CropPlan:
-        """The same crop on a picture decoded at `scale` of its size."""
-        if scale == 1:
-            return self
-        top, left = int(self.top * scale), int(self.left * scale)
-        height, width = max(1, int(self.height * scale)), max(1, int(self.width * scale))
-        return dataclasses.replace(self, top=top, left=left, height=height, width=width)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:
+        """The crop on pixels decoded at `scale` of the picture's size (< 1 when the DCT reduced it)."""
+        top, left, height, width = self.top, self.left, self.height, self.width
+        if scale != 1:
+            top, left = int(top * scale), int(left * scale)
+            height, width = max(1, int(height * scale)), max(1, int(width * scale))
         size, mode = [self.size, self.size], self.interpolation
-        image = F.resized_crop(pixels, self.top, self.left, self.height, self.width, size, mode, antialias=True)
+        image = F.resized_crop(pixels, top, left, height, width, size, mode, antialias=True)
         return image.flip(-1) if self.flip else image
 
 
@@ -85,10 +81,7 @@ class CentrePlan:
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(header.size), self.resize)
 
-    def scaled(self, scale: float) -> CentrePlan:
-        return self
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:  # output sizes: unaffected by scale
         return F.center_crop(F.resize(pixels, [self.resize], self.interpolation, antialias=True), [self.crop])
 
 
@@ -106,10 +99,7 @@ class PadCropPlan:
     def reduction(self, header: Image.Image) -> int:
         return 1
 
-    def scaled(self, scale: float) -> PadCropPlan:
-        return self
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:  # output pixels: unaffected by scale
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = F.resize(pixels, [self.size, self.size], self.interpolation, antialias=True)
         image = F.crop(F.pad(pixels, [self.padding]), self.top, self.left, self.size, self.size)
@@ -129,7 +119,7 @@ class Preset:
         encoded, header = open_sample(sample)
         full_width, plan = header.width, self.plan(*header.size)
         pixels = decode_rgb(encoded, header, within_limit(header, plan.reduction(header)))
-        return plan.scaled(pixels.shape[-1] / full_width)(pixels)  # < 1 when the DCT reduced the picture
+        return plan(pixels, pixels.shape[-1] / full_width)
 
 
 class TrainPreset(Preset):

@@ -296,9 +296,8 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
         with open(path, "rb", buffering=1 << 20) as f:
             file_size = os.fstat(f.fileno()).st_size
             while len(header := f.read(512)) == 512 and header.strip(b"\0"):
-                kind, size = header[156:157], _header_size(header, path)
-                name = long_name or _header_name(header)
-                _check_member_size(path, name, size, file_size - f.tell())
+                kind, name = header[156:157], long_name or _header_name(header)
+                size = _member_size(header, path, name, file_size - f.tell())
                 if kind not in (b"L", b"x", b"0", b"\0", b"7"):  # directories, links, devices: nothing to read
                     f.seek(size + -size % 512, os.SEEK_CUR)
                     continue
@@ -315,21 +314,19 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"cannot read shard {path}: {exc}") from exc
 
 
-def _header_size(header: bytes, path: str) -> int:
+def _member_size(header: bytes, path: str, name: str, remaining: int) -> int:
+    """The size a member's header claims, refused before it is read when the header is damaged, or claims more
+    than the shard holds (a damaged or hostile header asking for a terabyte) or than any picture this tool decodes."""
     try:
         stored = header[148:156].replace(b"\0", b" ").strip()
         if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's 8 spaces
             raise ValueError("checksum")
         if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
-            return int.from_bytes(header[125:136], "big")
-        return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+            size = int.from_bytes(header[125:136], "big")
+        else:
+            size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
     except ValueError:  # a checksum that does not add up, or fields that are not octal numbers
         raise UserError(f"shard {path} has a damaged tar header") from None
-
-
-def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
-    """Refuse a member before reading it when its header claims more than the shard holds (a damaged or
-    hostile header asking for a terabyte) or more than any picture this tool decodes."""
     if size > remaining:
         raise UserError(
             f"shard {path}: member {clip(name)} claims {size:,} bytes but the file ends {remaining:,} bytes "
@@ -339,6 +336,7 @@ def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
         check_encoded_size(size, "the member")
     except ValueError as exc:
         raise UserError(f"shard {path}: member {clip(name)}: {exc}") from None
+    return size
 
 
 def _text(raw: bytes) -> str:
