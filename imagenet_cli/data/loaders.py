@@ -136,13 +136,10 @@ def _loader(
         collate_fn=collate,  # also carries deferred JPEGs and the names of unreadable files
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
-        multiprocessing_context=_WORKER_START if workers > 0 else None,
+        # Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch:
+        # seconds per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
+        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None,
     )
-
-
-# Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch: seconds
-# per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
-_WORKER_START = "fork" if sys.platform.startswith("linux") else None
 
 
 @contextmanager
@@ -219,10 +216,7 @@ def resolve_workers(workers: int | None, ctx: DistContext) -> int:
 
 def default_workers(local_world_size: int) -> int:
     """The cores of this process's affinity mask, shared with local peers, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no mask
     return max(1, min(8, cores // max(1, local_world_size)))
 
 

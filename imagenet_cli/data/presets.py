@@ -36,6 +36,15 @@ BILINEAR = InterpolationMode.BILINEAR  # the reference's resize, and the default
 # erased rectangle is filled with the mean, which normalisation turns into the 0 torchvision's recipe erases to.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
+# before we could decode a huge JPEG at 1/8 of its size. This module keeps one limit, applied to what is
+# actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
+MAX_DECODED_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None
+# The most bytes one encoded picture may have: that limit's pixels stored uncompressed (a BMP or PPM of
+# three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
+# this tool could decode, so it is refused before it is read.
+MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
 
 
 # What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
@@ -244,17 +253,6 @@ def check_encoded_size(size: int, what: str = "the file") -> None:
         raise ValueError(
             f"{what} has {size:,} bytes, more than the {MAX_ENCODED_BYTES:,} this tool reads as one picture"
         )
-
-
-# PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
-# before we could decode a huge JPEG at 1/8 of its size. This module keeps one limit, applied to what is
-# actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
-MAX_DECODED_PIXELS = 178_956_970
-Image.MAX_IMAGE_PIXELS = None
-# The most bytes one encoded picture may have: that limit's pixels stored uncompressed (a BMP or PPM of
-# three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
-# this tool could decode, so it is refused before it is read.
-MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
 
 
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:

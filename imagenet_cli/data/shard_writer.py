@@ -51,7 +51,11 @@ def make_shards(
         raise UserError(f"cannot write shards into {out}: {exc.strerror or one_line(exc)}") from exc
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": classes, "splits": {}}
     for split, samples in samples_by_split.items():
-        index["splits"][split] = _write_split(split, samples, out, shard_size)
+        written = index["splits"][split] = []
+        for number, chunk in enumerate(_chunks(samples, shard_size)):
+            name = f"{split}-{number:06d}.tar"
+            _write_whole(os.path.join(out, name), lambda f, chunk=chunk: _write_shard(f, chunk))
+            written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
     _write_whole(os.path.join(out, formats.SHARD_INDEX), lambda f: f.write(json.dumps(index, indent=1).encode()))
     return index
 
@@ -70,15 +74,6 @@ def _write_whole(path: str, write: Callable[[IO[bytes]], Any]) -> None:
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {path}: {exc.strerror or one_line(exc)}") from exc
         raise
-
-
-def _write_split(split: str, samples: list[tuple[str, int]], out: str, shard_size: int) -> list[dict[str, Any]]:
-    written = []
-    for number, chunk in enumerate(_chunks(samples, shard_size)):
-        name = f"{split}-{number:06d}.tar"
-        _write_whole(os.path.join(out, name), lambda f, chunk=chunk: _write_shard(f, chunk))
-        written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
-    return written
 
 
 def _write_shard(f: IO[bytes], chunk: list[tuple[int, str, int]]) -> None:

@@ -44,6 +44,7 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tif
 # label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
 # landmark sets about 200,000) a label is a typo or hostile, and its class list alone would fill memory.
 MAX_CLASSES = 1_000_000
+SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
 Numbered = tuple[int, dict[str, bytes]]  # a sample's key (its position in the source dataset) and its members
 
 
@@ -71,9 +72,6 @@ def read_index(root: str) -> ShardIndex:
         return ShardIndex(list(raw["classes"]), splits)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
-
-
-SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
 
 
 def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:
@@ -275,16 +273,10 @@ def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    key, fields = None, {}
-    for name, data in members:
-        member_key, _, suffix = os.path.basename(name).partition(".")
-        if key is not None and member_key != key:
-            yield key, fields
-            fields = {}
-        key = member_key
-        fields[suffix.lower()] = data
-    if key is not None:
-        yield key, fields
+    """Consecutive members with the same key (the file name up to its first dot) as one sample."""
+    named = ((*os.path.basename(name).partition("."), data) for name, data in members)
+    for key, group in itertools.groupby(named, key=lambda member: member[0]):
+        yield key, {suffix.lower(): data for _, _, suffix, data in group}
 
 
 def _members(path: str) -> Iterator[tuple[str, bytes]]:
