@@ -8,7 +8,7 @@ sample, so the augmented pictures stay a pure function of (seed, epoch, sample),
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -60,23 +60,10 @@ def policy(cfg: DataConfig) -> Step:
     return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode)
 
 
-class Augmented:
-    """A training preset followed by augmentation steps on the uint8 picture it makes."""
-
-    def __init__(self, preset: Callable[[object], torch.Tensor], chain: Sequence[Step]) -> None:
-        self.preset, self.chain = preset, list(chain)
-
-    def __call__(self, sample: object) -> torch.Tensor:
-        image = self.preset(sample)
-        for step in self.chain:
-            image = step(image)
-        return image
-
-
 def augmented(preset: Callable[[object], torch.Tensor], cfg: DataConfig) -> Callable[[object], torch.Tensor]:
     """`preset` then, in the recipes' order, the policy and erasing; `preset` itself when neither is
     configured, so the default pipeline does no extra work."""
     chain = [policy(cfg)] if cfg.auto_augment is not None else []
     if cfg.random_erase > 0:
         chain.append(RandomErase(cfg.random_erase))
-    return Augmented(preset, chain) if chain else preset
+    return v2.Compose([preset, *chain]) if chain else preset

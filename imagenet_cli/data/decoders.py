@@ -8,9 +8,8 @@
    0.29, and calling them would only mean hiding their warning.
 
 A candidate counts as available when it imports and decodes a small JPEG: a wheel that installs but
-cannot load its libraries on this platform is passed over, never met mid-run. The presets decode with
-`chosen()`; PIL still does what the chosen decoder cannot (DCT-reduced decoding of large JPEGs, other
-formats, the first frame of an animated picture).
+cannot load its libraries on this platform is passed over, never met mid-run. What PIL still decodes
+after the choice: see `presets.decode_rgb`.
 """
 
 from __future__ import annotations
@@ -59,27 +58,18 @@ def _torchcodec() -> Decoder:
 
 
 # The chain, best first. Each loader raises when its library is absent or cannot load on this platform.
-CANDIDATES: dict[str, Callable[[], Decoder]] = {
-    "torchcodec": _torchcodec,
-    "PIL": lambda: PIL_ONLY,
-}
-
-
-def _probe() -> tuple[torch.Tensor, torch.Tensor]:
-    """A small JPEG and the pixels PIL decodes from it."""
-    out = io.BytesIO()
-    Image.new("RGB", (16, 8), (200, 40, 90)).save(out, format="JPEG", quality=95)
-    encoded = torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)
-    with Image.open(out) as picture:
-        expected = torch.tensor(picture.convert("RGB").getpixel((0, 0)), dtype=torch.int16)
-    return encoded, expected
+CANDIDATES: dict[str, Callable[[], Decoder]] = {"torchcodec": _torchcodec, "PIL": lambda: PIL_ONLY}
 
 
 def _works(decoder: Decoder) -> bool:
+    """Does it decode a small JPEG as PIL does?"""
     if decoder.decode is None:
         return True
-    encoded, expected = _probe()
-    pixels = decoder.decode(encoded, "JPEG")
+    out = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 90)).save(out, format="JPEG", quality=95)
+    with Image.open(out) as picture:
+        expected = torch.tensor(picture.convert("RGB").getpixel((0, 0)), dtype=torch.int16)
+    pixels = decoder.decode(torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8), "JPEG")
     return pixels.shape == (3, 8, 16) and bool((pixels[:, 0, 0].to(torch.int16) - expected).abs().max() <= 2)
 
 

@@ -136,13 +136,10 @@ def _loader(
         collate_fn=collate,  # also carries deferred JPEGs and the names of unreadable files
         generator=torch.Generator(),  # its own: making an iterator must not draw from the global generator
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
-        multiprocessing_context=_WORKER_START if workers > 0 else None,
+        # Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch:
+        # seconds per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
+        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None,
     )
-
-
-# Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch: seconds
-# per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
-_WORKER_START = "fork" if sys.platform.startswith("linux") else None
 
 
 @contextmanager
@@ -203,19 +200,14 @@ def fit_batch(cfg: RunConfig, processes: int) -> tuple[RunConfig, str | None]:
             f"would get {batch / processes:g}); the nearest that do are {nearest}"
         )
     share = max(1, batch // processes)
-    fitted = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=share * processes))
-    return fitted, _rounding_note(cfg, batch, processes, share)
-
-
-def _rounding_note(cfg: RunConfig, batch: int, processes: int, share: int) -> str:
-    used = share * processes
-    steps = cfg.optim.grad_accum_steps
+    used, steps = share * processes, cfg.optim.grad_accum_steps
     per_step = f"; {used * steps} per optimizer step with --grad-accum-steps {steps}" if steps > 1 else ""
     whose = "the resumed run's batch" if cfg.resume else "the default batch"
-    return (
+    note = (
         f"{whose} {batch} (no -b given) does not split evenly over {processes} processes: this run uses "
         f"{used} = {processes} × {share}{per_step}; give -b to choose another (a multiple of {processes})"
     )
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=used)), note
 
 
 def resolve_workers(workers: int | None, ctx: DistContext) -> int:
@@ -224,10 +216,7 @@ def resolve_workers(workers: int | None, ctx: DistContext) -> int:
 
 def default_workers(local_world_size: int) -> int:
     """The cores of this process's affinity mask, shared with local peers, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no mask
     return max(1, min(8, cores // max(1, local_world_size)))
 
 

@@ -11,7 +11,6 @@ Random choices use Python's generator, which a seeded run sets per sample and lo
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import os
@@ -37,6 +36,15 @@ BILINEAR = InterpolationMode.BILINEAR  # the reference's resize, and the default
 # erased rectangle is filled with the mean, which normalisation turns into the 0 torchvision's recipe erases to.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
+# before we could decode a huge JPEG at 1/8 of its size. This module keeps one limit, applied to what is
+# actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
+MAX_DECODED_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None
+# The most bytes one encoded picture may have: that limit's pixels stored uncompressed (a BMP or PPM of
+# three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
+# this tool could decode, so it is refused before it is read.
+MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
 
 
 # What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
@@ -60,17 +68,14 @@ class CropPlan:
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(self.width, self.height), self.size)
 
-    def scaled(self, scale: float) -> CropPlan:
-        """The same crop on a picture decoded at `scale` of its size."""
-        if scale == 1:
-            return self
-        top, left = int(self.top * scale), int(self.left * scale)
-        height, width = max(1, int(self.height * scale)), max(1, int(self.width * scale))
-        return dataclasses.replace(self, top=top, left=left, height=height, width=width)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:
+        """The crop on pixels decoded at `scale` of the picture's size (< 1 when the DCT reduced it)."""
+        top, left, height, width = self.top, self.left, self.height, self.width
+        if scale != 1:
+            top, left = int(top * scale), int(left * scale)
+            height, width = max(1, int(height * scale)), max(1, int(width * scale))
         size, mode = [self.size, self.size], self.interpolation
-        image = F.resized_crop(pixels, self.top, self.left, self.height, self.width, size, mode, antialias=True)
+        image = F.resized_crop(pixels, top, left, height, width, size, mode, antialias=True)
         return image.flip(-1) if self.flip else image
 
 
@@ -85,10 +90,7 @@ class CentrePlan:
     def reduction(self, header: Image.Image) -> int:
         return dct_reduction(header, min(header.size), self.resize)
 
-    def scaled(self, scale: float) -> CentrePlan:
-        return self
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:  # output sizes: unaffected by scale
         return F.center_crop(F.resize(pixels, [self.resize], self.interpolation, antialias=True), [self.crop])
 
 
@@ -106,10 +108,7 @@ class PadCropPlan:
     def reduction(self, header: Image.Image) -> int:
         return 1
 
-    def scaled(self, scale: float) -> PadCropPlan:
-        return self
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, scale: float = 1) -> torch.Tensor:  # output pixels: unaffected by scale
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = F.resize(pixels, [self.size, self.size], self.interpolation, antialias=True)
         image = F.crop(F.pad(pixels, [self.padding]), self.top, self.left, self.size, self.size)
@@ -129,7 +128,7 @@ class Preset:
         encoded, header = open_sample(sample)
         full_width, plan = header.width, self.plan(*header.size)
         pixels = decode_rgb(encoded, header, within_limit(header, plan.reduction(header)))
-        return plan.scaled(pixels.shape[-1] / full_width)(pixels)  # < 1 when the DCT reduced the picture
+        return plan(pixels, pixels.shape[-1] / full_width)
 
 
 class TrainPreset(Preset):
@@ -179,12 +178,12 @@ class Deferred:
     plan: Plan
 
 
+@dataclass(frozen=True)
 class DeviceDecoded:
     """A preset whose JPEGs are decoded on the device (nvJPEG on CUDA, batched) instead of in the loader
     workers: the workers only read files and make the random choices. Other formats decode as usual."""
 
-    def __init__(self, preset: Preset) -> None:
-        self.preset = preset
+    preset: Preset
 
     def __call__(self, sample: Sample) -> torch.Tensor | Deferred:
         encoded, header = open_sample(sample)
@@ -193,11 +192,11 @@ class DeviceDecoded:
         return Deferred(encoded, self.preset.plan(*header.size))
 
 
+@dataclass
 class DeferredBatch:
     """A batch of deferred JPEGs (and pictures the workers decoded), made whole on the device."""
 
-    def __init__(self, items: list[torch.Tensor | Deferred]) -> None:
-        self.items = items
+    items: list[torch.Tensor | Deferred]
 
     def decode(self, device: torch.device) -> torch.Tensor:
         """One batched decode of every JPEG (nvJPEG on CUDA), then each one's crop plan, on `device`. On the
@@ -219,13 +218,8 @@ def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     box = sample_box(width, height, CROP_SCALE, CROP_RATIO, whole=True)
     if box is not None:
         return box
-    ratio = width / height
-    if ratio < CROP_RATIO[0]:
-        w, h = width, round(width / CROP_RATIO[0])
-    elif ratio > CROP_RATIO[1]:
-        w, h = round(height * CROP_RATIO[1]), height
-    else:
-        w, h = width, height
+    w = min(width, round(height * CROP_RATIO[1]))  # the whole picture, its ratio clamped into CROP_RATIO
+    h = min(height, round(w / CROP_RATIO[0]))
     return (height - h) // 2, (width - w) // 2, h, w
 
 
@@ -259,17 +253,6 @@ def check_encoded_size(size: int, what: str = "the file") -> None:
         raise ValueError(
             f"{what} has {size:,} bytes, more than the {MAX_ENCODED_BYTES:,} this tool reads as one picture"
         )
-
-
-# PIL's own guard against decompression bombs warns above 89 MP and refuses above 179 MP, at open time,
-# before we could decode a huge JPEG at 1/8 of its size. This module keeps one limit, applied to what is
-# actually decoded: a huge JPEG is read reduced, anything else that large is refused by name.
-MAX_DECODED_PIXELS = 178_956_970
-Image.MAX_IMAGE_PIXELS = None
-# The most bytes one encoded picture may have: that limit's pixels stored uncompressed (a BMP or PPM of
-# three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
-# this tool could decode, so it is refused before it is read.
-MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
 
 
 def open_sample(sample: Sample) -> tuple[torch.Tensor | None, Image.Image]:
@@ -310,13 +293,8 @@ def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 
     (`decoders.chosen`) decodes the formats it reads; PIL decodes when the DCT can reduce (the others
     cannot), for other formats, and for an animated picture, of which it decodes the first frame only
     (the others would decode every frame: a small file of many large frames asks for gigabytes)."""
-    decoder = decoders.chosen()
-    if (
-        reduce == 1
-        and encoded is not None
-        and header.format in decoder.formats
-        and not getattr(header, "is_animated", False)
-    ):
+    decoder, animated = decoders.chosen(), getattr(header, "is_animated", False)
+    if reduce == 1 and encoded is not None and header.format in decoder.formats and not animated:
         try:
             chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
         except RuntimeError:

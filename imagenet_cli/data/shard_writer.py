@@ -15,7 +15,7 @@ from typing import IO, Any
 from ..config import DataConfig
 from ..core import formats
 from ..core.errors import UserError, one_line
-from .presets import check_encoded_size
+from .presets import read_bytes
 from .shards import INDEX_FORMAT
 
 # Our own temporary names (`train-000003.tar.tmp`, `shards.json.tmp`): what an interrupted make-shards
@@ -44,21 +44,20 @@ def make_shards(
     naming the file; temporaries of an earlier run killed outright are removed first."""
     try:
         os.makedirs(out, exist_ok=True)
-        _remove_own_temporaries(out)
+        for entry in os.scandir(out):
+            if OWN_TEMPORARIES.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.remove(entry.path)
     except OSError as exc:
         raise UserError(f"cannot write shards into {out}: {exc.strerror or one_line(exc)}") from exc
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": classes, "splits": {}}
     for split, samples in samples_by_split.items():
-        index["splits"][split] = _write_split(split, samples, out, shard_size)
+        written = index["splits"][split] = []
+        for number, chunk in enumerate(_chunks(samples, shard_size)):
+            name = f"{split}-{number:06d}.tar"
+            _write_whole(os.path.join(out, name), lambda f, chunk=chunk: _write_shard(f, chunk))
+            written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
     _write_whole(os.path.join(out, formats.SHARD_INDEX), lambda f: f.write(json.dumps(index, indent=1).encode()))
     return index
-
-
-def _remove_own_temporaries(out: str) -> None:
-    """What a make-shards killed mid-way (SIGKILL, a power cut) left: only names this module writes."""
-    for entry in os.scandir(out):
-        if OWN_TEMPORARIES.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-            os.remove(entry.path)
 
 
 def _write_whole(path: str, write: Callable[[IO[bytes]], Any]) -> None:
@@ -77,33 +76,19 @@ def _write_whole(path: str, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
-def _write_split(split: str, samples: list[tuple[str, int]], out: str, shard_size: int) -> list[dict[str, Any]]:
-    written = []
-    for number, chunk in enumerate(_chunks(samples, shard_size)):
-        name = f"{split}-{number:06d}.tar"
-        _write_whole(os.path.join(out, name), lambda f, chunk=chunk: _write_shard(f, chunk))
-        written.append({"file": name, "samples": len(chunk), "bytes": os.path.getsize(os.path.join(out, name))})
-    return written
-
-
 def _write_shard(f: IO[bytes], chunk: list[tuple[int, str, int]]) -> None:
     with tarfile.open(fileobj=f, mode="w") as tar:
         for position, path, label in chunk:
             suffix = os.path.splitext(path)[1].lower().lstrip(".") or "jpg"
-            _add(tar, f"{position:08d}.{suffix}", _source_bytes(path))
-            _add(tar, f"{position:08d}.cls", str(label).encode())
-
-
-def _source_bytes(path: str) -> bytes:
-    """A source picture's bytes; a file that cannot be read, or is larger than any picture, is named (as a
-    UserError, so it is not mistaken for a failure to write)."""
-    try:
-        with open(path, "rb") as f:
-            check_encoded_size(os.fstat(f.fileno()).st_size)
-            return f.read()
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
-        raise UserError(f"cannot pack {path}: {reason}") from exc
+            try:
+                image = read_bytes(path).numpy().tobytes()
+            except (OSError, ValueError) as exc:  # a UserError, so it is not mistaken for a failure to write
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+                raise UserError(f"cannot pack {path}: {reason}") from exc
+            for name, data in ((f"{position:08d}.{suffix}", image), (f"{position:08d}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 def _chunks(samples: list[tuple[str, int]], shard_size: int) -> Iterator[list[tuple[int, str, int]]]:
@@ -118,12 +103,6 @@ def _chunks(samples: list[tuple[str, int]], shard_size: int) -> Iterator[list[tu
         size += os.path.getsize(path) + 1536  # with the two members' tar headers
     if chunk:
         yield chunk
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def make_shards_from(cfg: DataConfig, out: str, shard_size: str) -> dict[str, Any]:

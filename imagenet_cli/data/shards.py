@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..config import DataConfig
 from ..core import formats
 from ..core.context import DistContext
 from ..core.errors import UserError, one_line
@@ -45,6 +44,7 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tif
 # label decides how many classes there are. Beyond a million (ImageNet-21k has 21,841; the largest public
 # landmark sets about 200,000) a label is a typo or hostile, and its class list alone would fill memory.
 MAX_CLASSES = 1_000_000
+SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
 Numbered = tuple[int, dict[str, bytes]]  # a sample's key (its position in the source dataset) and its members
 
 
@@ -72,9 +72,6 @@ def read_index(root: str) -> ShardIndex:
         return ShardIndex(list(raw["classes"]), splits)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
-
-
-SMALLEST_SAMPLE = 1024  # bytes: a sample is at least one tar member, a 512-byte header and a data block
 
 
 def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:
@@ -112,20 +109,6 @@ def _scan(root: str) -> ShardIndex:
     if not splits["val"]:
         raise UserError(f"{root} has no val*.tar shards (nor a {formats.SHARD_INDEX}); see `imagenet-cli make-shards`")
     return ShardIndex([str(i) for i in range(top + 1)], splits)
-
-
-def open_splits(
-    cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, train_preset: Transform, val_preset: Transform
-) -> tuple[ShardStream | None, ShardStream, list[str]]:
-    """(train, val, class names), for `sources` to make its DataSplits of (it imports this module)."""
-    index = read_index(cfg.path or "")
-    if class_names is not None and list(class_names) != index.classes:
-        raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
-    if with_train and not index.splits.get("train"):
-        raise UserError(f"{cfg.path} has no training shards")
-    train = ShardStream(index.splits.get("train", []), train_preset, index.classes, shuffle_buffer=cfg.shuffle_buffer)
-    val = ShardStream(index.splits["val"], val_preset, index.classes, training=False)
-    return train if with_train else None, val, index.classes
 
 
 class ShardStream(IterableDataset):
@@ -205,17 +188,11 @@ class ShardStream(IterableDataset):
             yield image, label, tuple(problems)
             problems = []
 
-    def _shard_order(self) -> list[Shard]:
-        if not self.shuffle:
-            return self.shards
-        order = list(self.shards)
-        # The same order on every rank, seeded or not: ranks deal shards from it without talking.
-        random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
-        return order
-
     def _slots_samples(self, slot: int, slots: int) -> Iterator[Numbered]:
         """Whole shards when there are enough to deal, else every `slots`-th sample of them all."""
-        order = self._shard_order()
+        order = list(self.shards)
+        if self.shuffle:  # the same order on every rank, seeded or not: ranks deal shards from it without talking
+            random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
         if len(order) >= slots:
             for shard in order[slot::slots]:
                 yield from _numbered(shard)
@@ -296,16 +273,10 @@ def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    key, fields = None, {}
-    for name, data in members:
-        member_key, _, suffix = os.path.basename(name).partition(".")
-        if key is not None and member_key != key:
-            yield key, fields
-            fields = {}
-        key = member_key
-        fields[suffix.lower()] = data
-    if key is not None:
-        yield key, fields
+    """Consecutive members with the same key (the file name up to its first dot) as one sample."""
+    named = ((*os.path.basename(name).partition("."), data) for name, data in members)
+    for key, group in itertools.groupby(named, key=lambda member: member[0]):
+        yield key, {suffix.lower(): data for _, _, suffix, data in group}
 
 
 def _members(path: str) -> Iterator[tuple[str, bytes]]:
@@ -317,9 +288,8 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
         with open(path, "rb", buffering=1 << 20) as f:
             file_size = os.fstat(f.fileno()).st_size
             while len(header := f.read(512)) == 512 and header.strip(b"\0"):
-                kind, size = header[156:157], _header_size(header, path)
-                name = long_name or _header_name(header)
-                _check_member_size(path, name, size, file_size - f.tell())
+                kind, name = header[156:157], long_name or _header_name(header)
+                size = _member_size(header, path, name, file_size - f.tell())
                 if kind not in (b"L", b"x", b"0", b"\0", b"7"):  # directories, links, devices: nothing to read
                     f.seek(size + -size % 512, os.SEEK_CUR)
                     continue
@@ -336,21 +306,19 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"cannot read shard {path}: {exc}") from exc
 
 
-def _header_size(header: bytes, path: str) -> int:
+def _member_size(header: bytes, path: str, name: str, remaining: int) -> int:
+    """The size a member's header claims, refused before it is read when the header is damaged, or claims more
+    than the shard holds (a damaged or hostile header asking for a terabyte) or than any picture this tool decodes."""
     try:
         stored = header[148:156].replace(b"\0", b" ").strip()
         if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):  # the checksum's 8 spaces
             raise ValueError("checksum")
         if header[124] & 0x80:  # GNU base-256 for sizes past 8 GB
-            return int.from_bytes(header[125:136], "big")
-        return int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+            size = int.from_bytes(header[125:136], "big")
+        else:
+            size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
     except ValueError:  # a checksum that does not add up, or fields that are not octal numbers
         raise UserError(f"shard {path} has a damaged tar header") from None
-
-
-def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
-    """Refuse a member before reading it when its header claims more than the shard holds (a damaged or
-    hostile header asking for a terabyte) or more than any picture this tool decodes."""
     if size > remaining:
         raise UserError(
             f"shard {path}: member {clip(name)} claims {size:,} bytes but the file ends {remaining:,} bytes "
@@ -360,6 +328,7 @@ def _check_member_size(path: str, name: str, size: int, remaining: int) -> None:
         check_encoded_size(size, "the member")
     except ValueError as exc:
         raise UserError(f"shard {path}: member {clip(name)}: {exc}") from None
+    return size
 
 
 def _text(raw: bytes) -> str:

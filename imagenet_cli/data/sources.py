@@ -47,9 +47,23 @@ def open_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | 
     kind = data_format(cfg)
     train_preset, val_preset = presets_for(cfg)
     if kind == "torchvision":
-        return _torchvision_splits(cfg, with_train, class_names, train_preset, val_preset)
+        val = open_torchvision(cfg, "val", val_preset)
+        train = open_torchvision(cfg, "train", train_preset) if with_train else None
+        names = torchvision_classes(train or val)
+        if class_names is not None and list(class_names) != names:
+            _check_known(set(names), class_names, f"--dataset {cfg.dataset}")
+            raise UserError(f"--dataset {cfg.dataset} orders its classes differently from the checkpoint")
+        return DataSplits(train, val, names)
     if kind == "webdataset":
-        return DataSplits(*shards.open_splits(cfg, with_train, class_names, train_preset, val_preset))
+        index = shards.read_index(cfg.path or "")
+        if class_names is not None and list(class_names) != index.classes:
+            raise UserError("the shards' classes differ from the checkpoint's; to adapt a model, use `finetune`")
+        if with_train and not index.splits.get("train"):
+            raise UserError(f"{cfg.path} has no training shards")
+        train_shards = index.splits.get("train", [])
+        train = shards.ShardStream(train_shards, train_preset, index.classes, shuffle_buffer=cfg.shuffle_buffer)
+        val = shards.ShardStream(index.splits["val"], val_preset, index.classes, training=False)
+        return DataSplits(train if with_train else None, val, index.classes)
     if kind == "csv":
         train_rows = read_manifest(manifest_path(cfg, "train")) if with_train else None
         val_rows = read_manifest(manifest_path(cfg, "val"))
@@ -185,7 +199,15 @@ def read_manifest(path: str) -> list[ManifestRow]:
             path_col, label_col = _column(header, PATH_COLUMNS, 0), _column(header, LABEL_COLUMNS, 1)
             if path_col == label_col or len(header) < 2:
                 raise UserError(f"{path}: the first line must name a path column and a label column, e.g. `path,label`")
-            rows, problems = _manifest_rows(reader, base, path_col, label_col, len(header))
+            rows, problems = [], []
+            for fields in reader:
+                if not any(field.strip() for field in fields):
+                    continue  # blank lines are not rows
+                problem = _row_problem(fields, base, path_col, label_col, len(header))
+                if problem:
+                    problems.append(f"line {reader.line_num}: {problem}")
+                else:
+                    rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip()))
         except csv.Error as exc:  # a field past csv's size limit, a NUL byte, a quote left open
             raise UserError(f"{path}: line {reader.line_num}: not a CSV row ({exc})") from exc
     if problems:
@@ -206,22 +228,6 @@ def _utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
             except UnicodeEncodeError:
                 raise UserError(f"{path}: line {number} is not UTF-8 text; save the manifest as UTF-8") from None
         yield line
-
-
-def _manifest_rows(
-    reader: Iterator[list[str]], base: str, path_col: int, label_col: int, width: int
-) -> tuple[list[ManifestRow], list[str]]:
-    """The rows after the header, and a `line N: what` for each malformed one."""
-    rows, problems = [], []
-    for fields in reader:
-        if not any(field.strip() for field in fields):
-            continue  # blank lines are not rows
-        problem = _row_problem(fields, base, path_col, label_col, width)
-        if problem:
-            problems.append(f"line {reader.line_num}: {problem}")  # type: ignore[attr-defined]
-        else:
-            rows.append(ManifestRow(os.path.join(base, fields[path_col].strip()), fields[label_col].strip()))
-    return rows, problems
 
 
 def _column(header: list[str], names: Sequence[str], fallback: int) -> int:
@@ -277,18 +283,6 @@ class ManifestDataset(Dataset):
 
 
 # -- torchvision's datasets ----------------------------------------------------------------------------------
-
-
-def _torchvision_splits(
-    cfg: DataConfig, with_train: bool, class_names: Sequence[str] | None, train_preset: Transform, val_preset: Transform
-) -> DataSplits:
-    val = open_torchvision(cfg, "val", val_preset)
-    train = open_torchvision(cfg, "train", train_preset) if with_train else None
-    names = torchvision_classes(train or val)
-    if class_names is not None and list(class_names) != names:
-        _check_known(set(names), class_names, f"--dataset {cfg.dataset}")
-        raise UserError(f"--dataset {cfg.dataset} orders its classes differently from the checkpoint")
-    return DataSplits(train, val, names)
 
 
 def open_torchvision(cfg: DataConfig, split: str, transform: Transform) -> Dataset:

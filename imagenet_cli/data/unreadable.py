@@ -46,16 +46,14 @@ class Guarded(Dataset):
             current = (index + attempt) % len(self)
             try:
                 image, label = self.dataset[current]
+                return image, label, tuple(problems)
             except Exception as exc:  # any failure to read or decode: named, never a worker traceback
-                problems.append(Unreadable(describe(self.dataset, current), one_line(exc), self.skip))
-                continue
-            return image, label, tuple(problems)
+                problems.append(Unreadable(self._source(current), one_line(exc), self.skip))
         return None, -1, tuple(problems)
 
-
-def describe(dataset: Any, index: int) -> str:
-    samples = getattr(dataset, "samples", None)  # (path, label) pairs of file-based datasets
-    return str(samples[index][0]) if samples is not None else f"sample {index} of {type(dataset).__name__}"
+    def _source(self, index: int) -> str:
+        samples = getattr(self.dataset, "samples", None)  # (path, label) pairs of file-based datasets
+        return str(samples[index][0]) if samples is not None else f"sample {index} of {type(self.dataset).__name__}"
 
 
 def collate(batch: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
