@@ -19,6 +19,7 @@ from ..core.context import DistContext
 from ..core.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Compute:
         return True
 
     def describe(self) -> str:
-        parts = [f"{_amp_name(self.amp_dtype)} autocast" if self.amp_dtype else "fp32"]
+        parts = [f"{AMP_NAMES[self.amp_dtype]} autocast" if self.amp_dtype else "fp32"]
         parts.append("channels-last" if self.channels_last else "NCHW")
         if self.compile:
             parts.append("compiled")
@@ -109,10 +110,6 @@ class AutocastInEachReplica(nn.Module):
             return self.module(images)
 
 
-def _amp_name(dtype: torch.dtype | None) -> str:
-    return next((name for name, d in AMP_DTYPES.items() if d == dtype), "none")
-
-
 def wrap_model(
     model: nn.Module, ctx: DistContext, data_parallel: bool, autocast_dtype: torch.dtype | None = None
 ) -> nn.Module:
@@ -125,7 +122,5 @@ def wrap_model(
     if data_parallel:
         if ctx.device.type != "cuda":
             raise UserError("--data-parallel needs CUDA GPUs")
-        from ..train.compute import AutocastInEachReplica
-
         return nn.DataParallel(AutocastInEachReplica(model, autocast_dtype) if autocast_dtype else model)
     return model
