@@ -59,15 +59,10 @@ PEER_LOSS = ("Connection closed by peer", "Connection reset by peer")
 def record_for_torchrun(run: Callable[..., None]) -> Callable[..., None]:
     """`run`, writing its failure into TorchElastic's error file as well (torch's `record`). This process
     prints one line on its own stderr and exits 1; torchrun's summary reads only the error file, and
-    without one its "Root Cause" says N/A: with it, the summary names the error and the rank."""
+    without one its "Root Cause" says N/A: with it, the summary names the error and the rank. That root
+    cause is the earliest failure in whole seconds, the lowest rank on a tie: a rank whose collective broke
+    because the failing rank exited would often take its place, hence PEER_LOSS_GRACE."""
     from torch.distributed.elastic.multiprocessing.errors import record
-
-    return record(_peers_first(run))
-
-
-def _peers_first(run: Callable[..., None]) -> Callable[..., None]:
-    """torchrun names as root cause the earliest failure in whole seconds, the lowest rank on a tie: a rank
-    whose collective broke because the failing rank exited would often take its place."""
 
     def waiting(*args: object) -> None:
         try:
@@ -77,7 +72,7 @@ def _peers_first(run: Callable[..., None]) -> Callable[..., None]:
                 time.sleep(PEER_LOSS_GRACE)  # torchrun ends this process meanwhile, having recorded the peer
             raise
 
-    return waiting
+    return record(waiting)
 
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
@@ -227,11 +222,8 @@ def _root_cause(codes: list[int], first: int | None, reports: list[Any], topolog
     if failures and not killed:
         return RunFailed(f"rank {failures[0][0]} failed: {failures[0][1]}")
     index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
-    how = (
-        f"was killed by {signal.Signals(-codes[index]).name}"
-        if codes[index] < 0
-        else f"exited with code {codes[index]}"
-    )
+    code = codes[index]
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     return RunFailed(f"rank {topology.global_rank(index)} {how}; every other rank was stopped")
 
 
