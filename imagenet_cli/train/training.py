@@ -207,17 +207,12 @@ def _hooks(
         if decision.stop:
             raise stop(epoch, step)
 
-    def save(epoch: int, best_acc1: float, is_best: bool) -> str | None:
-        return state.save(epoch + 1, 0, best_acc1, is_best)
-
-    def after_epoch(epoch: int) -> None:
+    def after_epoch(epoch: int, best_acc1: float, is_best: bool) -> None:
+        state.save(epoch + 1, 0, best_acc1, is_best)
         if control.at_epoch_end():
             raise stop(epoch + 1, 0)
 
-    return engine.Hooks(
-        before_epoch=before_epoch, after_step=after_step, save=save, after_epoch=after_epoch,
-        saves_to=state.path if state.ctx.is_main else None,
-    )  # fmt: skip
+    return engine.Hooks(before_epoch, after_step, after_epoch, saves_to=state.path if state.ctx.is_main else None)
 
 
 def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:
