@@ -188,26 +188,6 @@ class Generators:
         return None
 
 
-@dataclass
-class MetricsLines:
-    """`metrics.jsonl` holds what the run did up to the checkpoint it continues from: lines written after
-    it (by the run that was cut off) go, so every line is written once."""
-
-    cfg: RunConfig
-    ctx: DistContext
-    progress: Progress
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, resumed: LoadedCheckpoint | None) -> None:
-        """Also for a fresh run: lines left by one cut off before its first save go."""
-        if self.ctx.is_main:
-            records.trim(
-                os.path.join(self.cfg.output_dir, records.METRICS_NAME), self.progress.epoch, self.progress.step
-            )
-
-
 class TrainState:
     """The run's parts behind one save and one restore."""
 
@@ -217,15 +197,16 @@ class TrainState:
         self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def restore(self, resumed: LoadedCheckpoint | None) -> list[str]:
-        """Every part from the file read once; returns the notes the parts had for the user. A fresh run
-        has only its metrics file to set right."""
-        if resumed is None:
-            for part in self.parts:
-                if isinstance(part, MetricsLines):
-                    part.load_state_dict(None)
-            return []
-        notes = [part.load_state_dict(resumed) for part in self.parts]
-        return [note for note in notes if note] + list(resumed.notes)
+        """Every part from the file read once; returns the notes the parts had for the user. Then, for a
+        fresh run too, `metrics.jsonl` keeps what the run did up to the point it continues from: lines
+        written after it (by a run that was cut off, even before its first save) go, so every line is
+        written once."""
+        notes = [part.load_state_dict(resumed) for part in self.parts] if resumed is not None else []
+        if self.ctx.is_main:
+            records.trim(
+                os.path.join(self.cfg.output_dir, records.METRICS_NAME), self.progress.epoch, self.progress.step
+            )
+        return [note for note in notes if note] + (list(resumed.notes) if resumed is not None else [])
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
         """(epoch, step) is where a resumed run continues. Called on every rank (every rank's generators

@@ -26,7 +26,7 @@ from .ema import ModelEma
 from .evaluation import evaluate_and_report
 from .mixing import BatchMixer
 from .schedule import Schedule
-from .state import Average, Generators, LearningRate, LossScale, MetricsLines, Optimizer, Progress, TrainState, Weights
+from .state import Average, Generators, LearningRate, LossScale, Optimizer, Progress, TrainState, Weights
 from .stops import StepControl
 
 
@@ -140,7 +140,7 @@ def _train_state(
     return TrainState(
         cfg, ctx, progress, class_names,
         Weights(plain, arch), Optimizer(parts.optimizer, cfg), LearningRate(parts.schedule, progress), *ema,
-        LossScale(parts.scaler, settings), Generators(ctx), MetricsLines(cfg, ctx, progress),
+        LossScale(parts.scaler, settings), Generators(ctx),
     )  # fmt: skip
 
 
