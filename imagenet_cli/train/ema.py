@@ -39,9 +39,3 @@ class ModelEma:
             torch._foreach_lerp_(self._averaged, self._current, 1 - self.decay)
         for average, current in self._counts:
             average.copy_(current)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)

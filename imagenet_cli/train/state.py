@@ -97,15 +97,14 @@ class Average:
     arch: str
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema_state": self.ema.state_dict()}
+        return {"ema_state": self.ema.module.state_dict()}
 
     def load_state_dict(self, resumed: LoadedCheckpoint) -> str | None:
         stored = resumed.state_dict_ema
-        weights = stored if stored is not None else resumed.state_dict
-        models.load_state(self.ema.module, weights, self.arch, skip_head=False)
-        return (
-            None if stored is not None else "the checkpoint has no weight average: --model-ema starts from its weights"
-        )
+        models.load_state(self.ema.module, resumed.state_dict if stored is None else stored, self.arch, skip_head=False)
+        if stored is None:
+            return "the checkpoint has no weight average: --model-ema starts from its weights"
+        return None
 
 
 @dataclass
@@ -208,16 +207,14 @@ class TrainState:
             )
         return [note for note in notes if note] + (list(resumed.notes) if resumed is not None else [])
 
-    def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
-        """(epoch, step) is where a resumed run continues. Called on every rank (every rank's generators
-        go in); returns the path on the main rank."""
+    def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> None:
+        """(epoch, step) is where a resumed run continues. Called on every rank: every rank's generators go in."""
         self.progress.epoch, self.progress.step = epoch, step
         if best_acc1 is not None:
             self.progress.best_acc1 = best_acc1
         state: dict[str, Any] = {}
         for part in self.parts:
             state.update(part.state_dict())
-        path = None
         if self.ctx.is_main:
             checkpoint = make_checkpoint(
                 model_state=state.pop("state_dict"),
@@ -226,6 +223,5 @@ class TrainState:
                 class_names=self.class_names,
                 **state,
             )
-            path = save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
+            save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
         context.barrier(self.ctx)  # no rank may leave before the file is whole
-        return path
