@@ -59,12 +59,11 @@ class Schedule:
             return self.lr_min + (self.lr - self.lr_min) * (1 - done)
         return self.lr
 
-    def apply(self, optimizer: torch.optim.Optimizer, progress: float) -> float:
-        """Set every group's LR (a slower backbone keeps its `LR_MULT` share); returns the head's."""
+    def apply(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
+        """Set every group's LR (a slower backbone keeps its `LR_MULT` share)."""
         lr = self.lr_at(progress)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get(LR_MULT, 1.0)
-        return lr
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """What the checkpoint's `scheduler` entry says: the schedule and where it stood. Informative only:
