@@ -25,8 +25,7 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
 def keep_freed_memory() -> bool:
-    """Tune glibc as above, once per process; whether it was done (not on other C libraries, nor when
-    the user configured the allocator)."""
+    """Tune glibc as above, once per process; whether it was done (not on other C libraries, nor if the user chose)."""
     if not sys.platform.startswith("linux") or any(name.startswith("MALLOC_") for name in os.environ):
         return False
     if any(allocator in os.environ.get("LD_PRELOAD", "") for allocator in _OTHER_ALLOCATORS):

@@ -108,8 +108,7 @@ def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
 
 
 def _check_process_count(cfg: RunConfig, topology: Topology) -> None:
-    """CPU processes share the cores: a count far beyond them (a typo, a recipe) cannot train faster and
-    must not fork thousands of processes."""
+    """A process count far beyond the CPU cores (a typo, a recipe) cannot train faster; it must not fork thousands."""
     cores = os.cpu_count() or 1
     on_cpus = topology.launcher == "spawn" and not distributed.accelerator_count(cfg.dist)
     if on_cpus and topology.nproc_per_node > WORKERS_PER_CORE * cores:

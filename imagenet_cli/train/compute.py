@@ -83,8 +83,7 @@ def default_amp(device: torch.device) -> str:
 
 
 def is_convolutional(model: nn.Module) -> bool:
-    """CNNs have many convolutions; patch-embedding transformers (ViT, Swin) have one, and gain nothing
-    from channels-last."""
+    """CNNs have many convolutions; patch-embedding transformers (ViT, Swin) have one: no gain from channels-last."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 

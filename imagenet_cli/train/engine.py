@@ -42,8 +42,7 @@ class Meter:
 
     @torch.no_grad()
     def add(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        """Top-k over every output of the model, as the reference counts it (a 1000-output model on
-        10 classes: any of the 1000)."""
+        """Top-k over every output, as the reference counts it (a 1000-output model on 10 classes: any of the 1000)."""
         top = logits.topk(min(self.topk, logits.shape[1]), dim=1).indices
         hits = top.eq(targets.unsqueeze(1))
         self.sums += torch.stack(
