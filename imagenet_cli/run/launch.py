@@ -30,7 +30,11 @@ from .distributed import Topology
 def launch(cfg: RunConfig) -> None:
     topology = distributed.plan(cfg.dist)
     _check_process_count(cfg, topology)
-    cfg = fit_batch(cfg, topology)
+    # Every process gets a training batch that splits evenly over the run's processes (a typed -b that does
+    # not is refused); said once, by the run's first process, when the batch changed.
+    cfg, note = data.fit_batch(cfg, topology.world_size)
+    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     preflight(cfg, topology)
     if topology.launcher == "spawn":
         spawn(cfg, topology)
@@ -96,15 +100,6 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
         here = range(topology.nproc_per_node) if topology.launcher == "spawn" else [topology.external_local_rank or 0]
         for index in here:  # the processes this machine runs
             records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, topology.global_rank(index)))
-
-
-def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
-    """The configuration every process gets: a training batch that splits evenly over the run's processes
-    (a typed -b that does not is refused). Said once, by the run's first process, when the batch changed."""
-    fitted, note = data.fit_batch(cfg, topology.world_size)
-    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
-        print(f"note: {note}", file=sys.stderr, flush=True)
-    return fitted
 
 
 def _check_process_count(cfg: RunConfig, topology: Topology) -> None:
