@@ -107,8 +107,7 @@ def _describe_batch(cfg: RunConfig, ctx: DistContext) -> str:
         smallest, largest = max(1, total // ctx.world_size), max(1, -(-total // ctx.world_size))
         share = f"{smallest}" if smallest == largest else f"{smallest}-{largest}"
         text += f" ({share} per process)"
-    training = cfg.command != "evaluate" and not cfg.evaluate_only
-    if training and cfg.optim.grad_accum_steps > 1:
+    if cfg.command != "evaluate" and not cfg.evaluate_only and cfg.optim.grad_accum_steps > 1:
         text += f", {total * cfg.optim.grad_accum_steps} per optimizer step"
     return text
 

@@ -59,11 +59,9 @@ class Compute:
         return True
 
     def describe(self) -> str:
-        parts = [f"{AMP_NAMES[self.amp_dtype]} autocast" if self.amp_dtype else "fp32"]
-        parts.append("channels-last" if self.channels_last else "NCHW")
-        if self.compile:
-            parts.append("compiled")
-        return ", ".join(parts)
+        precision = f"{AMP_NAMES[self.amp_dtype]} autocast" if self.amp_dtype else "fp32"
+        layout = "channels-last" if self.channels_last else "NCHW"
+        return ", ".join([precision, layout, *(["compiled"] if self.compile else [])])
 
 
 def resolve(cfg: ComputeConfig, device: torch.device, model: nn.Module) -> Compute:
