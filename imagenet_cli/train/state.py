@@ -212,9 +212,7 @@ class TrainState:
         self.progress.epoch, self.progress.step = epoch, step
         if best_acc1 is not None:
             self.progress.best_acc1 = best_acc1
-        state: dict[str, Any] = {}
-        for part in self.parts:
-            state.update(part.state_dict())
+        state = {key: value for part in self.parts for key, value in part.state_dict().items()}
         if self.ctx.is_main:
             checkpoint = make_checkpoint(
                 model_state=state.pop("state_dict"),
