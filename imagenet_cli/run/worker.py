@@ -71,10 +71,7 @@ def _work(cfg: RunConfig, ctx: DistContext, topology: Topology, reporter: Report
     reporter.message(describe_run(cfg, ctx, topology))
     if cfg.verbose:
         reporter.message("options:\n" + "\n".join(f"  {k}: {v}" for k, v in flag_values(cfg).items()))
-    if cfg.command == "evaluate":
-        run_evaluation(cfg, ctx, reporter)
-    else:
-        run_training(cfg, ctx, reporter)
+    (run_evaluation if cfg.command == "evaluate" else run_training)(cfg, ctx, reporter)
 
 
 def build_reporter(cfg: RunConfig, ctx: DistContext, log: IO[str] | None) -> Reporter:
