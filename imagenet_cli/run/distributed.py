@@ -198,23 +198,15 @@ def slurm_hostnames(nodelist: str) -> list[str]:
 
 
 def _top_level_names(nodelist: str) -> list[str]:
-    names, depth, current = [], 0, []
+    marked, depth = [], 0  # separators outside brackets become NUL, which no environment variable holds
     for char in nodelist:
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError("a ']' without its '['")
-        if depth == 0 and (char == "," or char.isspace()):
-            names.append("".join(current))
-            current = []
-        else:
-            current.append(char)
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError("a ']' without its '['")
+        marked.append("\0" if depth == 0 and (char == "," or char.isspace()) else char)
     if depth:
         raise ValueError("a '[' without its ']'")
-    names.append("".join(current))
-    return [name for name in names if name]
+    return [name for name in "".join(marked).split("\0") if name]
 
 
 def _expand_name(name: str) -> list[str]:

@@ -18,7 +18,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from collections.abc import Mapping
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_MAX = -4
@@ -26,25 +25,14 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
 def keep_freed_memory() -> bool:
-    """Tune glibc as above, once per process; whether it was done (not on other C libraries, nor when
-    the user configured the allocator)."""
-    if not sys.platform.startswith("linux") or _user_chose_allocator(os.environ):
+    """Tune glibc as above, once per process; whether it was done (not on other C libraries, nor if the user chose)."""
+    if not sys.platform.startswith("linux") or any(name.startswith("MALLOC_") for name in os.environ):
         return False
-    libc = _glibc()
-    if libc is None:
+    if any(allocator in os.environ.get("LD_PRELOAD", "") for allocator in _OTHER_ALLOCATORS):
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def _user_chose_allocator(environ: Mapping[str, str]) -> bool:
-    preloaded = environ.get("LD_PRELOAD", "")
-    return any(name.startswith("MALLOC_") for name in environ) or any(a in preloaded for a in _OTHER_ALLOCATORS)
-
-
-def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 (musl and others have no such symbol)
     except (OSError, AttributeError):
-        return None
-    return libc
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

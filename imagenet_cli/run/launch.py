@@ -30,7 +30,11 @@ from .distributed import Topology
 def launch(cfg: RunConfig) -> None:
     topology = distributed.plan(cfg.dist)
     _check_process_count(cfg, topology)
-    cfg = fit_batch(cfg, topology)
+    # Every process gets a training batch that splits evenly over the run's processes (a typed -b that does
+    # not is refused); said once, by the run's first process, when the batch changed.
+    cfg, note = data.fit_batch(cfg, topology.world_size)
+    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     preflight(cfg, topology)
     if topology.launcher == "spawn":
         spawn(cfg, topology)
@@ -59,15 +63,10 @@ PEER_LOSS = ("Connection closed by peer", "Connection reset by peer")
 def record_for_torchrun(run: Callable[..., None]) -> Callable[..., None]:
     """`run`, writing its failure into TorchElastic's error file as well (torch's `record`). This process
     prints one line on its own stderr and exits 1; torchrun's summary reads only the error file, and
-    without one its "Root Cause" says N/A: with it, the summary names the error and the rank."""
+    without one its "Root Cause" says N/A: with it, the summary names the error and the rank. That root
+    cause is the earliest failure in whole seconds, the lowest rank on a tie: a rank whose collective broke
+    because the failing rank exited would often take its place, hence PEER_LOSS_GRACE."""
     from torch.distributed.elastic.multiprocessing.errors import record
-
-    return record(_peers_first(run))
-
-
-def _peers_first(run: Callable[..., None]) -> Callable[..., None]:
-    """torchrun names as root cause the earliest failure in whole seconds, the lowest rank on a tie: a rank
-    whose collective broke because the failing rank exited would often take its place."""
 
     def waiting(*args: object) -> None:
         try:
@@ -77,7 +76,7 @@ def _peers_first(run: Callable[..., None]) -> Callable[..., None]:
                 time.sleep(PEER_LOSS_GRACE)  # torchrun ends this process meanwhile, having recorded the peer
             raise
 
-    return waiting
+    return record(waiting)
 
 
 def preflight(cfg: RunConfig, topology: Topology) -> None:
@@ -103,18 +102,8 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
             records.refuse_unsafe_log(records.worker_log_path(cfg.log_dir, topology.global_rank(index)))
 
 
-def fit_batch(cfg: RunConfig, topology: Topology) -> RunConfig:
-    """The configuration every process gets: a training batch that splits evenly over the run's processes
-    (a typed -b that does not is refused). Said once, by the run's first process, when the batch changed."""
-    fitted, note = data.fit_batch(cfg, topology.world_size)
-    if note and not cfg.quiet and topology.global_rank(topology.external_local_rank or 0) == 0:
-        print(f"note: {note}", file=sys.stderr, flush=True)
-    return fitted
-
-
 def _check_process_count(cfg: RunConfig, topology: Topology) -> None:
-    """CPU processes share the cores: a count far beyond them (a typo, a recipe) cannot train faster and
-    must not fork thousands of processes."""
+    """A process count far beyond the CPU cores (a typo, a recipe) cannot train faster; it must not fork thousands."""
     cores = os.cpu_count() or 1
     on_cpus = topology.launcher == "spawn" and not distributed.accelerator_count(cfg.dist)
     if on_cpus and topology.nproc_per_node > WORKERS_PER_CORE * cores:
@@ -227,11 +216,8 @@ def _root_cause(codes: list[int], first: int | None, reports: list[Any], topolog
     if failures and not killed:
         return RunFailed(f"rank {failures[0][0]} failed: {failures[0][1]}")
     index = first if first is not None else next(i for i, c in enumerate(codes) if c not in (0, EXIT_PREEMPTED))
-    how = (
-        f"was killed by {signal.Signals(-codes[index]).name}"
-        if codes[index] < 0
-        else f"exited with code {codes[index]}"
-    )
+    code = codes[index]
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     return RunFailed(f"rank {topology.global_rank(index)} {how}; every other rank was stopped")
 
 

@@ -71,10 +71,7 @@ def _work(cfg: RunConfig, ctx: DistContext, topology: Topology, reporter: Report
     reporter.message(describe_run(cfg, ctx, topology))
     if cfg.verbose:
         reporter.message("options:\n" + "\n".join(f"  {k}: {v}" for k, v in flag_values(cfg).items()))
-    if cfg.command == "evaluate":
-        run_evaluation(cfg, ctx, reporter)
-    else:
-        run_training(cfg, ctx, reporter)
+    (run_evaluation if cfg.command == "evaluate" else run_training)(cfg, ctx, reporter)
 
 
 def build_reporter(cfg: RunConfig, ctx: DistContext, log: IO[str] | None) -> Reporter:
@@ -107,8 +104,7 @@ def _describe_batch(cfg: RunConfig, ctx: DistContext) -> str:
         smallest, largest = max(1, total // ctx.world_size), max(1, -(-total // ctx.world_size))
         share = f"{smallest}" if smallest == largest else f"{smallest}-{largest}"
         text += f" ({share} per process)"
-    training = cfg.command != "evaluate" and not cfg.evaluate_only
-    if training and cfg.optim.grad_accum_steps > 1:
+    if cfg.command != "evaluate" and not cfg.evaluate_only and cfg.optim.grad_accum_steps > 1:
         text += f", {total * cfg.optim.grad_accum_steps} per optimizer step"
     return text
 

@@ -19,6 +19,7 @@ from ..core.context import DistContext
 from ..core.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,9 @@ class Compute:
         return True
 
     def describe(self) -> str:
-        parts = [f"{_amp_name(self.amp_dtype)} autocast" if self.amp_dtype else "fp32"]
-        parts.append("channels-last" if self.channels_last else "NCHW")
-        if self.compile:
-            parts.append("compiled")
-        return ", ".join(parts)
+        precision = f"{AMP_NAMES[self.amp_dtype]} autocast" if self.amp_dtype else "fp32"
+        layout = "channels-last" if self.channels_last else "NCHW"
+        return ", ".join([precision, layout, *(["compiled"] if self.compile else [])])
 
 
 def resolve(cfg: ComputeConfig, device: torch.device, model: nn.Module) -> Compute:
@@ -82,8 +81,7 @@ def default_amp(device: torch.device) -> str:
 
 
 def is_convolutional(model: nn.Module) -> bool:
-    """CNNs have many convolutions; patch-embedding transformers (ViT, Swin) have one, and gain nothing
-    from channels-last."""
+    """CNNs have many convolutions; patch-embedding transformers (ViT, Swin) have one: no gain from channels-last."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
@@ -109,10 +107,6 @@ class AutocastInEachReplica(nn.Module):
             return self.module(images)
 
 
-def _amp_name(dtype: torch.dtype | None) -> str:
-    return next((name for name, d in AMP_DTYPES.items() if d == dtype), "none")
-
-
 def wrap_model(
     model: nn.Module, ctx: DistContext, data_parallel: bool, autocast_dtype: torch.dtype | None = None
 ) -> nn.Module:
@@ -125,7 +119,5 @@ def wrap_model(
     if data_parallel:
         if ctx.device.type != "cuda":
             raise UserError("--data-parallel needs CUDA GPUs")
-        from ..train.compute import AutocastInEachReplica
-
         return nn.DataParallel(AutocastInEachReplica(model, autocast_dtype) if autocast_dtype else model)
     return model

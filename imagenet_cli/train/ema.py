@@ -24,9 +24,8 @@ class ModelEma:
         # State-dict tensors share storage with the modules, so these pairs stay valid for the whole run.
         mine, theirs = self.module.state_dict(), model.state_dict()
         floats = [k for k, v in mine.items() if v.is_floating_point()]
-        counts = [k for k, v in mine.items() if not v.is_floating_point()]  # num_batches_tracked: copied
         self._averaged, self._current = [mine[k] for k in floats], [theirs[k] for k in floats]
-        self._counts = [(mine[k], theirs[k]) for k in counts]
+        self._counts = [(mine[k], theirs[k]) for k in mine if k not in floats]  # num_batches_tracked: copied
 
     @torch.no_grad()
     def update(self, optimizer_steps: int, warming_up: bool) -> None:
@@ -39,9 +38,3 @@ class ModelEma:
             torch._foreach_lerp_(self._averaged, self._current, 1 - self.decay)
         for average, current in self._counts:
             average.copy_(current)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)

@@ -42,15 +42,13 @@ class Meter:
 
     @torch.no_grad()
     def add(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        """Top-k over every output of the model, as the reference counts it (a 1000-output model on
-        10 classes: any of the 1000)."""
+        """Top-k over every output, as the reference counts it (a 1000-output model on 10 classes: any of the 1000)."""
         top = logits.topk(min(self.topk, logits.shape[1]), dim=1).indices
         hits = top.eq(targets.unsqueeze(1))
-        batch = torch.stack(
+        self.sums += torch.stack(
             [loss_sum.double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
              torch.tensor(float(targets.numel()), dtype=torch.float64, device=logits.device)]
         )  # fmt: skip
-        self.sums += batch
 
     def read(self, seconds: float, data_seconds: float = 0.0) -> Metrics:
         loss, top1, topk, count = self.sums.tolist()
@@ -276,13 +274,12 @@ class Hooks:
 
     before_epoch(epoch, parts) -> parts: the parts to train this epoch with (unfreezing a backbone).
     after_step(epoch, step): after each optimizer step (mid-epoch saves, agreeing to stop).
-    save(epoch, best_acc1, is_best): after each epoch's validation and its record, writes `saves_to`.
-    after_epoch(epoch): once the epoch is reported (stop there if a signal came during validation)."""
+    after_epoch(epoch, best_acc1, is_best): once the epoch is validated and recorded: save it (to `saves_to`),
+    then stop there if a signal came during validation."""
 
     before_epoch: Callable[[int, TrainParts], TrainParts] = lambda _epoch, parts: parts
     after_step: Callable[[int, int], None] = _nothing
-    save: Callable[[int, float, bool], str | None] = _nothing
-    after_epoch: Callable[[int], None] = _nothing
+    after_epoch: Callable[[int, float, bool], None] = _nothing
     saves_to: str | None = None  # the file each epoch's save writes (on the main rank), for its record
 
 
@@ -316,8 +313,7 @@ def fit(
         # checkpoint, and metrics.jsonl is trimmed back to it; the reverse order would lose the record.
         result = EpochResult(epoch, train, val, _lr(parts.optimizer), best_acc1, is_best, hooks.saves_to, ema)
         parts.reporter.epoch_end(result)
-        hooks.save(epoch, best_acc1, is_best)
-        hooks.after_epoch(epoch)
+        hooks.after_epoch(epoch, best_acc1, is_best)
     return best_acc1
 
 

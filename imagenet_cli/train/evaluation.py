@@ -57,6 +57,10 @@ def evaluate_and_report(
     )  # fmt: skip
     if ctx.is_main:
         matrix = [list(row) for row in metrics.confusion]
+        per_class = [
+            {"class": name, "images": images, "correct": correct, "acc1": 100 * correct / images if images else None}
+            for name, (correct, images) in zip(class_names, metrics.per_class, strict=True)
+        ]
         result = {
             "checkpoint": source,
             "arch": cfg.model.arch,
@@ -67,15 +71,7 @@ def evaluate_and_report(
             "loss": metrics.loss,
             "images_per_second": metrics.images_per_second,
             "world_size": ctx.world_size,
-            "per_class": [
-                {
-                    "class": name,
-                    "images": images,
-                    "correct": correct,
-                    "acc1": 100 * correct / images if images else None,
-                }
-                for name, (correct, images) in zip(class_names, metrics.per_class, strict=True)
-            ],
+            "per_class": per_class,
             "confusion": matrix,  # [true class][predicted class], in the order of per_class
             "predicted_beyond_classes": metrics.images - sum(map(sum, matrix)),  # outputs past the data's classes
             "most_confused": plots.most_confused(matrix, class_names),

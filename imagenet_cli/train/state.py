@@ -97,15 +97,14 @@ class Average:
     arch: str
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema_state": self.ema.state_dict()}
+        return {"ema_state": self.ema.module.state_dict()}
 
     def load_state_dict(self, resumed: LoadedCheckpoint) -> str | None:
         stored = resumed.state_dict_ema
-        weights = stored if stored is not None else resumed.state_dict
-        models.load_state(self.ema.module, weights, self.arch, skip_head=False)
-        return (
-            None if stored is not None else "the checkpoint has no weight average: --model-ema starts from its weights"
-        )
+        models.load_state(self.ema.module, resumed.state_dict if stored is None else stored, self.arch, skip_head=False)
+        if stored is None:
+            return "the checkpoint has no weight average: --model-ema starts from its weights"
+        return None
 
 
 @dataclass
@@ -188,26 +187,6 @@ class Generators:
         return None
 
 
-@dataclass
-class MetricsLines:
-    """`metrics.jsonl` holds what the run did up to the checkpoint it continues from: lines written after
-    it (by the run that was cut off) go, so every line is written once."""
-
-    cfg: RunConfig
-    ctx: DistContext
-    progress: Progress
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, resumed: LoadedCheckpoint | None) -> None:
-        """Also for a fresh run: lines left by one cut off before its first save go."""
-        if self.ctx.is_main:
-            records.trim(
-                os.path.join(self.cfg.output_dir, records.METRICS_NAME), self.progress.epoch, self.progress.step
-            )
-
-
 class TrainState:
     """The run's parts behind one save and one restore."""
 
@@ -217,26 +196,23 @@ class TrainState:
         self.path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
 
     def restore(self, resumed: LoadedCheckpoint | None) -> list[str]:
-        """Every part from the file read once; returns the notes the parts had for the user. A fresh run
-        has only its metrics file to set right."""
-        if resumed is None:
-            for part in self.parts:
-                if isinstance(part, MetricsLines):
-                    part.load_state_dict(None)
-            return []
-        notes = [part.load_state_dict(resumed) for part in self.parts]
-        return [note for note in notes if note] + list(resumed.notes)
+        """Every part from the file read once; returns the notes the parts had for the user. Then, for a
+        fresh run too, `metrics.jsonl` keeps what the run did up to the point it continues from: lines
+        written after it (by a run that was cut off, even before its first save) go, so every line is
+        written once."""
+        notes = [part.load_state_dict(resumed) for part in self.parts] if resumed is not None else []
+        if self.ctx.is_main:
+            records.trim(
+                os.path.join(self.cfg.output_dir, records.METRICS_NAME), self.progress.epoch, self.progress.step
+            )
+        return [note for note in notes if note] + (list(resumed.notes) if resumed is not None else [])
 
-    def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> str | None:
-        """(epoch, step) is where a resumed run continues. Called on every rank (every rank's generators
-        go in); returns the path on the main rank."""
+    def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> None:
+        """(epoch, step) is where a resumed run continues. Called on every rank: every rank's generators go in."""
         self.progress.epoch, self.progress.step = epoch, step
         if best_acc1 is not None:
             self.progress.best_acc1 = best_acc1
-        state: dict[str, Any] = {}
-        for part in self.parts:
-            state.update(part.state_dict())
-        path = None
+        state = {key: value for part in self.parts for key, value in part.state_dict().items()}
         if self.ctx.is_main:
             checkpoint = make_checkpoint(
                 model_state=state.pop("state_dict"),
@@ -245,6 +221,5 @@ class TrainState:
                 class_names=self.class_names,
                 **state,
             )
-            path = save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
+            save_checkpoint(checkpoint, self.cfg.output_dir, is_best, self.cfg.save.keep_epochs)
         context.barrier(self.ctx)  # no rank may leave before the file is whole
-        return path

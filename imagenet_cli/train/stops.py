@@ -42,14 +42,12 @@ class StepControl:
         self._signalled = 0.0
         self._last_save = time.monotonic()
         self._pending: tuple[Any, torch.Tensor] | None = None
-        self._previous_handlers: dict[int, Any] = {}
         self._group = None
         if ctx.distributed:  # a CPU group, so the vote never waits on the GPU stream
             self._group = dist.new_group(backend="gloo") if ctx.backend != "gloo" else dist.group.WORLD
 
     def __enter__(self) -> StepControl:
-        for sig in STOP_SIGNALS:
-            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:

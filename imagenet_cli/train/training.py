@@ -26,7 +26,7 @@ from .ema import ModelEma
 from .evaluation import evaluate_and_report
 from .mixing import BatchMixer
 from .schedule import Schedule
-from .state import Average, Generators, LearningRate, LossScale, MetricsLines, Optimizer, Progress, TrainState, Weights
+from .state import Average, Generators, LearningRate, LossScale, Optimizer, Progress, TrainState, Weights
 from .stops import StepControl
 
 
@@ -57,8 +57,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
                 cfg, model, val_loader, ctx, reporter, splits.class_names, cfg.resume or cfg.model.arch, settings
             )
         return
-    parts = _train_parts(cfg, ctx, reporter, model, settings, num_classes, frozen_norms)
-    state = _train_state(cfg, ctx, plain, parts, settings, progress, splits.class_names)
+    parts, state = _train_state(cfg, ctx, reporter, plain, model, settings, progress, splits.class_names, frozen_norms)
     if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
     _restore(state, resumed, reporter)  # before the loader is built: it draws on the restored generators
@@ -76,7 +75,6 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
             f"{cfg.resume} continues at step {progress.step} of epoch {progress.epoch}, but an epoch here has "
             f"{len(train_loader)} steps: were the data, -b or the number of processes changed?"
         )
-    parts = dataclasses.replace(parts, guard=engine.FiniteGuard(_nan_advice(cfg, settings, state.path)))
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
         hooks = _hooks(cfg, settings, control, state, frozen, parts.guard)
@@ -89,20 +87,29 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         reporter.message(records.draw_curves(cfg.output_dir))
 
 
-def _train_parts(
+def _train_state(
     cfg: RunConfig,
     ctx: DistContext,
     reporter: Reporter,
+    plain: nn.Module,
     model: nn.Module,
     settings: compute.Compute,
-    num_classes: int,
+    progress: Progress,
+    class_names: list[str],
     frozen_norms: tuple[nn.Module, ...],
-) -> engine.TrainParts:
-    plain = models.unwrap(model)
-    outputs = models.head_num_classes(cfg.model.arch, plain.state_dict()) or num_classes
-    optimizer = optim.build_optimizer(plain, cfg.model.arch, cfg.optim, fused=ctx.device.type == "cuda")
+) -> tuple[engine.TrainParts, TrainState]:
+    """What the training steps use, and the state that saves and restores them."""
+    arch = cfg.model.arch
+    outputs = models.head_num_classes(arch, plain.state_dict()) or len(class_names)
+    optimizer = optim.build_optimizer(plain, arch, cfg.optim, fused=ctx.device.type == "cuda")
     ema = ModelEma(plain, cfg.optim.model_ema_decay, cfg.optim.model_ema_steps) if cfg.optim.model_ema else None
-    return engine.TrainParts(
+    schedule, scaler = Schedule.from_config(cfg.optim), settings.grad_scaler()
+    state = TrainState(
+        cfg, ctx, progress, class_names,
+        Weights(plain, arch), Optimizer(optimizer, cfg), LearningRate(schedule, progress),
+        *([Average(ema, arch)] if ema is not None else []), LossScale(scaler, settings), Generators(ctx),
+    )  # fmt: skip
+    parts = engine.TrainParts(
         model,
         optim.build_criterion(cfg.optim.label_smoothing),
         optimizer,
@@ -110,38 +117,21 @@ def _train_parts(
         ctx,
         reporter,
         cfg.print_freq,
-        num_classes,
+        len(class_names),
         frozen_norms,
         settings.autocast,
-        settings.grad_scaler(),
+        scaler,
         cfg.optim.grad_clip,
+        guard=engine.FiniteGuard(_nan_advice(cfg, settings, state.path)),
         fault=Fault.from_env(),
         bad_images=BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank),
-        schedule=Schedule.from_config(cfg.optim),
+        schedule=schedule,
         grad_accum_steps=cfg.optim.grad_accum_steps,
         mixer=BatchMixer(outputs, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed),
         ema=ema,
         ema_warmup_epochs=cfg.optim.model_ema_warmup_epochs,
     )
-
-
-def _train_state(
-    cfg: RunConfig,
-    ctx: DistContext,
-    plain: nn.Module,
-    parts: engine.TrainParts,
-    settings: compute.Compute,
-    progress: Progress,
-    class_names: list[str],
-) -> TrainState:
-    arch = cfg.model.arch
-    assert parts.schedule is not None
-    ema = [Average(parts.ema, arch)] if parts.ema is not None else []
-    return TrainState(
-        cfg, ctx, progress, class_names,
-        Weights(plain, arch), Optimizer(parts.optimizer, cfg), LearningRate(parts.schedule, progress), *ema,
-        LossScale(parts.scaler, settings), Generators(ctx), MetricsLines(cfg, ctx, progress),
-    )  # fmt: skip
+    return parts, state
 
 
 def _restore(state: TrainState, resumed: LoadedCheckpoint | None, reporter: Reporter) -> None:
@@ -207,17 +197,12 @@ def _hooks(
         if decision.stop:
             raise stop(epoch, step)
 
-    def save(epoch: int, best_acc1: float, is_best: bool) -> str | None:
-        return state.save(epoch + 1, 0, best_acc1, is_best)
-
-    def after_epoch(epoch: int) -> None:
+    def after_epoch(epoch: int, best_acc1: float, is_best: bool) -> None:
+        state.save(epoch + 1, 0, best_acc1, is_best)
         if control.at_epoch_end():
             raise stop(epoch + 1, 0)
 
-    return engine.Hooks(
-        before_epoch=before_epoch, after_step=after_step, save=save, after_epoch=after_epoch,
-        saves_to=state.path if state.ctx.is_main else None,
-    )  # fmt: skip
+    return engine.Hooks(before_epoch, after_step, after_epoch, saves_to=state.path if state.ctx.is_main else None)
 
 
 def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | None, reporter: Reporter) -> nn.Module:
