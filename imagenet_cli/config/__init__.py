@@ -15,27 +15,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.errors import UserError
-from .data import AUTO_AUGMENT_POLICIES, FAKE_IMAGE_SIZE, INTERPOLATIONS, VAL_CROP_RATIO, DataConfig
+from .data import AUTO_AUGMENT_POLICIES, INTERPOLATIONS, VAL_CROP_RATIO, DataConfig
 from .model import ModelConfig
-from .optim import OPTIMIZERS, SCHEDULES, WARMUP_METHODS, OptimConfig
+from .optim import WARMUP_METHODS, OptimConfig
 from .options import Option, declared, file_key
-from .run import (
-    AMP_MODES,
-    BACKENDS,
-    SECTIONS,
-    TOP_FIELDS,
-    WORKERS_PER_CORE,
-    ComputeConfig,
-    DistConfig,
-    RunConfig,
-    SaveConfig,
-)
+from .run import SECTIONS, TOP_FIELDS, WORKERS_PER_CORE, ComputeConfig, DistConfig, RunConfig, SaveConfig
 
 __all__ = [
-    "AMP_MODES", "AUTO_AUGMENT_POLICIES", "BACKENDS", "FAKE_IMAGE_SIZE", "INTERPOLATIONS", "OPTIMIZERS",
-    "SCHEDULES", "VAL_CROP_RATIO", "WARMUP_METHODS", "WORKERS_PER_CORE", "ComputeConfig", "DataConfig",
-    "DistConfig", "ModelConfig", "OptimConfig", "RunConfig", "SaveConfig", "build_config", "changed_values",
-    "default_for", "flag_values", "from_stored", "options_of", "placement", "to_options", "type_problem",
+    "AUTO_AUGMENT_POLICIES", "INTERPOLATIONS", "VAL_CROP_RATIO", "WARMUP_METHODS", "WORKERS_PER_CORE",
+    "ComputeConfig", "DataConfig", "DistConfig", "ModelConfig", "OptimConfig", "RunConfig", "SaveConfig",
+    "build_config", "changed_values", "default_for", "flag_values", "from_stored", "options_of", "placement",
+    "to_options", "type_problem",
 ]  # fmt: skip
 
 # In the order --help shows their options: what to train on and with, then how and where, then the run.
