@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, option
+from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, check_choice, option
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop")
 SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant")
@@ -163,11 +163,8 @@ class OptimConfig:
         )
 
     def _check_recipe(self) -> None:
-        check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
-        check(
-            self.lr_scheduler in SCHEDULES,
-            f"--lr-scheduler must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler!r}",
-        )
+        check_choice("--opt", self.opt, OPTIMIZERS)
+        check_choice("--lr-scheduler", self.lr_scheduler, SCHEDULES)
         check(
             self.lr_scheduler != "multistep" or bool(self.lr_milestones),
             "--lr-scheduler multistep needs --lr-milestones, e.g. 30,60,80",
