@@ -77,10 +77,8 @@ def head_keys(arch: str) -> frozenset[str]:
 
 def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """How many classes a state dict of `arch` was trained for, read off its head."""
-    for key in sorted(head_keys(arch)):
-        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits")):
-            return int(state_dict[key].shape[0])
-    return None
+    layer = _head_weight(arch, state_dict)
+    return int(state_dict[layer].shape[0]) if layer is not None else None
 
 
 def output_width(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int, source: str) -> int:
@@ -108,12 +106,11 @@ def wider_head_note(outputs: int, num_classes: int, data: str | None) -> str:
     )
 
 
-def _head_weight(arch: str, state_dict: Mapping[str, torch.Tensor]) -> str:
-    return next(
-        key
-        for key in sorted(head_keys(arch))
-        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits"))
-    )
+def _head_weight(arch: str, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    for key in sorted(head_keys(arch)):
+        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits")):
+            return key
+    return None
 
 
 def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, skip_head: bool) -> None:
@@ -122,15 +119,12 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: s
     own = model.state_dict()
     metadata = getattr(state_dict, "_metadata", None) or own._metadata  # type: ignore[attr-defined]
     state_dict = _inner_wrappers_removed(state_dict, own)
-    if skip_head:
-        heads = head_keys(arch)
-        state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
-    else:
-        state_dict = OrderedDict(state_dict)
+    heads = head_keys(arch) if skip_head else frozenset()
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
     # Modules check their format version in this metadata; a file without it is taken to be current.
     state_dict._metadata = metadata  # type: ignore[attr-defined]
     wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict and not (skip_head and k in head_keys(arch))]
+    missing = [k for k in own if k not in state_dict and k not in heads]
     unexpected = [k for k in state_dict if k not in own]
     if wrong_shape or missing or unexpected:
         raise UserError(_mismatch(arch, state_dict, own, wrong_shape, missing, unexpected))
