@@ -32,12 +32,9 @@ def check_arch(arch: str) -> None:
     if arch in names:
         return
     close = difflib.get_close_matches(arch.lower(), names, n=4, cutoff=0.5)
-    hint = (
-        f"; did you mean {', '.join(close)}?"
-        if close
-        else "; `python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
-    )
-    raise UserError(f"unknown architecture {arch!r}{hint}")
+    listing = "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
+    hint = f"did you mean {', '.join(close)}?" if close else listing
+    raise UserError(f"unknown architecture {arch!r}; {hint}")
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
