@@ -77,9 +77,8 @@ class DataConfig:
         help="Validation images are resized to this, then centre-cropped.",
     )  # fmt: skip
     val_crop_size: int | None = option(
-        None, "--val-crop-size", panel=DATA, commands=RUNS, show_default="--image-size",
-        help="Validation centre crop.",
-    )  # fmt: skip
+        None, "--val-crop-size", panel=DATA, commands=RUNS, show_default="--image-size", help="Validation centre crop."
+    )
     num_classes: int | None = option(
         None, "--num-classes", panel=DATA, commands=RUNS, show_default=str(FAKE_NUM_CLASSES),
         help="Classes of --fake-data; with real data, the model's outputs when more than its classes "
@@ -121,9 +120,8 @@ class DataConfig:
         9, "--ra-magnitude", panel=DATA, help="Magnitude of RandAugment's operations, 0-30 (with --auto-augment ra)."
     )
     augmix_severity: int = option(
-        3, "--augmix-severity", panel=DATA,
-        help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix).",
-    )  # fmt: skip
+        3, "--augmix-severity", panel=DATA, help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix)."
+    )
     random_erase: float = option(
         0.0, "--random-erase", panel=DATA, metavar="P", show_default="0: off",
         help="Probability of erasing a random rectangle (2-33% of the area) of each training image, filled "
