@@ -121,14 +121,14 @@ def placement(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_config(command: str, given: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Merge the flags a user typed over a base: the stored config on resume, else the defaults.
-
-    Values derived from others (validation sizes from the image size) are re-derived unless given,
-    so the stored, resolved values of a base do not pin them."""
+    """Merge the flags a user typed over a base: the stored config on resume, else the defaults. Values
+    derived from others (validation sizes from the image size) are re-derived unless given, so the stored,
+    resolved values of a base do not pin them."""
     unknown = set(given) - OPTION_NAMES
     if unknown:
         raise ValueError(f"unknown option names: {sorted(unknown)}")
-    values = base.flat() if base is not None else {"command": command, **_command_defaults(command)}
+    defaults = {name: found.defaults[command] for name, found in OPTIONS.items() if command in found.defaults}
+    values = base.flat() if base is not None else {"command": command, **defaults}
     for name in [n for n in given if values.get(n) != given[n]]:
         for derived in _DERIVED.get(name, ()):
             if derived not in given:
@@ -141,10 +141,6 @@ def build_config(command: str, given: dict[str, Any], base: RunConfig | None = N
         for name, section in SECTIONS.items()
     }
     return RunConfig(**{k: values[k] for k in TOP_FIELDS if k in values}, **sections)
-
-
-def _command_defaults(command: str) -> dict[str, Any]:
-    return {name: found.defaults[command] for name, found in OPTIONS.items() if command in found.defaults}
 
 
 def changed_values(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
