@@ -79,11 +79,10 @@ def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int |
 
 
 def output_width(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int, source: str) -> int:
-    """How many outputs a model must have to take these weights, for data of `num_classes` classes.
-
-    A head wider than the data is kept, as the reference script trains it: it always builds torchvision's
-    1000-output model, whatever the data, and its labels index the first outputs. A narrower head cannot
-    predict every class: that file is for finetuning, not for this data."""
+    """How many outputs a model must have to take these weights, for data of `num_classes` classes. A head
+    wider than the data is kept, as the reference script trains it: it always builds torchvision's 1000-output
+    model, whatever the data, and its labels index the first outputs. A narrower head cannot predict every
+    class: that file is for finetuning, not for this data."""
     head = head_num_classes(arch, state_dict)
     if head is None or head >= num_classes:
         return head or num_classes
