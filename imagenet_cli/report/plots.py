@@ -226,9 +226,7 @@ def _value(value: Any) -> float:
 
 
 def _label(axes: Axes, title: str, ylabel: str) -> None:
-    axes.set_title(title)
-    axes.set_xlabel(EPOCH_AXIS)
-    axes.set_ylabel(ylabel)
+    axes.set(title=title, xlabel=EPOCH_AXIS, ylabel=ylabel)
     axes.grid(True, alpha=0.3)
 
 
@@ -260,9 +258,7 @@ def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], output
             for j, count in enumerate(row):
                 colour = "white" if shares[i][j] > 0.5 else "black"  # readable on dark cells
                 axes.text(j, i, str(count), ha="center", va="center", color=colour, fontsize="small")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
+    axes.set(xlabel="predicted class", ylabel="true class", title=title)
     _save_png(figure, output)
 
 
