@@ -44,12 +44,9 @@ class OptimConfig:
     )  # fmt: skip
     batch_size_given: bool = True  # no flag: False when -b was not typed (a default, rounded at launch)
     opt: str = option(
-        "sgd",
-        "--opt",
-        panel=RECIPE,
-        choices=OPTIMIZERS,
+        "sgd", "--opt", panel=RECIPE, choices=OPTIMIZERS,
         help="Optimizer: sgd, nesterov (SGD with Nesterov momentum), adamw, rmsprop.",
-    )
+    )  # fmt: skip
     lr: float = option(
         0.1, "--lr", "--learning-rate", panel=OPTIM, commands=RESUMABLE, help="Initial learning rate.",
         **_finetune("lr"),
