@@ -80,8 +80,7 @@ def from_stored(raw: Any, source: str) -> RunConfig:
                 raise UserError(f"its {name} section is not a table")
             values.update(raw[name])
         for key, value in values.items():
-            wanted = type_problem(key, value) if key in OPTION_NAMES else None
-            if wanted:
+            if key in OPTION_NAMES and (wanted := type_problem(key, value)):
                 raise UserError(f"{key} must be {wanted}, got {str(value)[:40]!r}")
         return RunConfig.from_dict(dict(raw))
     except UserError as exc:

@@ -171,10 +171,9 @@ def from_state(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: i
 def pretrained_file(arch: str) -> tuple[str, str]:
     """Where torch.hub keeps torchvision's default weights for `arch`, and where they come from."""
     try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
     except (ValueError, AttributeError) as exc:
         raise UserError(f"torchvision has no pretrained weights for {arch}") from exc
-    url = weights.url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
 
 
@@ -205,10 +204,9 @@ def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP, DataParallel, torch.compile and this tool's own thin wrappers."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or getattr(
-            model, "is_thin_wrapper", False
-        ):
+        if isinstance(model, wrappers) or getattr(model, "is_thin_wrapper", False):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
