@@ -5,21 +5,12 @@ Everything is plain data loadable with `torch.load(..., weights_only=True)`: a c
 cannot run code on this machine.
 """
 
-from .files import (
-    BEST_NAME,
-    CHECKPOINT_NAME,
-    EPOCH_COPY,
-    find_resumable,
-    make_checkpoint,
-    remove_stale_saves,
-    save_checkpoint,
-)
-from .integrity import CHECKSUM_SUFFIX, verify_checksum, write_with_checksum
-from .reading import FORMAT, LoadedCheckpoint, read_checkpoint, strip_prefixes
+from .files import BEST_NAME, CHECKPOINT_NAME, find_resumable, make_checkpoint, remove_stale_saves, save_checkpoint
+from .integrity import CHECKSUM_SUFFIX, verify_checksum
+from .reading import LoadedCheckpoint, read_checkpoint
 from .summary import describe
 
 __all__ = [
-    "BEST_NAME", "CHECKPOINT_NAME", "CHECKSUM_SUFFIX", "EPOCH_COPY", "FORMAT", "LoadedCheckpoint", "describe",
-    "find_resumable", "make_checkpoint", "read_checkpoint", "remove_stale_saves", "save_checkpoint",
-    "strip_prefixes", "verify_checksum", "write_with_checksum",
+    "BEST_NAME", "CHECKPOINT_NAME", "CHECKSUM_SUFFIX", "LoadedCheckpoint", "describe", "find_resumable",
+    "make_checkpoint", "read_checkpoint", "remove_stale_saves", "save_checkpoint", "verify_checksum",
 ]  # fmt: skip

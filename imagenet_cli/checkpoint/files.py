@@ -73,11 +73,9 @@ def save_checkpoint(
 ) -> str:
     """Write `checkpoint.pth.tar` (and `model_best.pth.tar` when best, and a per-epoch copy when keeping
     the last `keep_epochs`) so that a crash at any instant leaves a whole file to continue from. Each file
-    gets a `.sha256` beside it (`sha256sum -c` reads it), which loading verifies.
-
-    The best copy is written first: a crash before `checkpoint.pth.tar` is replaced leaves `model_best`
-    the newest whole file, which `--resume auto` takes. Copies are real copies, as the reference makes
-    them, so damage to one file leaves the others whole."""
+    gets a `.sha256` beside it (`sha256sum -c` reads it), which loading verifies. The best copy is written
+    first: a crash before `checkpoint.pth.tar` is replaced leaves `model_best` the newest whole file, which
+    `--resume auto` takes. Copies are real copies, as the reference makes them: damage to one spares the rest."""
     os.makedirs(output_dir, exist_ok=True)
     epoch = int(checkpoint["epoch"])
     fault = SaveFault.from_env(epoch)
@@ -109,11 +107,10 @@ def _prune_epoch_copies(output_dir: str, keep: int) -> None:
 
 def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | None, list[str]]:
     """The newest whole checkpoint of this tool in `output_dir` (by epoch and step): what `--resume auto`
-    continues from (None: start afresh), and what the reader should know of the files passed over.
-
-    A damaged file of this tool is moved aside to NAME.damaged, so no save overwrites it, and named (only
-    by the first process of a run: `move_damaged`). When damaged files were found and no whole one is
-    left, the run stops instead of starting afresh over them."""
+    continues from (None: start afresh), and what the reader should know of the files passed over. A damaged
+    file of this tool is moved aside to NAME.damaged, so no save overwrites it, and named (only by the first
+    process of a run: `move_damaged`). With damaged files and no whole one left, the run stops instead of
+    starting afresh over them."""
     if not os.path.isdir(output_dir):
         return None, []
     candidates, messages, damaged = [], [], []

@@ -82,11 +82,10 @@ def write_sidecar(path: str, digest: str, fault: SaveFault) -> None:
 
 def verify_checksum(path: str) -> str | None:
     """Refuse a file whose content no longer matches the sha256 written beside it (a damaged disk, a copy
-    cut short): loading it would give silently wrong weights. Files without one are not checked.
-
-    A save that was cut off between renaming the file and its checksum leaves a whole file beside the
-    previous file's checksum; so does an unreadable checksum file. Such a file is still taken when it proves
-    itself whole (torch's archive keeps a CRC-32 of every record): the note returned says so."""
+    cut short): loading it would give silently wrong weights. Files without one are not checked. A save cut
+    off between renaming the file and its checksum leaves a whole file beside the previous file's checksum;
+    so does an unreadable checksum file. Such a file is still taken when it proves itself whole (torch's
+    archive keeps a CRC-32 of every record): the note returned says so."""
     sidecar = path + CHECKSUM_SUFFIX
     if not os.path.isfile(sidecar):
         return None

@@ -315,10 +315,8 @@ def _kind(raw: Mapping[str, Any], key: str | None, state: Mapping[str, torch.Ten
 
 
 def _find_state_dict(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, torch.Tensor]] | None:
-    if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
-        return None, raw
-    for key in STATE_DICT_KEYS:
-        value = raw.get(key)
+    for key in (None, *STATE_DICT_KEYS):  # None: the file is a state dict itself
+        value = raw if key is None else raw.get(key)
         if isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
             return key, value
     return None

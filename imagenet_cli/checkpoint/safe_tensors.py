@@ -15,6 +15,7 @@ import os
 import struct
 from typing import Any
 
+from ..config import INTERPOLATIONS
 from ..core.errors import UserError
 
 SUFFIX = ".safetensors"
@@ -25,7 +26,6 @@ DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 MAX_SIDE = 4096  # pixels: a preprocessing size beyond any crop or resize this tool accepts
 
 
@@ -74,10 +74,9 @@ def _checked_header(path: str) -> dict[str, str]:
     if not isinstance(header, dict):
         raise UserError(f"{path} is not a readable safetensors file: its header is not a table of tensors")
     data_bytes = size - 8 - length
-    claimed = 0
-    for name, entry in header.items():
-        if name != "__metadata__":
-            claimed += _tensor_bytes(path, name, entry, data_bytes)
+    claimed = sum(
+        _tensor_bytes(path, name, entry, data_bytes) for name, entry in header.items() if name != "__metadata__"
+    )
     if claimed > data_bytes:
         raise UserError(
             f"{path} declares {claimed / 2**30:.1f} GiB of weights in a {size / 2**20:.1f} MiB file; refused"

@@ -45,40 +45,25 @@ def _ema_decay(value: Any, args: Mapping[str, Any]) -> Any:
     return 1.0 - alpha
 
 
+# torchvision's settings that are ours under the same name and unit
+_SAME_NAMES = (
+    "epochs", "lr", "momentum", "weight_decay", "norm_weight_decay", "bias_weight_decay", "label_smoothing",
+    "mixup_alpha", "cutmix_alpha", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_decay",
+    "ra_magnitude", "augmix_severity", "random_erase", "val_crop_size", "val_resize_size", "model_ema",
+    "model_ema_steps", "sync_bn", "print_freq",
+)  # fmt: skip
 TRANSLATIONS: dict[str, tuple[str, Callable[[Any, Mapping[str, Any]], Any]]] = {
+    **{name: (name, _SAME) for name in _SAME_NAMES},
     "model": ("arch", _SAME),
-    "epochs": ("epochs", _SAME),
+    "train_crop_size": ("image_size", _SAME),
+    "clip_grad_norm": ("grad_clip", _SAME),
     "batch_size": ("batch_size", _batch),
     "opt": ("opt", _optimizer),
-    "lr": ("lr", _SAME),
-    "momentum": ("momentum", _SAME),
-    "weight_decay": ("weight_decay", _SAME),
-    "norm_weight_decay": ("norm_weight_decay", _SAME),
-    "bias_weight_decay": ("bias_weight_decay", _SAME),
-    "label_smoothing": ("label_smoothing", _SAME),
-    "mixup_alpha": ("mixup_alpha", _SAME),
-    "cutmix_alpha": ("cutmix_alpha", _SAME),
     "lr_scheduler": ("lr_scheduler", lambda value, _args: _SCHEDULES.get(str(value).lower())),
-    "lr_step_size": ("lr_step_size", _SAME),
-    "lr_gamma": ("lr_gamma", _SAME),
-    "lr_min": ("lr_min", _SAME),
-    "lr_warmup_epochs": ("lr_warmup_epochs", _SAME),
     "lr_warmup_method": ("lr_warmup_method", _one_of(WARMUP_METHODS)),
-    "lr_warmup_decay": ("lr_warmup_decay", _SAME),
     "auto_augment": ("auto_augment", _one_of(AUTO_AUGMENT_POLICIES)),
-    "ra_magnitude": ("ra_magnitude", _SAME),
-    "augmix_severity": ("augmix_severity", _SAME),
-    "random_erase": ("random_erase", _SAME),
     "interpolation": ("interpolation", _one_of(INTERPOLATIONS)),
-    "train_crop_size": ("image_size", _SAME),
-    "val_crop_size": ("val_crop_size", _SAME),
-    "val_resize_size": ("val_resize_size", _SAME),
-    "clip_grad_norm": ("grad_clip", _SAME),
-    "model_ema": ("model_ema", _SAME),
-    "model_ema_steps": ("model_ema_steps", _SAME),
     "model_ema_decay": ("model_ema_decay", _ema_decay),
-    "sync_bn": ("sync_bn", _SAME),
-    "print_freq": ("print_freq", _SAME),
 }
 # Where and how that run ran, never taken from a file; and bookkeeping that is not a setting.
 NEVER_TAKEN = frozenset({

@@ -15,27 +15,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.errors import UserError
-from .data import AUTO_AUGMENT_POLICIES, FAKE_IMAGE_SIZE, INTERPOLATIONS, VAL_CROP_RATIO, DataConfig
+from .data import AUTO_AUGMENT_POLICIES, INTERPOLATIONS, VAL_CROP_RATIO, DataConfig
 from .model import ModelConfig
-from .optim import OPTIMIZERS, SCHEDULES, WARMUP_METHODS, OptimConfig
+from .optim import WARMUP_METHODS, OptimConfig
 from .options import Option, declared, file_key
-from .run import (
-    AMP_MODES,
-    BACKENDS,
-    SECTIONS,
-    TOP_FIELDS,
-    WORKERS_PER_CORE,
-    ComputeConfig,
-    DistConfig,
-    RunConfig,
-    SaveConfig,
-)
+from .run import SECTIONS, TOP_FIELDS, WORKERS_PER_CORE, ComputeConfig, DistConfig, RunConfig, SaveConfig
 
 __all__ = [
-    "AMP_MODES", "AUTO_AUGMENT_POLICIES", "BACKENDS", "FAKE_IMAGE_SIZE", "INTERPOLATIONS", "OPTIMIZERS",
-    "SCHEDULES", "VAL_CROP_RATIO", "WARMUP_METHODS", "WORKERS_PER_CORE", "ComputeConfig", "DataConfig",
-    "DistConfig", "ModelConfig", "OptimConfig", "RunConfig", "SaveConfig", "build_config", "changed_values",
-    "default_for", "flag_values", "from_stored", "options_of", "placement", "to_options", "type_problem",
+    "AUTO_AUGMENT_POLICIES", "INTERPOLATIONS", "VAL_CROP_RATIO", "WARMUP_METHODS", "WORKERS_PER_CORE",
+    "ComputeConfig", "DataConfig", "DistConfig", "ModelConfig", "OptimConfig", "RunConfig", "SaveConfig",
+    "build_config", "changed_values", "default_for", "flag_values", "from_stored", "options_of", "placement",
+    "to_options", "type_problem",
 ]  # fmt: skip
 
 # In the order --help shows their options: what to train on and with, then how and where, then the run.
@@ -90,8 +80,7 @@ def from_stored(raw: Any, source: str) -> RunConfig:
                 raise UserError(f"its {name} section is not a table")
             values.update(raw[name])
         for key, value in values.items():
-            wanted = type_problem(key, value) if key in OPTION_NAMES else None
-            if wanted:
+            if key in OPTION_NAMES and (wanted := type_problem(key, value)):
                 raise UserError(f"{key} must be {wanted}, got {str(value)[:40]!r}")
         return RunConfig.from_dict(dict(raw))
     except UserError as exc:
@@ -131,14 +120,14 @@ def placement(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_config(command: str, given: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Merge the flags a user typed over a base: the stored config on resume, else the defaults.
-
-    Values derived from others (validation sizes from the image size) are re-derived unless given,
-    so the stored, resolved values of a base do not pin them."""
+    """Merge the flags a user typed over a base: the stored config on resume, else the defaults. Values
+    derived from others (validation sizes from the image size) are re-derived unless given, so the stored,
+    resolved values of a base do not pin them."""
     unknown = set(given) - OPTION_NAMES
     if unknown:
         raise ValueError(f"unknown option names: {sorted(unknown)}")
-    values = base.flat() if base is not None else {"command": command, **_command_defaults(command)}
+    defaults = {name: found.defaults[command] for name, found in OPTIONS.items() if command in found.defaults}
+    values = base.flat() if base is not None else {"command": command, **defaults}
     for name in [n for n in given if values.get(n) != given[n]]:
         for derived in _DERIVED.get(name, ()):
             if derived not in given:
@@ -151,10 +140,6 @@ def build_config(command: str, given: dict[str, Any], base: RunConfig | None = N
         for name, section in SECTIONS.items()
     }
     return RunConfig(**{k: values[k] for k in TOP_FIELDS if k in values}, **sections)
-
-
-def _command_defaults(command: str) -> dict[str, Any]:
-    return {name: found.defaults[command] for name, found in OPTIONS.items() if command in found.defaults}
 
 
 def changed_values(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:

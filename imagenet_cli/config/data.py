@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..core.formats import DATASETS, FORMATS, lookup
-from .options import DATA, EVERYWHERE, RUNS, SPEED, TRAINING, check, option
+from .options import DATA, EVERYWHERE, RUNS, SPEED, TRAINING, check, check_choice, option
 
 FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
 FAKE_NUM_CLASSES = 10
@@ -77,9 +77,8 @@ class DataConfig:
         help="Validation images are resized to this, then centre-cropped.",
     )  # fmt: skip
     val_crop_size: int | None = option(
-        None, "--val-crop-size", panel=DATA, commands=RUNS, show_default="--image-size",
-        help="Validation centre crop.",
-    )  # fmt: skip
+        None, "--val-crop-size", panel=DATA, commands=RUNS, show_default="--image-size", help="Validation centre crop."
+    )
     num_classes: int | None = option(
         None, "--num-classes", panel=DATA, commands=RUNS, show_default=str(FAKE_NUM_CLASSES),
         help="Classes of --fake-data; with real data, the model's outputs when more than its classes "
@@ -121,9 +120,8 @@ class DataConfig:
         9, "--ra-magnitude", panel=DATA, help="Magnitude of RandAugment's operations, 0-30 (with --auto-augment ra)."
     )
     augmix_severity: int = option(
-        3, "--augmix-severity", panel=DATA,
-        help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix).",
-    )  # fmt: skip
+        3, "--augmix-severity", panel=DATA, help="Severity of AugMix's operations, 1-10 (with --auto-augment augmix)."
+    )
     random_erase: float = option(
         0.0, "--random-erase", panel=DATA, metavar="P", show_default="0: off",
         help="Probability of erasing a random rectangle (2-33% of the area) of each training image, filled "
@@ -141,9 +139,7 @@ class DataConfig:
             "DATA is required (a directory with train/ and val/, CSV manifests, shards or a --dataset root), "
             "or use --fake-data",
         )
-        check(
-            self.data_format in FORMATS, f"--data-format must be one of {', '.join(FORMATS)}, got {self.data_format!r}"
-        )
+        check_choice("--data-format", self.data_format, FORMATS)
         native = self._native_size()
         check(
             self.workers is None or 0 <= self.workers <= MAX_WORKERS,
@@ -213,20 +209,14 @@ class DataConfig:
     def _check_augmentation(self) -> None:
         """Values the transforms would reject deep inside a loader worker, and combinations where the
         augmentations could not run: refused here, in one line, before any process starts."""
-        policies, modes = ", ".join(AUTO_AUGMENT_POLICIES), ", ".join(INTERPOLATIONS)
-        check(
-            self.auto_augment is None or self.auto_augment in AUTO_AUGMENT_POLICIES,
-            f"--auto-augment must be one of {policies}, got {self.auto_augment!r}",
-        )
+        check_choice("--auto-augment", self.auto_augment, AUTO_AUGMENT_POLICIES, optional=True)
         check(0 <= self.ra_magnitude <= 30, f"--ra-magnitude must be between 0 and 30, got {self.ra_magnitude}")
         check(
             1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
         )
         check(0 <= self.hflip <= 1, f"--hflip is a probability, from 0 to 1; got {self.hflip}")
         check(0 <= self.random_erase <= 1, f"--random-erase is a probability, from 0 to 1; got {self.random_erase}")
-        check(
-            self.interpolation in INTERPOLATIONS, f"--interpolation must be one of {modes}, got {self.interpolation!r}"
-        )
+        check_choice("--interpolation", self.interpolation, INTERPOLATIONS)
         check(
             not (self.fake and self.augmented),
             "--fake-data images are made on the device and are not augmented; drop --auto-augment and --random-erase",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, option
+from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, check_choice, option
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop")
 SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant")
@@ -44,12 +44,9 @@ class OptimConfig:
     )  # fmt: skip
     batch_size_given: bool = True  # no flag: False when -b was not typed (a default, rounded at launch)
     opt: str = option(
-        "sgd",
-        "--opt",
-        panel=RECIPE,
-        choices=OPTIMIZERS,
+        "sgd", "--opt", panel=RECIPE, choices=OPTIMIZERS,
         help="Optimizer: sgd, nesterov (SGD with Nesterov momentum), adamw, rmsprop.",
-    )
+    )  # fmt: skip
     lr: float = option(
         0.1, "--lr", "--learning-rate", panel=OPTIM, commands=RESUMABLE, help="Initial learning rate.",
         **_finetune("lr"),
@@ -163,11 +160,8 @@ class OptimConfig:
         )
 
     def _check_recipe(self) -> None:
-        check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
-        check(
-            self.lr_scheduler in SCHEDULES,
-            f"--lr-scheduler must be one of {', '.join(SCHEDULES)}, got {self.lr_scheduler!r}",
-        )
+        check_choice("--opt", self.opt, OPTIMIZERS)
+        check_choice("--lr-scheduler", self.lr_scheduler, SCHEDULES)
         check(
             self.lr_scheduler != "multistep" or bool(self.lr_milestones),
             "--lr-scheduler multistep needs --lr-milestones, e.g. 30,60,80",

@@ -89,3 +89,9 @@ def check(condition: bool, message: str) -> None:
     """Values are checked once, where they are declared, with messages a user can act on."""
     if not condition:
         raise UserError(message)
+
+
+def check_choice(flag: str, value: str | None, choices: tuple[str, ...], optional: bool = False) -> None:
+    """One of an option's words (None too, when `optional`): a file may hold any text."""
+    if not ((optional and value is None) or value in choices):
+        raise UserError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")

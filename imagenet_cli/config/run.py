@@ -11,7 +11,7 @@ from typing import Any
 from .data import DataConfig
 from .model import ModelConfig
 from .optim import OptimConfig
-from .options import DIST, EVERYWHERE, MODEL, OPTIM, RESUMABLE, SPEED, check, option
+from .options import DIST, EVERYWHERE, MODEL, OPTIM, RESUMABLE, SPEED, check, check_choice, option
 
 COMMANDS = ("train", "evaluate", "finetune")
 BACKENDS = ("nccl", "gloo", "mpi", "ucc", "xccl")
@@ -79,10 +79,7 @@ class DistConfig:
             self.nproc_per_node is None or self.nproc_per_node >= 1,
             f"--nproc-per-node must be at least 1, got {self.nproc_per_node}",
         )
-        check(
-            self.dist_backend is None or self.dist_backend in BACKENDS,
-            f"--dist-backend must be one of {', '.join(BACKENDS)}, got {self.dist_backend!r}",
-        )
+        check_choice("--dist-backend", self.dist_backend, BACKENDS, optional=True)
         check(
             self.dist_url is None or "://" in self.dist_url,
             f"--dist-url must look like tcp://HOST:PORT or env://, got {self.dist_url!r}",
@@ -114,7 +111,7 @@ class ComputeConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        check_choice("--amp", self.amp, AMP_MODES)
 
 
 @dataclass(frozen=True)
@@ -252,7 +249,7 @@ class RunConfig:
         draw, a download...). It is data, and must not make a resume connect to an address, write to a
         folder or do something else than train. Process and worker counts stay when this machine has a
         core for each."""
-        from . import OPTIONS
+        from . import INVOCATION_ONLY
 
         cores = os.cpu_count() or 1
         nproc = self.dist.nproc_per_node if (self.dist.nproc_per_node or 0) <= cores else None
@@ -261,11 +258,7 @@ class RunConfig:
         )
         workers = self.data.workers if (self.data.workers or 0) <= cores else None
         data = dataclasses.replace(self.data, download=False, workers=workers)
-        one_command_line = {
-            f.name: f.default
-            for f in dataclasses.fields(RunConfig)
-            if f.name in OPTIONS and not OPTIONS[f.name].recorded
-        }
+        one_command_line = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in INVOCATION_ONLY}
         command = self.command if self.command in ("train", "finetune") else "train"
         return dataclasses.replace(
             self, command=command, data=data, dist=dist, output_dir=".", log_dir=None, **one_command_line

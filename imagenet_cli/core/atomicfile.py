@@ -25,9 +25,8 @@ def _no_steps(_path: str, _point: str) -> None:
 def atomic_write(
     path: str, write: Callable[[Any], None], on_step: Steps = _no_steps, verify: Callable[[str], None] | None = None
 ) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    The rename is atomic on POSIX file systems, so readers see the old file or the new one, never half.
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`: the rename is atomic
+    on POSIX file systems, so readers see the old file or the new one, never half.
     The file gets the permissions an ordinary `open` would (the umask's), not the temporary file's 0600:
     a cluster's group must still be able to read a run's checkpoints. A failed write removes its temporary
     file; one left by a killed process is removed by `remove_stale_temporaries` at the next start.

@@ -80,15 +80,12 @@ def detect(path: str | None, manifests: bool = False) -> str:
         return "csv"
     if not path or not os.path.isdir(path):
         raise UserError(f"data directory not found: {path}")
-    found = [
-        name
-        for name, present in (
-            ("imagefolder", any(os.path.isdir(os.path.join(path, split)) for split in MANIFESTS)),
-            ("csv", any(os.path.isfile(os.path.join(path, f)) for f in MANIFESTS.values())),
-            ("webdataset", os.path.isfile(os.path.join(path, SHARD_INDEX)) or bool(glob.glob(f"{path}/*.tar"))),
-        )
-        if present
-    ]
+    present = {
+        "imagefolder": any(os.path.isdir(os.path.join(path, split)) for split in MANIFESTS),
+        "csv": any(os.path.isfile(os.path.join(path, f)) for f in MANIFESTS.values()),
+        "webdataset": os.path.isfile(os.path.join(path, SHARD_INDEX)) or bool(glob.glob(f"{path}/*.tar")),
+    }
+    found = [name for name, there in present.items() if there]
     if len(found) == 1:
         return found[0]
     if not found:

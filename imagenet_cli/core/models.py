@@ -32,12 +32,9 @@ def check_arch(arch: str) -> None:
     if arch in names:
         return
     close = difflib.get_close_matches(arch.lower(), names, n=4, cutoff=0.5)
-    hint = (
-        f"; did you mean {', '.join(close)}?"
-        if close
-        else "; `python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
-    )
-    raise UserError(f"unknown architecture {arch!r}{hint}")
+    listing = "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
+    hint = f"did you mean {', '.join(close)}?" if close else listing
+    raise UserError(f"unknown architecture {arch!r}; {hint}")
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
@@ -77,18 +74,15 @@ def head_keys(arch: str) -> frozenset[str]:
 
 def head_num_classes(arch: str, state_dict: Mapping[str, torch.Tensor]) -> int | None:
     """How many classes a state dict of `arch` was trained for, read off its head."""
-    for key in sorted(head_keys(arch)):
-        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits")):
-            return int(state_dict[key].shape[0])
-    return None
+    layer = _head_weight(arch, state_dict)
+    return int(state_dict[layer].shape[0]) if layer is not None else None
 
 
 def output_width(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int, source: str) -> int:
-    """How many outputs a model must have to take these weights, for data of `num_classes` classes.
-
-    A head wider than the data is kept, as the reference script trains it: it always builds torchvision's
-    1000-output model, whatever the data, and its labels index the first outputs. A narrower head cannot
-    predict every class: that file is for finetuning, not for this data."""
+    """How many outputs a model must have to take these weights, for data of `num_classes` classes. A head
+    wider than the data is kept, as the reference script trains it: it always builds torchvision's 1000-output
+    model, whatever the data, and its labels index the first outputs. A narrower head cannot predict every
+    class: that file is for finetuning, not for this data."""
     head = head_num_classes(arch, state_dict)
     if head is None or head >= num_classes:
         return head or num_classes
@@ -108,12 +102,11 @@ def wider_head_note(outputs: int, num_classes: int, data: str | None) -> str:
     )
 
 
-def _head_weight(arch: str, state_dict: Mapping[str, torch.Tensor]) -> str:
-    return next(
-        key
-        for key in sorted(head_keys(arch))
-        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits"))
-    )
+def _head_weight(arch: str, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    for key in sorted(head_keys(arch)):
+        if key in state_dict and key.endswith("weight") and not key.startswith(("aux", "AuxLogits")):
+            return key
+    return None
 
 
 def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, skip_head: bool) -> None:
@@ -122,15 +115,12 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: s
     own = model.state_dict()
     metadata = getattr(state_dict, "_metadata", None) or own._metadata  # type: ignore[attr-defined]
     state_dict = _inner_wrappers_removed(state_dict, own)
-    if skip_head:
-        heads = head_keys(arch)
-        state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
-    else:
-        state_dict = OrderedDict(state_dict)
+    heads = head_keys(arch) if skip_head else frozenset()
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in heads)
     # Modules check their format version in this metadata; a file without it is taken to be current.
     state_dict._metadata = metadata  # type: ignore[attr-defined]
     wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict and not (skip_head and k in head_keys(arch))]
+    missing = [k for k in own if k not in state_dict and k not in heads]
     unexpected = [k for k in state_dict if k not in own]
     if wrong_shape or missing or unexpected:
         raise UserError(_mismatch(arch, state_dict, own, wrong_shape, missing, unexpected))
@@ -181,10 +171,9 @@ def from_state(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: i
 def pretrained_file(arch: str) -> tuple[str, str]:
     """Where torch.hub keeps torchvision's default weights for `arch`, and where they come from."""
     try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
     except (ValueError, AttributeError) as exc:
         raise UserError(f"torchvision has no pretrained weights for {arch}") from exc
-    url = weights.url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)), url
 
 
@@ -215,10 +204,9 @@ def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP, DataParallel, torch.compile and this tool's own thin wrappers."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or getattr(
-            model, "is_thin_wrapper", False
-        ):
+        if isinstance(model, wrappers) or getattr(model, "is_thin_wrapper", False):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod

@@ -48,12 +48,10 @@ def default_output(runs: list[Path]) -> Path:
 
 
 def training_curves(runs: list[Path], output: Path) -> list[str]:
-    """Draw loss, top-1 and the LR schedule of one or more runs into one PNG at `output`.
-
-    Returns notes for the user (skipped runs, skipped malformed lines); the caller decides where they go,
-    so training can log them and the CLI can print them to stderr. A run that cannot be drawn is an error
-    when it is the only one, and a note when others can still be compared.
-    """
+    """Draw loss, top-1 and the LR schedule of one or more runs into one PNG at `output`. Returns notes for
+    the user (skipped runs, skipped malformed lines) for the caller to place: training logs them, the CLI
+    prints them to stderr. A run that cannot be drawn is an error when it is the only one, and a note when
+    others can still be compared."""
     if not runs:
         raise UserError("no run directory to plot")
     notes: list[str] = []
@@ -78,11 +76,9 @@ def training_curves(runs: list[Path], output: Path) -> list[str]:
 
 
 def read_metrics(run: Path) -> RunMetrics:
-    """Parse RUN/metrics.jsonl; a UserError naming the run when there is nothing to plot yet.
-
-    An epoch recorded twice (a run resumed from an older checkpoint) keeps its last record. Train records
-    that go back in time start a new history from that point, for the same reason.
-    """
+    """Parse RUN/metrics.jsonl; a UserError naming the run when there is nothing to plot yet. An epoch
+    recorded twice (a run resumed from an older checkpoint) keeps its last record. Train records that go
+    back in time start a new history from that point, for the same reason."""
     path = run / METRICS_NAME
     if not run.is_dir():
         raise UserError(f"{run} is not a directory")
@@ -230,9 +226,7 @@ def _value(value: Any) -> float:
 
 
 def _label(axes: Axes, title: str, ylabel: str) -> None:
-    axes.set_title(title)
-    axes.set_xlabel(EPOCH_AXIS)
-    axes.set_ylabel(ylabel)
+    axes.set(title=title, xlabel=EPOCH_AXIS, ylabel=ylabel)
     axes.grid(True, alpha=0.3)
 
 
@@ -245,11 +239,9 @@ def _log_scale_if_wide(axes: Axes) -> None:
 
 
 def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], output: Path, title: str) -> None:
-    """A heat map of `matrix` (rows: true class, columns: predicted) written as a PNG at `output`.
-
-    Colours are each row's shares, so a rare class's errors are as visible as a common one's; the counts
-    are written in the cells while they fit, and class names label the axes while they can be read.
-    """
+    """A heat map of `matrix` (rows: true class, columns: predicted) written as a PNG at `output`. Colours
+    are each row's shares, so a rare class's errors are as visible as a common one's; the counts are written
+    in the cells while they fit, and class names label the axes while they can be read."""
     _check_square(matrix, class_names)
     classes = len(class_names)
     side = min(max(6.0, 2.5 + 0.3 * classes), 20.0) if classes <= TICK_LABELS_UP_TO else 9.0
@@ -266,9 +258,7 @@ def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], output
             for j, count in enumerate(row):
                 colour = "white" if shares[i][j] > 0.5 else "black"  # readable on dark cells
                 axes.text(j, i, str(count), ha="center", va="center", color=colour, fontsize="small")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
+    axes.set(xlabel="predicted class", ylabel="true class", title=title)
     _save_png(figure, output)
 
 
@@ -282,14 +272,13 @@ def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) 
     """The `n` most frequent mistakes: which true class was taken for which, how often, and what share of
     the true class's images that is. Largest counts first, ties in name order, so reports are stable."""
     _check_square(matrix, class_names)
-    pairs = []
-    for i, row in enumerate(matrix):
-        total = sum(row)
-        for j, count in enumerate(row):
-            if i != j and count > 0:
-                pairs.append(
-                    {"true": class_names[i], "predicted": class_names[j], "count": int(count), "share": count / total}
-                )
+    totals = [sum(row) for row in matrix]
+    pairs = [
+        {"true": class_names[i], "predicted": class_names[j], "count": int(count), "share": count / totals[i]}
+        for i, row in enumerate(matrix)
+        for j, count in enumerate(row)
+        if i != j and count > 0
+    ]
     pairs.sort(key=lambda pair: (-pair["count"], pair["true"], pair["predicted"]))
     return pairs[: max(n, 0)]
 

@@ -18,7 +18,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -67,11 +67,8 @@ def worker_log_path(log_dir: str, rank: int) -> str:
 def refuse_unsafe_log(path: str) -> None:
     """Before any process starts: a worker log that is already there must be a plain file of its own
     (see `open_worker_log`), so a planted link costs seconds, not a spawned run."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    _refuse_if_unsafe(path, info)
+    with suppress(FileNotFoundError):
+        _refuse_if_unsafe(path, os.lstat(path))
 
 
 def open_worker_log(path: str) -> IO[str]:
@@ -261,9 +258,8 @@ class TensorBoard(Reporter):
         at = (result.epoch + 1) * self._steps_per_epoch
         splits = [("train", result.train), ("val", result.val), *([("ema_val", result.ema)] if result.ema else [])]
         for split, metrics in splits:
-            self.writer.add_scalar(f"epoch/{split}_loss", metrics.loss, at)
-            self.writer.add_scalar(f"epoch/{split}_top1", metrics.acc1, at)
-            self.writer.add_scalar(f"epoch/{split}_top5", metrics.acc5, at)
+            for name, value in (("loss", metrics.loss), ("top1", metrics.acc1), ("top5", metrics.acc5)):
+                self.writer.add_scalar(f"epoch/{split}_{name}", value, at)
         self.writer.add_scalar("epoch/lr", result.lr, at)
         self.writer.flush()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -34,9 +35,7 @@ def training_summary(history: list[EpochResult]) -> Table:
 def evaluation_tables(result: dict[str, Any]) -> list[Table]:
     """The figures, per-class top-1, then the full confusion matrix while it fits a terminal (10 classes),
     else its largest mistakes."""
-    table = _titled(f"Evaluation of {result['checkpoint']}")
-    for column in ("images", "top-1", "top-5", "loss", "img/s"):
-        table.add_column(column, justify="right")
+    table = _titled(f"Evaluation of {result['checkpoint']}", (), ("images", "top-1", "top-5", "loss", "img/s"))
     table.add_row(
         str(result["images"]), f"{result['acc1']:.2f}%", f"{result['acc5']:.2f}%",
         f"{result['loss']:.4f}", f"{result['images_per_second']:,.0f}",
@@ -50,11 +49,16 @@ def evaluation_tables(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def _titled(title: str) -> Table:
+def _titled(title: str, left: Iterable[str], right: Iterable[str | Text]) -> Table:
     """A table at least as wide as its title, so the title is never wrapped over several lines. The title
-    is shown literally: it may hold a path."""
+    is shown literally: it may hold a path. Its columns: `left`, justified left, then `right`."""
     shown = literal(title)
-    return Table(title=shown, title_justify="left", min_width=len(shown))
+    table = Table(title=shown, title_justify="left", min_width=len(shown))
+    for column in left:
+        table.add_column(column)
+    for column in right:
+        table.add_column(column, justify="right")
+    return table
 
 
 def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
@@ -64,29 +68,21 @@ def _per_class_table(rows: list[dict[str, Any]], shown: int = 20) -> Table:
     if len(rows) > shown:
         rows = rows[: shown // 2] + rows[-shown // 2 :]
         title += f" (the {shown // 2} worst and best classes)"
-    table = _titled(title)
-    for column, justify in (("class", "left"), ("images", "right"), ("top-1", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = _titled(title, ("class",), ("images", "top-1"))
     for row in rows:
         table.add_row(literal(row["class"]), str(row["images"]), f"{row['acc1']:.1f}%")
     return table
 
 
 def _confusion_table(matrix: list[list[int]], names: list[str]) -> Table:
-    table = _titled("Confusion matrix (rows: true class, columns: predicted)")
-    table.add_column("")
-    for name in names:
-        table.add_column(literal(name), justify="right")
+    table = _titled("Confusion matrix (rows: true class, columns: predicted)", ("",), [literal(n) for n in names])
     for name, row in zip(names, matrix, strict=True):
         table.add_row(literal(name), *(str(n) for n in row))
     return table
 
 
 def _most_confused_table(pairs: list[dict[str, Any]]) -> Table:
-    table = _titled("Most confused classes")
-    for column, justify in (("true class", "left"), ("predicted as", "left"), ("images", "right"),
-                            ("share of the class", "right")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = _titled("Most confused classes", ("true class", "predicted as"), ("images", "share of the class"))
     for pair in pairs:
         table.add_row(
             literal(pair["true"]), literal(pair["predicted"]), str(pair["count"]), f"{100 * pair['share']:.1f}%"
