@@ -18,7 +18,6 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UserError
+from ..core.models import renamed
 from .integrity import verify_checksum
 from .safe_tensors import KIND as SAFETENSORS_KIND
 from .safe_tensors import is_safetensors, read_safetensors
@@ -266,10 +266,7 @@ def _holders_removed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`model.conv1.weight` -> `conv1.weight` when every key sits under one of `HOLDER_PREFIXES` (nested
     ones too: `base_model.model.`); whether the rest fits the arch is for the model to say."""
     while state and (prefix := next((p for p in HOLDER_PREFIXES if all(k.startswith(p) for k in state)), None)):
-        metadata = getattr(state, "_metadata", None)
-        state = OrderedDict((k[len(prefix) :], v) for k, v in state.items())
-        if metadata is not None:
-            state._metadata = OrderedDict((_under(k, prefix), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+        state = renamed(state, functools.partial(_under, prefix=prefix), functools.partial(_under, prefix=prefix))
     return state
 
 
@@ -323,13 +320,8 @@ def _find_state_dict(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, t
 
 
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys as a plain model names them, whatever wrappers the writer had (even nested ones). The
-    per-module version metadata a state dict carries is renamed alike: some modules (MNASNet) need it."""
-    out: dict[str, torch.Tensor] = OrderedDict((_unwrapped(key), value) for key, value in state.items())
-    metadata = getattr(state, "_metadata", None)
-    if metadata is not None:
-        out._metadata = OrderedDict((_unwrapped(key), value) for key, value in metadata.items())  # type: ignore[attr-defined]
-    return out
+    """Keys as a plain model names them, whatever wrappers the writer had (even nested ones)."""
+    return renamed(state, _unwrapped, _unwrapped)
 
 
 def _unwrapped(key: str) -> str:

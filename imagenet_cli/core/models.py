@@ -11,8 +11,9 @@ import difflib
 import functools
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torchvision
@@ -154,11 +155,19 @@ def _inner_wrappers_removed(state_dict: Mapping[str, torch.Tensor], own: Mapping
     `features.module.0.weight`: such inner `module.` parts go when the model has no such names."""
     if all(k in own for k in state_dict) or not any(".module." in k for k in state_dict):
         return state_dict
-    renamed = OrderedDict((k if k in own else k.replace(".module.", "."), v) for k, v in state_dict.items())
-    metadata = getattr(state_dict, "_metadata", None)
+    return renamed(
+        state_dict, lambda k: k if k in own else k.replace(".module.", "."), lambda k: k.replace(".module", "")
+    )
+
+
+def renamed(state: Mapping[str, Any], key: Callable[[str], str], module: Callable[[str], str]) -> OrderedDict:
+    """A state dict under new keys, with the per-module version metadata it carries renamed alike: some
+    modules (MNASNet) read it."""
+    out = OrderedDict((key(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
     if metadata is not None:
-        renamed._metadata = OrderedDict((k.replace(".module", ""), v) for k, v in metadata.items())  # type: ignore[attr-defined]
-    return renamed
+        out._metadata = OrderedDict((module(k), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return out
 
 
 def from_state(arch: str, state_dict: Mapping[str, torch.Tensor], num_classes: int) -> nn.Module:
