@@ -402,3 +402,57 @@ def torchvision_reference_accuracy(model: torch.nn.Module, data: Path, crop: int
             hits = model(image).topk(5, dim=1).indices.eq(target.unsqueeze(1))
             top1, top5, count = top1 + int(hits[:, 0].sum()), top5 + int(hits.any(1).sum()), count + len(target)
     return top1, top5, count
+
+
+# The PyTorch CIFAR-10 tutorial's network, as a user's own file: 32-pixel inputs, `num_classes` optional.
+TUTORIAL_NET = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+"""
+
+# A factory in a package, as `package.module:factory` names it.
+PACKAGE_FACTORY = """
+from torch import nn
+
+
+def small_cnn(num_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(16, num_classes),
+    )
+"""
+SIZE_32 = ("--image-size", "32", "--val-resize-size", "32", "--val-crop-size", "32")
+
+
+def write_tutorial_net(folder: Path, name: str = "net.py", extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(TUTORIAL_NET + extra)
+    return path
+
+
+def write_model_package(root: Path) -> str:
+    """`zoo/nets.py` under `root`: returns the `--arch` naming its factory (run from `root`)."""
+    (root / "zoo").mkdir(parents=True, exist_ok=True)
+    (root / "zoo" / "__init__.py").write_text("")
+    (root / "zoo" / "nets.py").write_text(PACKAGE_FACTORY)
+    return "zoo.nets:small_cnn"

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ..core.atomicfile import remove_stale_temporaries
+from ..core.atomicfile import remove_stale_temporaries, sha256_of
 from ..core.errors import UserError
 from ..core.faults import SaveFault
-from .integrity import CHECKSUM_SUFFIX, copy_with_checksum, sha256_of, write_sidecar, write_with_checksum
+from .integrity import CHECKSUM_SUFFIX, copy_with_checksum, write_sidecar, write_with_checksum
 from .reading import FORMAT, read_checkpoint, strip_prefixes
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -38,6 +38,7 @@ def make_checkpoint(
     rng_states: list[dict[str, Any]] | None = None,
     scaler: Mapping[str, Any] | None = None,
     ema_state: Mapping[str, torch.Tensor] | None = None,
+    model_source: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """(`epoch`, `step`) is where training continues: after a finished epoch that is (next epoch, 0),
     as in the reference script; a mid-epoch save holds the epoch under way and the batches done in it.
@@ -60,6 +61,7 @@ def make_checkpoint(
         "rng_states": list(rng_states or []),
         "scaler": dict(scaler or {}),
         **({"state_dict_ema": strip_prefixes(ema_state)} if ema_state is not None else {}),
+        **({"model_source": dict(model_source)} if model_source else {}),  # your own code: where, and its sha256
         "versions": {
             "imagenet_cli": __version__,
             "torch": str(torch.__version__),

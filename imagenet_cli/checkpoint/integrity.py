@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable
 from typing import Any
 
-from ..core.atomicfile import atomic_write
+from ..core.atomicfile import atomic_write, sha256_of
 from ..core.errors import UserError
 from ..core.faults import SaveFault
 
@@ -111,14 +111,6 @@ def _read_digest(sidecar: str) -> str | None:
         return None
     digest = words[0].lower() if words else ""
     return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
-
-
-def sha256_of(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _whole_archive(path: str) -> bool:

@@ -65,6 +65,7 @@ class LoadedCheckpoint:
     ema_updates: int | None = None  # torchvision's `model_ema`: AveragedModel's n_averaged
     notes: tuple[str, ...] = ()  # what a reader should know (a checksum the file outlived)
     preprocessing: dict[str, Any] | None = None  # resize, crop, interpolation a weights file names (safetensors)
+    model_source: dict[str, str] | None = None  # user code's file or module, callable and sha256: never imported here
 
     @functools.cached_property
     def optimizer(self) -> dict[str, Any] | None:
@@ -203,7 +204,15 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         stored_epoch=stored_epoch,
         recipe=_recipe(raw) if torchvision_style else None,
         ema_updates=int(averaged) if isinstance(averaged, torch.Tensor) and averaged.numel() == 1 else None,
+        model_source=_model_source(raw.get("model_source")),
     )
+
+
+def _model_source(value: Any) -> dict[str, str] | None:
+    """Only short strings: a file names the code that trained it, it never decides what runs."""
+    if not isinstance(value, Mapping):
+        return None
+    return {str(k)[:64]: v for k, v in value.items() if isinstance(v, str) and len(v) <= 4096} or None
 
 
 MAX_INDEX = 10**9  # an epoch or step beyond this is not a position any run reached

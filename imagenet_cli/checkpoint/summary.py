@@ -51,9 +51,13 @@ def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
 
 def _outputs(loaded: LoadedCheckpoint) -> int | None:
     """The width of the classifier, which may exceed the classes (the reference script's 1000)."""
+    from ..core.model_sources import Source
     from ..core.models import check_arch, head_num_classes
 
     try:
+        if Source.parse(loaded.arch or "").is_code:
+            return None  # finding its head would run the code the file names: inspect never does
+
         check_arch(loaded.arch or "")
         return head_num_classes(loaded.arch or "", loaded.state_dict)
     except (UserError, ValueError, TypeError):

@@ -17,9 +17,20 @@ from .declared import recipe_aliases
 EVALUATION_KEYS = frozenset({"arch", "val_resize_size", "val_crop_size", "interpolation"})
 
 
-def launch(cfg: RunConfig) -> None:
+def launch(cfg: RunConfig, typed_arch: str | None = None, checkpoint: str | None = None) -> None:
+    """Start the run, once the model code a checkpoint names is confirmed by the command line (user code
+    runs only when the user names it: `model_sources.confirmed`)."""
     from ..run.launch import launch as start
 
+    if checkpoint is not None:
+        from ..checkpoint import read_checkpoint
+        from ..core.model_sources import confirmed
+
+        recorded = read_checkpoint(checkpoint).model_source
+        trust = cfg.model.trust_checkpoint_code
+        _, note = confirmed(cfg.model.arch, recorded, typed_arch, trust, os.path.basename(checkpoint))
+        if note:
+            typer.echo(f"{printable(note)}: running it, as --arch says", err=True)
     start(cfg)
 
 
@@ -37,6 +48,7 @@ def train(given: dict[str, Any], extras: dict[str, Any]) -> None:
 
     [dim]imagenet-cli train --arch resnet18 --multiprocessing-distributed /data/imagenet[/dim]
     """
+    typed_arch = given.get("arch")
     given = with_recipe("train", given, extras.get("config"))
     given.setdefault("output_dir", os.path.abspath("."))
     quiet = bool(given.get("quiet"))
@@ -47,7 +59,7 @@ def train(given: dict[str, Any], extras: dict[str, Any]) -> None:
         base, given = stored_base(given["resume"], given, "train", quiet)
     if "resume" in given and base is None and "arch" not in given:
         given = {**given, **recorded_arch(given["resume"])}
-    launch_over(base, "train", given, quiet)
+    launch_over(base, "train", given, quiet, typed_arch)
 
 
 def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
@@ -58,6 +70,7 @@ def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
     from ..checkpoint import read_checkpoint
     from ..config import ModelConfig
 
+    typed_arch = given.get("arch")
     stored, given = stored_base(given["checkpoint"], given, "evaluate", keys=EVALUATION_KEYS)
     arch = given.get("arch") or (stored.model.arch if stored else read_checkpoint(given["checkpoint"]).arch)
     if arch is None:
@@ -67,7 +80,7 @@ def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
         base = RunConfig(command="evaluate", data=stored.data.for_evaluation(), model=ModelConfig(arch=arch))
     else:
         given = {**sizes_named_by(given["checkpoint"], given), **given}
-    launch(build_config("evaluate", {**given, "arch": arch}, base))
+    launch(build_config("evaluate", {**given, "arch": arch}, base), typed_arch, given["checkpoint"])
 
 
 def sizes_named_by(path: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -89,11 +102,11 @@ def resume(given: dict[str, Any], _extras: dict[str, Any]) -> None:
     [dim]imagenet-cli resume runs/r18/checkpoint.pth.tar --epochs 100[/dim]
     """
     given.setdefault("output_dir", os.path.dirname(given["resume"]))
-    quiet = bool(given.get("quiet"))
+    quiet, typed_arch = bool(given.get("quiet")), given.get("arch")
     base, given = stored_base(given["resume"], given, None, quiet)
     if base is None:  # the reference script's, torchvision's: DATA and the arch come from here
         require_for_foreign(given)
-    launch_over(base, base.command if base else "train", given, quiet)
+    launch_over(base, base.command if base else "train", given, quiet, typed_arch)
 
 
 def finetune(given: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -101,13 +114,14 @@ def finetune(given: dict[str, Any], extras: dict[str, Any]) -> None:
 
     [dim]imagenet-cli finetune --weights model_best.pth.tar --arch resnet18 /data/ants_and_bees[/dim]
     """
+    typed_arch = given.get("arch")
     given = with_recipe("finetune", given, extras.get("config"))
     given.setdefault("output_dir", os.path.abspath("."))
     if "weights" in given and "arch" not in given:
         given.update(recorded_arch(given["weights"], required=True))
     if not given.keys() & {"image_size", "val_crop_size", "val_resize_size"}:
         given.update(input_size_of_weights(given))
-    launch(build_config("finetune", given))
+    launch(build_config("finetune", given), typed_arch, given.get("weights"))
 
 
 def stored_base(
@@ -216,7 +230,9 @@ def resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
     return {**rest, "resume": latest}
 
 
-def launch_over(base: RunConfig | None, command: str, given: dict[str, Any], quiet: bool) -> None:
+def launch_over(
+    base: RunConfig | None, command: str, given: dict[str, Any], quiet: bool, typed_arch: str | None
+) -> None:
     """Launch `given` over a checkpoint's stored configuration (`base`), saying which stored values it changes."""
     cfg = build_config(command, given, base)
     ignore = {"resume", "checkpoint", "command", "quiet", "verbose", "debug", "json", "batch_size_given", *PLACEMENT}
@@ -224,4 +240,4 @@ def launch_over(base: RunConfig | None, command: str, given: dict[str, Any], qui
     if changes and not quiet:
         listed = ", ".join(f"{k} {clip(repr(old))} -> {clip(repr(new))}" for k, (old, new) in sorted(changes.items()))
         typer.echo(f"overriding the checkpoint's configuration: {listed}", err=True)
-    launch(cfg)
+    launch(cfg, typed_arch, given.get("resume"))

@@ -97,16 +97,17 @@ def print_predictions(outcome: dict[str, Any], as_json: bool) -> None:
         console.print(f"{printable(row['path'])}: {classes}", soft_wrap=True, highlight=False, markup=False)
 
 
-def print_models(rows: list[dict[str, Any]], as_json: bool) -> None:
+def print_models(rows: list[dict[str, Any]], as_json: bool, title: str | None = None) -> None:
     """`models`: one row per architecture, or `{"models": [...]}`; the count last, where a reader looks."""
     if as_json:
         print(json.dumps({"models": rows}), flush=True)
         return
     figures = ("parameters", "crop", "resize", "ImageNet top-1")
-    table = _columns("torchvision classifiers (default weights)", ("arch",), figures)
+    table = _columns(title or "torchvision classifiers (default weights)", ("arch",), figures)
     for row in rows:
+        parameters = row["parameters"]
         table.add_row(
-            literal(row["name"]), f"{row['parameters'] / 1e6:,.1f}M", _or_dash(row["crop_size"]),
+            literal(row["name"]), f"{parameters / 1e6:,.1f}M" if parameters else "–", _or_dash(row["crop_size"]),
             _or_dash(row["resize_size"]), _or_dash(row["imagenet_acc1"], "{:.2f}%"),
         )  # fmt: skip
     console = Console(width=None if sys.stdout.isatty() else 120)

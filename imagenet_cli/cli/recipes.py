@@ -56,6 +56,10 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
             )
         if value is None:
             continue  # a null is the default: not given
+        if name == "arch" and isinstance(value, str) and ":" in value and not value.startswith("timm/"):
+            raise UserError(
+                f"{path} sets arch {clip(repr(value))}: a recipe never names code to run; give --arch on the command line"
+            )
         wanted = type_problem(name, value)
         if wanted:  # `lr = "0.1"` is caught in the file, not deep inside a worker
             raise UserError(f"{path}: {key} must be {wanted}, got {clip(repr(value))}")

@@ -21,6 +21,7 @@ from .exits import one_line_errors
 
 Json, Debug, Workers, NoAccel = typed("json"), typed("debug"), typed("workers"), typed("no_accel")
 Checkpoint, RecordedArch = typed("checkpoint", "evaluate"), typed("arch", "evaluate")
+TrustCode = typed("trust_checkpoint_code", "evaluate")
 DataFormat, TrainManifest, ValManifest = typed("data_format"), typed("train_manifest"), typed("val_manifest")
 EXPORT_FORMATS = tuple(EXPORT_EXTENSIONS)
 # Typer takes a list of choices only as a list of an Enum (not of a Literal): its values are the parts.
@@ -202,6 +203,7 @@ def predict(
     top_k: flag(int, "-k", "--top-k", help="Classes shown per image, most likely first.") = 5,
     batch_size: flag(int, "-b", "--batch-size", help="Images per forward pass.", panel=DATA) = 32,
     arch: RecordedArch = None,
+    trust_checkpoint_code: TrustCode = False,
     data: ClassNamesFrom = None,
     workers: Workers = None,
     no_accel: NoAccel = False,
@@ -217,7 +219,8 @@ def predict(
         from ..tools.predict import predict as run_predict
         from .printing import print_predictions
 
-        outcome = run_predict(Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data))
+        request = Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data, trust_checkpoint_code)
+        outcome = run_predict(request)
         print_predictions(asdict(outcome), json_output)
         if outcome.errors:
             raise typer.Exit(EXIT_FAILURE)
@@ -229,18 +232,25 @@ def models(
         "FILTER",
         "Show only architectures whose name contains this, in any case (resnet, vit_, efficientnet).",
     ) = None,
+    source: flag(
+        choice_of(("torchvision", "timm")),
+        "--source",
+        panel=MODEL,
+        help="Whose models: torchvision's, or timm's (with the timm extra; used as --arch timm/NAME).",
+    ) = "torchvision",
     json_output: Json = False,
     debug: Debug = False,
 ) -> None:
     """The architectures --arch accepts: parameters, input size and ImageNet top-1 of torchvision's weights.
 
-    [dim]imagenet-cli models resnet[/dim]
+    [dim]imagenet-cli models resnet; imagenet-cli models --source timm convnext[/dim]
     """
     with one_line_errors(debug):
-        from ..tools.catalogue import list_models
+        from ..tools.catalogue import list_models, list_timm_models
         from .printing import print_models
 
-        print_models(list_models(pattern), json_output)
+        rows = list_timm_models(pattern) if source == "timm" else list_models(pattern)
+        print_models(rows, json_output, "timm models (pretrained_cfg)" if source == "timm" else None)
 
 
 def env(json_output: Json = False, debug: Debug = False) -> None:
@@ -273,6 +283,7 @@ def export(
         panel=MODEL,
     ) = False,
     arch: RecordedArch = None,
+    trust_checkpoint_code: TrustCode = False,
     image_size: flag(
         int | None, "--image-size", panel=DATA, show_default="the size the checkpoint was validated at",
         help="Input crop size in pixels the exported model is captured at and its preprocessing crops to.",
@@ -288,7 +299,7 @@ def export(
         from ..tools.export import Request
         from ..tools.export import export as run_export
 
-        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size, data))
+        outcome = run_export(Request(checkpoint, fmt, output, ema, arch, image_size, data, trust_checkpoint_code))
         for note in outcome.notes:
             typer.echo(note, err=True)
         for path in outcome.written:

@@ -56,6 +56,13 @@ def field_types() -> dict[str, Any]:
 def type_problem(name: str, value: Any) -> str | None:
     """What an option's value must be when it is not (a value from a file: `lr = "0.1"`), else None."""
     hint = field_types()[name]
+    if typing.get_origin(hint) is tuple:  # a pair (--crop-scale MIN MAX): a list of two numbers in a file
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        return (
+            None
+            if pair and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            else ("two numbers")
+        )
     allowed = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
     if value is None and type(None) in allowed:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from ..core.formats import DATASETS, FORMATS, lookup
@@ -56,6 +57,12 @@ class DataConfig:
     val_manifest: str | None = option(
         None, "--val-manifest", filename=True, panel=DATA, commands=RUNS, show_default="DATA/val.csv",
         help="CSV of the validation images.",
+        variants={"evaluate": {"flags": ("--manifest", "--val-manifest"), "help": "CSV of the images to evaluate "
+                               "(a test split: desc_test.csv)."}},
+    )  # fmt: skip
+    val_split: str = option(
+        "val", "--split", panel=DATA, commands=frozenset({"evaluate"}),
+        help="The class folder (or shards' split) of DATA to evaluate: val, test, ...",
     )  # fmt: skip
     download: bool = option(
         False, "--download", panel=DATA, commands=RUNS, recorded=False,
@@ -109,6 +116,20 @@ class DataConfig:
         0.5, "--hflip", panel=DATA, metavar="P",
         help="Probability of flipping a training image left to right (0 where a mirror image is another "
         "thing: digits, text, some medical images).",
+    )  # fmt: skip
+    crop_scale: tuple[float, float] = option(
+        (0.08, 1.0), "--crop-scale", panel=DATA, metavar="MIN MAX",
+        help="The random crop's share of the picture's area (RandomResizedCrop's scale); e.g. 0.35 1 keeps "
+        "more of each image.",
+    )  # fmt: skip
+    crop_ratio: tuple[float, float] = option(
+        (3 / 4, 4 / 3), "--crop-ratio", panel=DATA, metavar="MIN MAX",
+        help="The random crop's range of aspect ratios, width / height (RandomResizedCrop's ratio).",
+    )  # fmt: skip
+    ra_reps: int = option(
+        1, "--ra-reps", panel=DATA,
+        help="Repeated augmentation: each training image this many times an epoch, differently augmented, spread "
+        "over the ranks (torchvision's --ra-sampler with --ra-reps; 1: off). The epoch keeps its length.",
     )  # fmt: skip
     # Training augmentations, per sample in the loader workers after the crop and flip (validation never):
     auto_augment: str | None = option(
@@ -215,6 +236,19 @@ class DataConfig:
             1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
         )
         check(0 <= self.hflip <= 1, f"--hflip is a probability, from 0 to 1; got {self.hflip}")
+        for flag, pair in (("--crop-scale", self.crop_scale), ("--crop-ratio", self.crop_ratio)):
+            check(len(pair) == 2, f"{flag} takes two numbers, MIN MAX")
+            object.__setattr__(self, flag[2:].replace("-", "_"), (float(pair[0]), float(pair[1])))
+        low, high = self.crop_scale
+        check(0 < low <= high <= 1, f"--crop-scale takes 0 < MIN <= MAX <= 1; got {low:g} {high:g}")
+        low, high = self.crop_ratio
+        check(0 < low <= high <= 100, f"--crop-ratio takes 0 < MIN <= MAX (at most 100); got {low:g} {high:g}")
+        check(1 <= self.ra_reps <= 16, f"--ra-reps is from 1 (off) to 16; got {self.ra_reps}")
+        check(
+            re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", self.val_split) is not None
+            and ".." not in self.val_split,
+            f"--split names a folder of DATA (letters, digits, _ - .), not a path; got {self.val_split[:40]!r}",
+        )
         check(0 <= self.random_erase <= 1, f"--random-erase is a probability, from 0 to 1; got {self.random_erase}")
         check_choice("--interpolation", self.interpolation, INTERPOLATIONS)
         check(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .options import OPTIM, RECIPE, RESUMABLE, TRAINING, TRANSFER, check, check_choice, option
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop")
-SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant")
+SCHEDULES = ("step", "multistep", "cosine", "linear", "exponential", "constant", "plateau")
 WARMUP_METHODS = ("linear", "constant")
 BEST_BY = ("model", "ema")
 MAX_EPOCHS = 100_000
@@ -66,6 +66,25 @@ class OptimConfig:
     lr_milestones: str | None = option(
         None, "--lr-milestones", panel=RECIPE, show_default="none",
         help="multistep: the epochs at which to multiply by --lr-gamma, e.g. 30,60,80.",
+    )  # fmt: skip
+    plateau_patience: int = option(
+        10, "--plateau-patience", panel=RECIPE,
+        help="plateau: epochs without a better validation loss before the LR is cut (ReduceLROnPlateau's patience).",
+    )  # fmt: skip
+    plateau_factor: float = option(
+        0.1, "--plateau-factor", panel=RECIPE, help="plateau: what the LR is multiplied by at each cut."
+    )
+    plateau_threshold: float = option(
+        1e-4, "--plateau-threshold", panel=RECIPE,
+        help="plateau: a loss counts as better when below the best × (1 - this) (torch's relative threshold).",
+    )  # fmt: skip
+    plateau_cooldown: int = option(
+        0, "--plateau-cooldown", panel=RECIPE, help="plateau: epochs to wait after a cut before counting again."
+    )
+    layer_decay: float | None = option(
+        None, "--layer-decay", panel=RECIPE, show_default="none",
+        help="Layer-wise LR decay (ViT, ConvNeXt, Swin, timm's): the head at the LR, each block below at this × "
+        "the one above (e.g. 0.75).",
     )  # fmt: skip
     lr_min: float = option(0.0, "--lr-min", panel=RECIPE, help="cosine: the LR the schedule ends at.")
     lr_warmup_epochs: float = option(
@@ -146,6 +165,12 @@ class OptimConfig:
         check(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
         self._check_recipe()
         self.milestones()  # checks the list
+        check(self.plateau_patience >= 0, f"--plateau-patience must be 0 or more, got {self.plateau_patience}")
+        check(0 < self.plateau_factor < 1, f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
+        check(0 <= self.plateau_threshold < 1, f"--plateau-threshold must be in [0, 1), got {self.plateau_threshold}")
+        check(self.plateau_cooldown >= 0, f"--plateau-cooldown must be 0 or more, got {self.plateau_cooldown}")
+        decay = self.layer_decay
+        check(decay is None or 0 < decay <= 1, f"--layer-decay must be in (0, 1], got {decay}")
         check(self.grad_accum_steps >= 1, f"--grad-accum-steps must be at least 1, got {self.grad_accum_steps}")
         for flag, value in (
             ("--norm-weight-decay", self.norm_weight_decay),

@@ -1,4 +1,5 @@
-"""Build torchvision classifiers, find their heads, and load weights into them.
+"""Build classifiers (torchvision's, timm's, the user's own: see model_sources), find their heads, and load
+weights into them.
 
 Heads are found by looking at the model, not by a table of names: the parameters whose shapes change
 when only `num_classes` changes *are* the classifier (including Inception's and GoogLeNet's auxiliary
@@ -20,6 +21,16 @@ import torchvision
 from torch import nn
 
 from .errors import UserError
+from .model_sources import (
+    Source,
+    build_code_model,
+    build_timm_model,
+    check_timm,
+    last_layer_keys,
+    takes_num_classes,
+    timm_input,
+    timm_pretrained_state,
+)
 
 
 @functools.cache
@@ -28,7 +39,15 @@ def classification_models() -> tuple[str, ...]:
 
 
 def check_arch(arch: str) -> None:
-    """Refuse names torchvision cannot build, suggesting the closest real ones."""
+    """Refuse names no source can build, suggesting the closest real ones. User code is not imported here:
+    its file must exist, and the first build says the rest."""
+    source = Source.parse(arch)
+    if source.kind == "timm":
+        return check_timm(source.name)
+    if source.kind == "file" and not os.path.isfile(source.location):
+        raise UserError(f"--arch: no such file {source.location}")
+    if source.is_code:
+        return None
     names = classification_models()
     if arch in names:
         return
@@ -39,7 +58,13 @@ def check_arch(arch: str) -> None:
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised classifier with `num_classes` outputs."""
+    """A freshly initialised classifier with `num_classes` outputs (user code that takes no `num_classes`
+    has the width it has: `model_sources.check_outputs` tells)."""
+    source = Source.parse(arch)
+    if source.kind == "timm":
+        return build_timm_model(source.name, num_classes)
+    if source.is_code:
+        return build_code_model(source, num_classes)
     kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
     if arch in ("inception_v3", "googlenet"):
         kwargs["init_weights"] = True  # silence torchvision's warning about the future default
@@ -67,6 +92,9 @@ def parameters_on_meta() -> Iterator[None]:
 @functools.cache
 def head_keys(arch: str) -> frozenset[str]:
     """State-dict keys of the classifier head(s) of `arch`."""
+    source = Source.parse(arch)
+    if source.is_code and not takes_num_classes(source):
+        return last_layer_keys(build_code_model(source, 1))
     with parameters_on_meta():
         three = build_model(arch, 3).state_dict()
         five = build_model(arch, 5).state_dict()
@@ -188,7 +216,12 @@ def pretrained_file(arch: str) -> tuple[str, str]:
 
 def expected_input(arch: str) -> dict[str, int]:
     """The crop and resize sizes torchvision's weights for `arch` were evaluated with (Inception: 299
-    and 342), as data options; empty when the arch has no published weights."""
+    and 342), or timm's `pretrained_cfg`, as data options; empty when the arch has no published weights."""
+    source = Source.parse(arch)
+    if source.kind == "timm":
+        return timm_input(source.name)
+    if source.is_code:
+        return {}
     try:
         preset = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
     except (ValueError, AttributeError, TypeError):
@@ -200,7 +233,11 @@ def expected_input(arch: str) -> dict[str, int]:
 
 
 def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's weights from the local cache only: this tool must not hang on a closed network."""
+    """torchvision's (or timm's) weights from the local cache only: this tool must not hang on a closed network."""
+    if Source.parse(arch).kind == "timm":
+        return timm_pretrained_state(Source.parse(arch).name)
+    if Source.parse(arch).is_code:
+        raise UserError(f"--pretrained: {arch} is your own code, which has no published weights; use --weights FILE")
     path, url = pretrained_file(arch)
     if not os.path.isfile(path):
         raise UserError(

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config import DataConfig, RunConfig
+from ..core import model_sources
 from ..core.context import DistContext
 from ..core.errors import UserError
 from ..core.randomness import PerSampleSeeded, mix_seed
@@ -57,20 +58,39 @@ class EpochSampler(DistributedSampler):
     epoch), resumable at any batch. When seeded, each index comes with its own augmentation seed, so the
     data a run sees is a pure function of (seed, epoch, position), wherever it resumed."""
 
-    def __init__(self, dataset: Dataset, ctx: DistContext, seed: int | None, shuffle: bool = True) -> None:
+    def __init__(
+        self, dataset: Dataset, ctx: DistContext, seed: int | None, shuffle: bool = True, reps: int = 1
+    ) -> None:
         super().__init__(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed or 0)
         self.per_sample_seeds = seed is not None
-        self.skip = 0
+        self.skip, self.reps = 0, reps
 
     def set_position(self, epoch: int, samples_done: int = 0) -> None:
         self.set_epoch(epoch)
         self.skip = samples_done
 
     def __iter__(self) -> Iterator:  # type: ignore[override]
+        if self.reps > 1:
+            return iter(self._repeated()[self.skip :])
         indices = list(super().__iter__())[self.skip :]
         if not self.per_sample_seeds:
             return iter(indices)
         return iter([(i, mix_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def _repeated(self) -> list:
+        """Repeated augmentation (`--ra-reps`, torchvision's RASampler): the epoch's shuffle with each image
+        `reps` times in a row, dealt round-robin, so the copies land on different ranks, each with a seed of
+        its own (copy number mixed in); the epoch keeps its length, so it sees 1/reps of the images. One
+        global sequence, whatever the number of ranks; a resume skips into it."""
+        count = len(self.dataset)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(count, generator=generator).tolist() if self.shuffle else list(range(count))
+        copies = [(i, copy) for i in order for copy in range(self.reps)]
+        copies = (copies * (self.total_size // len(copies) + 1))[: self.total_size]  # tiny datasets: wrap around
+        mine = copies[self.rank : self.total_size : self.num_replicas]
+        if not self.per_sample_seeds:
+            return [i for i, _ in mine]
+        return [(i, mix_seed(self.seed, self.epoch, i, copy)) for i, copy in mine]
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
@@ -85,8 +105,11 @@ def train_loader(
     prefetch: int = 2,
     shuffle: bool = True,
     skip_bad: bool = False,
+    reps: int = 1,
 ) -> DataLoader | DeviceBatches:
     if isinstance(dataset, ShardStream):
+        if reps > 1:
+            raise UserError("--ra-reps needs data read by index (class folders, CSV manifests, --dataset), not shards")
         dataset.place(ctx, batch_size, seed, shuffle, skip_bad)
         if dataset.batches_per_rank() < 1:
             raise UserError(
@@ -94,7 +117,7 @@ def train_loader(
                 f"{ctx.world_size} process(es); lower --batch-size or use more data"
             )
         return _loader(dataset, None, batch_size, workers, prefetch, ctx)
-    sampler = EpochSampler(dataset, ctx, seed, shuffle)
+    sampler = EpochSampler(dataset, ctx, seed, shuffle, reps)
     if len(sampler) < batch_size:
         raise UserError(
             f"each process gets {len(sampler)} training images per epoch, fewer than its batch of {batch_size}; "
@@ -222,12 +245,16 @@ def default_workers(local_world_size: int) -> int:
 
 class Normalizer:
     """uint8 batches to normalised float on the device, in the model's memory layout: one batched pass
-    there instead of a float conversion and normalisation per image on the CPU."""
+    there instead of a float conversion and normalisation per image on the CPU. ImageNet's statistics,
+    unless the arch's weights name others (timm's `pretrained_cfg`)."""
 
-    def __init__(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(
+        self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format, arch: str = ""
+    ) -> None:
         self.device, self.memory_format = device, memory_format
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.scale = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+        mean, std = model_sources.normalization(arch) or (IMAGENET_MEAN, IMAGENET_STD)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: torch.Tensor | presets.DeferredBatch) -> torch.Tensor:
         if isinstance(images, presets.DeferredBatch):  # --decode-on-device

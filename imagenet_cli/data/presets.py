@@ -134,11 +134,20 @@ class Preset:
 class TrainPreset(Preset):
     """Random resized crop and horizontal flip."""
 
-    def __init__(self, size: int, interpolation: InterpolationMode = BILINEAR, hflip: float = 0.5) -> None:
-        self.size, self.interpolation, self.hflip = size, interpolation, hflip
+    def __init__(
+        self,
+        size: int,
+        interpolation: InterpolationMode = BILINEAR,
+        hflip: float = 0.5,
+        scale: tuple[float, float] = CROP_SCALE,
+        ratio: tuple[float, float] = CROP_RATIO,
+    ) -> None:
+        self.size, self.interpolation, self.hflip, self.scale, self.ratio = size, interpolation, hflip, scale, ratio
 
     def plan(self, width: int, height: int) -> CropPlan:
-        box = random_crop_box(width, height)  # before the flip: the order seeded runs have always drawn in
+        box = random_crop_box(
+            width, height, self.scale, self.ratio
+        )  # before the flip: the order seeded runs have always drawn in
         return CropPlan(*box, size=self.size, flip=random.random() < self.hflip, interpolation=self.interpolation)
 
 
@@ -213,13 +222,15 @@ class DeferredBatch:
         return torch.stack([next(planned) if isinstance(item, Deferred) else item.to(device) for item in self.items])
 
 
-def random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+def random_crop_box(
+    width: int, height: int, scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) as RandomResizedCrop chooses it, with its fallback when ten tries fail."""
-    box = sample_box(width, height, CROP_SCALE, CROP_RATIO, whole=True)
+    box = sample_box(width, height, scale, ratio, whole=True)
     if box is not None:
         return box
-    w = min(width, round(height * CROP_RATIO[1]))  # the whole picture, its ratio clamped into CROP_RATIO
-    h = min(height, round(w / CROP_RATIO[0]))
+    w = min(width, round(height * ratio[1]))  # the whole picture, its ratio clamped into `ratio`
+    h = min(height, round(w / ratio[0]))
     return (height - h) // 2, (width - w) // 2, h, w
 
 

@@ -46,6 +46,8 @@ def open_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | 
     """The train (when asked) and val datasets; `class_names` (a checkpoint's) fixes the label order."""
     kind = data_format(cfg)
     train_preset, val_preset = presets_for(cfg)
+    if cfg.val_split != "val" and kind not in ("imagefolder", "csv"):
+        raise UserError(f"--split {cfg.val_split}: other splits than val are read from class folders or CSV manifests")
     if kind == "torchvision":
         val = open_torchvision(cfg, "val", val_preset)
         train = open_torchvision(cfg, "train", train_preset) if with_train else None
@@ -66,12 +68,12 @@ def open_splits(cfg: DataConfig, with_train: bool, class_names: Sequence[str] | 
         return DataSplits(train if with_train else None, val, index.classes)
     if kind == "csv":
         train_rows = read_manifest(manifest_path(cfg, "train")) if with_train else None
-        val_rows = read_manifest(manifest_path(cfg, "val"))
+        val_rows = read_manifest(manifest_path(cfg, cfg.val_split))
         names = list(class_names) if class_names is not None else manifest_classes(train_rows or val_rows)
         train = ManifestDataset(train_rows, names, train_preset, "train") if train_rows is not None else None
         return DataSplits(train, ManifestDataset(val_rows, names, val_preset, "val"), names)
     assert cfg.path is not None
-    train_dir, val_dir = os.path.join(cfg.path, "train"), os.path.join(cfg.path, "val")
+    train_dir, val_dir = os.path.join(cfg.path, "train"), os.path.join(cfg.path, cfg.val_split)
     names = list(class_names) if class_names is not None else class_folders(train_dir if with_train else val_dir)
     train = ClassFolder(train_dir, names, train_preset) if with_train else None
     return DataSplits(train, ClassFolder(val_dir, names, val_preset), names)
@@ -85,7 +87,11 @@ def presets_for(cfg: DataConfig) -> tuple[Transform, Transform]:
     size, mode = cfg.image_size, InterpolationMode(cfg.interpolation)
     native = formats.lookup(cfg.dataset).native_size if cfg.dataset else None
     small = native == size and size <= 64
-    train = PadCropPreset(size, size // 8, mode, cfg.hflip) if small else TrainPreset(size, mode, cfg.hflip)
+    train = (
+        PadCropPreset(size, size // 8, mode, cfg.hflip)
+        if small
+        else TrainPreset(size, mode, cfg.hflip, cfg.crop_scale, cfg.crop_ratio)
+    )
     val = ValPreset(cfg.val_resize_size, cfg.val_crop_size, mode)
     if cfg.decode_on_device:
         return DeviceDecoded(train), DeviceDecoded(val)
@@ -176,7 +182,7 @@ def manifest_path(cfg: DataConfig, split: str) -> str:
         return given
     if not cfg.path:
         raise UserError(f"no {split} manifest: pass --{split}-manifest FILE.csv or DATA holding {split}.csv")
-    return os.path.join(cfg.path, formats.MANIFESTS[split])
+    return os.path.join(cfg.path, formats.MANIFESTS.get(split, f"{split}.csv"))
 
 
 @dataclass(frozen=True)

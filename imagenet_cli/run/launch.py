@@ -84,7 +84,7 @@ def preflight(cfg: RunConfig, topology: Topology) -> None:
     _check_flags(cfg, topology)
     if not cfg.data.fake and topology.global_rank(topology.external_local_rank or 0) == 0:  # one survey a run
         needs_train = cfg.command != "evaluate" and not cfg.evaluate_only
-        for note in datacheck.preflight(cfg.data, ("train", "val") if needs_train else ("val",)):
+        for note in datacheck.preflight(cfg.data, ("train", "val") if needs_train else (cfg.data.val_split,)):
             if not cfg.quiet:
                 print(f"note: {note}", file=sys.stderr, flush=True)
     weights = None if cfg.resume else cfg.model.weights  # a resumed finetune no longer needs its start

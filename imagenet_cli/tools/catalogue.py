@@ -40,6 +40,23 @@ def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
     return matching
 
 
+def list_timm_models(pattern: str | None = None) -> list[dict[str, Any]]:
+    """timm's architectures whose name contains `pattern`, as `--arch timm/NAME`; parameters are counted
+    (on the meta device) only for a short list, sizes come from each model's `pretrained_cfg`."""
+    from ..core.model_sources import TIMM, timm_input, timm_module
+
+    names = timm_module().list_models(f"*{pattern}*" if pattern else "*")
+    if not names:
+        raise UserError(f"timm has no model matching {pattern!r}; `imagenet-cli models --source timm` lists them all")
+    rows = []
+    for name in names:
+        sizes = timm_input(name)
+        count = parameter_count(TIMM + name) if len(names) <= 20 else None
+        rows.append({"name": TIMM + name, "parameters": count, "crop_size": sizes.get("val_crop_size"),
+                     "resize_size": sizes.get("val_resize_size"), "imagenet_acc1": None})  # fmt: skip
+    return rows
+
+
 def catalogue(cache: str | None = None) -> list[dict[str, Any]]:
     """Every classifier's row, from the cache of these versions when it holds one, else from torchvision
     (then cached; a cache that cannot be written is skipped, the listing is the same)."""

@@ -23,6 +23,7 @@ from ..checkpoint import read_checkpoint
 from ..config import VAL_CROP_RATIO
 from ..core.atomicfile import atomic_write
 from ..core.errors import UserError
+from ..core.model_sources import normalization
 from ..data.loaders import IMAGENET_MEAN, IMAGENET_STD
 from . import EXPORT_EXTENSIONS
 from .export_check import Result, make_check, verifier
@@ -51,6 +52,7 @@ class Request:
     arch: str | None = None
     image_size: int | None = None
     data: str | None = None  # a dataset whose classes name the outputs (a file that stores no names)
+    trust_checkpoint_code: bool = False
 
 
 @dataclass
@@ -67,7 +69,7 @@ def export(request: Request) -> Outcome:
     written file against it on a real batch."""
     _check(request)
     loaded = read_checkpoint(request.checkpoint)
-    arch = resolve_arch(loaded, request.arch)
+    arch = resolve_arch(loaded, request.arch, request.trust_checkpoint_code)
     target = os.path.abspath(request.output or default_output(request.checkpoint, request.format, request.ema))
     _check_target(target, request.checkpoint)
     model, num_classes = load_model(replace(loaded, state_dict=loaded.weights(request.ema)), arch)
@@ -80,7 +82,7 @@ def export(request: Request) -> Outcome:
         "arch": arch,
         "num_classes": num_classes,
         "class_names": class_labels(loaded, num_classes, outcome.notes, request.data),
-        "preprocessing": preprocessing(resize, crop, interpolation(loaded)),
+        "preprocessing": preprocessing(resize, crop, interpolation(loaded), arch),
         "source": os.path.abspath(request.checkpoint),
         "weights": "ema" if request.ema else "model",
     }
@@ -125,15 +127,16 @@ def _check_target(target: str, checkpoint: str) -> None:
         raise UserError(f"cannot write {target}: no such directory")
 
 
-def preprocessing(resize: int, crop: int, interpolation: str = "bilinear") -> dict[str, Any]:
+def preprocessing(resize: int, crop: int, interpolation: str = "bilinear", arch: str = "") -> dict[str, Any]:
     """The evaluation view, spelled out for code that does not have torchvision's transforms."""
+    mean, std = normalization(arch) or (IMAGENET_MEAN, IMAGENET_STD)
     return {
         "resize": resize,
         "crop": crop,
         "interpolation": interpolation,
         "antialias": True,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(mean),
+        "std": list(std),
         "input_shape": [3, crop, crop],
         "steps": f"RGB; resize the shorter side to {resize} px ({interpolation}, antialiased); crop the centre "
         f"{crop}x{crop}; scale to [0, 1]; subtract mean and divide by std per channel; NCHW float32",

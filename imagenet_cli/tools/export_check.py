@@ -79,7 +79,7 @@ def make_check(model: nn.Module, arch: str, num_classes: int, data: str | None, 
         rng = np.random.default_rng(0)
         images = torch.stack([preset(photo_like(rng, 320, 240)) for _ in range(CHECK_IMAGES)])
         inputs = "{} photo-like pictures"
-    batch = loaders.Normalizer(torch.device("cpu"))(images)
+    batch = loaders.Normalizer(torch.device("cpu"), arch=arch)(images)
     with torch.no_grad():
         expected = model(batch)
     return Check(arch, num_classes, batch, expected, inputs.format(len(batch)))

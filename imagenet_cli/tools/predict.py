@@ -23,6 +23,7 @@ from ..checkpoint import LoadedCheckpoint, read_checkpoint
 from ..config import ComputeConfig, DataConfig, DistConfig, from_stored
 from ..core import models
 from ..core.errors import UserError, one_line
+from ..core.model_sources import confirmed
 from ..data import loaders as data
 from ..data.presets import ValPreset, read_bytes
 from ..data.sources import IMAGE_EXTENSIONS
@@ -44,6 +45,7 @@ class Request:
     workers: int | None
     no_accel: bool
     data: str | None  # a dataset whose classes name the outputs (a file that stores no names)
+    trust_checkpoint_code: bool
 
 
 @dataclass
@@ -100,12 +102,14 @@ def interpolation(loaded: LoadedCheckpoint) -> str:
     return (loaded.preprocessing or {}).get("interpolation", "bilinear")
 
 
-def resolve_arch(loaded: LoadedCheckpoint, given: str | None) -> str:
-    """--arch wins; otherwise what the checkpoint records, as `evaluate` decides."""
+def resolve_arch(loaded: LoadedCheckpoint, given: str | None, trust: bool) -> str:
+    """--arch wins; otherwise what the checkpoint records, as `evaluate` decides (its own code only with
+    --trust-checkpoint-code)."""
     stored = (loaded.config or {}).get("model")
-    arch = given or loaded.arch or (stored.get("arch") if isinstance(stored, dict) else None)
-    if arch is None:
+    recorded = loaded.arch or (stored.get("arch") if isinstance(stored, dict) else None)
+    if given is None and recorded is None:
         raise UserError(f"{loaded.path} does not record its architecture; pass --arch")
+    arch, _ = confirmed(recorded or "", loaded.model_source, given, trust, os.path.basename(loaded.path))
     models.check_arch(arch)
     return arch
 
@@ -191,7 +195,7 @@ def predict(request: Request) -> Outcome:
     _check(request)
     paths = find_images(request.inputs)
     loaded = read_checkpoint(request.checkpoint)
-    arch = resolve_arch(loaded, request.arch)
+    arch = resolve_arch(loaded, request.arch, request.trust_checkpoint_code)
     model, num_classes = load_model(loaded, arch)
     outcome = Outcome(checkpoint=request.checkpoint)
     names = class_labels(loaded, num_classes, outcome.notes, request.data)
@@ -201,7 +205,7 @@ def predict(request: Request) -> Outcome:
     preset = ValPreset(*input_sizes(loaded, arch), InterpolationMode(interpolation(loaded)))
     loader = _loader(paths, preset, request, device)
     top_k = min(request.top_k, len(names))
-    for index, result in _run(model, loader, settings, top_k):
+    for index, result in _run(model, loader, settings, top_k, arch):
         if isinstance(result, str):
             outcome.errors.append({"path": paths[index], "reason": result})
         else:
@@ -211,10 +215,10 @@ def predict(request: Request) -> Outcome:
 
 
 def _run(
-    model: nn.Module, loader: DataLoader, settings: compute.Compute, top_k: int
+    model: nn.Module, loader: DataLoader, settings: compute.Compute, top_k: int, arch: str
 ) -> Iterator[tuple[int, list[tuple[int, float]] | str]]:
     """(position, [(class, probability)...] best first) per image, or (position, problem) for a bad file."""
-    normalize = data.Normalizer(settings.device, settings.memory_format)
+    normalize = data.Normalizer(settings.device, settings.memory_format, arch)
     with torch.inference_mode():
         for positions, images, bad in loader:
             yield from bad

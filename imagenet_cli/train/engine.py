@@ -305,6 +305,8 @@ def fit(
         set_position(train_data, epoch, first_step * (train_data.batch_size or 1))
         train = train_one_epoch(parts, train_data, epoch, first_step, functools.partial(hooks.after_step, epoch))
         val = _validate(parts, parts.model, val_data, epoch)
+        if parts.schedule is not None:
+            parts.schedule.epoch_done(val.loss)  # before the save: a resume continues a plateau's counts
         ema = _validate(parts, parts.ema.module, val_data, epoch, "ema") if parts.ema is not None else None
         judged = ema if best_by_ema and ema is not None else val
         is_best = judged.acc1 > best_acc1 or (epoch == start_epoch and best_acc1 == 0.0)

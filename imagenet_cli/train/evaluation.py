@@ -50,7 +50,7 @@ def evaluate_and_report(
     source: str,
     settings: compute.Compute,
 ) -> None:
-    normalize = data.Normalizer(ctx.device, settings.memory_format)
+    normalize = data.Normalizer(ctx.device, settings.memory_format, cfg.model.arch)
     metrics = engine.evaluate(
         model, loader, normalize, ctx, reporter, 0, cfg.print_freq, len(class_names), settings.autocast,
         BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank), confusion=True,

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import OptimConfig
 from ..core.errors import UserError
+from . import layer_decay
 from .finetune import is_head
 
 # A group's share of the schedule's LR (a slower backbone): set here, read by schedule.Schedule.apply.
@@ -63,13 +64,15 @@ def restore(optimizer: torch.optim.Optimizer, optimizer_state: Mapping[str, Any]
 
 
 def parameter_groups(model: nn.Module, arch: str, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Optimizer groups by (part, kind): the head at the LR, the backbone at `backbone_lr_mult` × LR;
-    norm weights and biases with their own weight decay when set. Frozen parameters stay in their
-    groups (the optimizer skips them while they have no gradient), so unfreezing needs no new optimizer."""
+    """Optimizer groups by (part, layer, kind): the head at the LR, the backbone at `backbone_lr_mult` × LR,
+    times `--layer-decay`'s share per layer; norm weights and biases with their own weight decay when set.
+    Frozen parameters stay in their groups (the optimizer skips them while they have no gradient), so
+    unfreezing needs no new optimizer."""
     norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+    scales = _layer_scales(model, arch, cfg.layer_decay)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        mult = 1.0 if is_head(name, arch) else cfg.backbone_lr_mult
+        mult = (1.0 if is_head(name, arch) else cfg.backbone_lr_mult) * scales.get(name, 1.0)
         decay = cfg.weight_decay
         if id(param) in norm_params and cfg.norm_weight_decay is not None:
             decay = cfg.norm_weight_decay
@@ -80,3 +83,16 @@ def parameter_groups(model: nn.Module, arch: str, cfg: OptimConfig) -> list[dict
         {"params": params, "lr": cfg.lr * mult, LR_MULT: mult, "weight_decay": decay}
         for (mult, decay), params in groups.items()
     ]
+
+
+def _layer_scales(model: nn.Module, arch: str, decay: float | None) -> dict[str, float]:
+    if decay is None or decay == 1:
+        return {}
+    head = {name for name, _ in model.named_parameters() if is_head(name, arch)}
+    ids, top = layer_decay.layer_ids(model, head)
+    if top <= 1:
+        raise UserError(
+            f"--layer-decay: {arch} has no repeated blocks to number (it finds them in stacks of same-kind "
+            "blocks: ViT, ConvNeXt, Swin, timm's models)"
+        )
+    return {name: decay ** (top - layer) for name, layer in ids.items()}

@@ -17,6 +17,7 @@ import torch
 
 from ..config import OptimConfig
 from .optim import LR_MULT
+from .plateau import Plateau
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,11 @@ class Schedule:
 
     cfg: OptimConfig
     milestones: tuple[int, ...]
+    plateau: Plateau | None = None  # --lr-scheduler plateau: the one schedule that depends on the losses seen
 
     @classmethod
     def from_config(cls, cfg: OptimConfig) -> Schedule:
-        return cls(cfg, cfg.milestones())
+        return cls(cfg, cfg.milestones(), Plateau(cfg) if cfg.lr_scheduler == "plateau" else None)
 
     def lr_at(self, progress: float) -> float:
         """The LR after `progress` epochs of training (1.5: half-way through the second epoch)."""
@@ -49,7 +51,12 @@ class Schedule:
             return c.lr_min + (c.lr - c.lr_min) * 0.5 * (1 + math.cos(math.pi * done))
         if c.lr_scheduler == "linear":
             return c.lr_min + (c.lr - c.lr_min) * (1 - done)
-        return c.lr
+        return c.lr * (self.plateau.factor if self.plateau is not None else 1.0)
+
+    def epoch_done(self, val_loss: float) -> None:
+        """After each epoch's validation (on every rank, with the loss they share)."""
+        if self.plateau is not None:
+            self.plateau.step(val_loss)
 
     def apply(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
         """Set every group's LR (a slower backbone keeps its `LR_MULT` share)."""
@@ -61,4 +68,5 @@ class Schedule:
         """What the checkpoint's `scheduler` entry says: the schedule and where it stood. Informative only:
         a resume recomputes the LR from its configuration and (epoch, step)."""
         c = self.cfg
-        return {"kind": c.lr_scheduler, "last_epoch": epoch, "lr": self.lr_at(float(epoch)), "base_lr": c.lr}
+        state = {"kind": c.lr_scheduler, "last_epoch": epoch, "lr": self.lr_at(float(epoch)), "base_lr": c.lr}
+        return {**state, "plateau": self.plateau.state_dict()} if self.plateau is not None else state

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, save_checkpoint
 from ..config import RunConfig
-from ..core import context, models, randomness
+from ..core import context, model_sources, models, randomness
 from ..core.context import DistContext
 from ..core.errors import UserError, one_line
 from ..report import records
@@ -82,8 +82,11 @@ class Weights:
     model: nn.Module
     arch: str
 
+    def __post_init__(self) -> None:
+        self.source = model_sources.record(self.arch)  # the code as it was when the run built the model
+
     def state_dict(self) -> dict[str, Any]:
-        return {"state_dict": self.model.state_dict()}
+        return {"state_dict": self.model.state_dict(), **({"model_source": self.source} if self.source else {})}
 
     def load_state_dict(self, resumed: LoadedCheckpoint) -> None:
         models.load_state(self.model, resumed.state_dict, self.arch, skip_head=False)
@@ -128,7 +131,8 @@ class Optimizer:
 
 @dataclass
 class LearningRate:
-    """The schedule is recomputed from the configuration; its entry in the file only informs. torchvision's
+    """The schedule is recomputed from the configuration; its entry in the file only informs, but for a
+    plateau's counters (best loss, bad epochs, cooldown, the factor so far), which continue. torchvision's
     files keep their scheduler's next LR: say so when this run's schedule differs from it."""
 
     schedule: Schedule
@@ -138,6 +142,10 @@ class LearningRate:
         return {"scheduler": self.schedule.state_dict(self.progress.epoch)}
 
     def load_state_dict(self, resumed: LoadedCheckpoint) -> str | None:
+        plateau = (resumed.scheduler or {}).get("plateau")
+        if self.schedule.plateau is not None and isinstance(plateau, dict):
+            with naming(resumed.path, "plateau scheduler"):
+                self.schedule.plateau.load_state_dict(plateau)
         stored = (resumed.scheduler or {}).get("_last_lr") if resumed.recipe is not None else None
         if not isinstance(stored, (list, tuple)) or not stored or not isinstance(stored[0], (int, float)):
             return None

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..checkpoint import LoadedCheckpoint, read_checkpoint, remove_stale_saves
 from ..config import RunConfig
-from ..core import models, randomness
+from ..core import model_sources, models, randomness
 from ..core.context import DistContext
 from ..core.errors import Preempted, UserError
 from ..core.faults import Fault
@@ -68,8 +68,9 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         return
     assert splits.train is not None
     train_loader = data.train_loader(
-        splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=cfg.data.skip_bad_images
-    )
+        splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=cfg.data.skip_bad_images,
+        reps=cfg.data.ra_reps,
+    )  # fmt: skip
     if progress.step >= len(train_loader) > 0:
         raise UserError(
             f"{cfg.resume} continues at step {progress.step} of epoch {progress.epoch}, but an epoch here has "
@@ -113,7 +114,7 @@ def _train_state(
         model,
         optim.build_criterion(cfg.optim.label_smoothing),
         optimizer,
-        data.Normalizer(ctx.device, settings.memory_format),
+        data.Normalizer(ctx.device, settings.memory_format, cfg.model.arch),
         ctx,
         reporter,
         cfg.print_freq,
@@ -213,23 +214,36 @@ def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | N
     arch = cfg.model.arch
     if resumed is not None:
         outputs = models.output_width(arch, resumed.state_dict, num_classes, resumed.path)
-        model = models.build_model(arch, outputs)  # its weights come back with the rest (train/state.py)
+        model = _built(cfg, outputs)  # its weights come back with the rest (train/state.py)
         if outputs > num_classes:
             reporter.message(models.wider_head_note(outputs, num_classes, cfg.data.path))
         return model
-    model = models.build_model(arch, requested_outputs(cfg, num_classes))
+    model = _built(cfg, requested_outputs(cfg, num_classes))
     if cfg.model.weights:
         state, source = read_checkpoint(cfg.model.weights).state_dict, cfg.model.weights
     elif cfg.model.pretrained:
-        state, source = models.pretrained_state_dict(arch), f"torchvision's pretrained {arch}"
+        state, source = models.pretrained_state_dict(arch), f"the pretrained {arch}"
     else:
         return model
-    outputs = models.head_num_classes(arch, model.state_dict())
+    outputs = models.head_num_classes(arch, model.state_dict()) or num_classes
     new_head = cfg.command == "finetune" or models.head_num_classes(arch, state) != outputs
-    models.load_state(model, state, arch, skip_head=new_head)
+    if new_head and hasattr(model, "reset_classifier"):  # timm's models swap their own heads
+        model = models.build_model(arch, models.head_num_classes(arch, state) or outputs)
+        models.load_state(model, state, arch, skip_head=False)
+        model.reset_classifier(outputs)
+    else:
+        models.load_state(model, state, arch, skip_head=new_head)
     reporter.message(
         f"loaded weights from {source}" + (f" with a new head for {num_classes} classes" if new_head else "")
     )
+    return model
+
+
+def _built(cfg: RunConfig, outputs: int) -> nn.Module:
+    """A model of `outputs` outputs; the user's own is checked by a dry forward pass at the run's size."""
+    model = models.build_model(cfg.model.arch, outputs)
+    if model_sources.Source.parse(cfg.model.arch).is_code:
+        model_sources.check_outputs(model, outputs, cfg.data.image_size or 224, cfg.model.arch)
     return model
 
 
