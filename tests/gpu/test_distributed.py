@@ -69,7 +69,7 @@ def test_nccl_group_of_one_trains_a_sync_bn_ddp_model_and_runs_every_collective(
 
         ones = torch.ones(3, dtype=torch.float64, device=device)
         assert context.all_reduce_sum(ones, ctx).tolist() == [1.0, 1.0, 1.0]
-        assert int(distributed.all_reduce_min(torch.tensor(7, device=device), ctx)) == 7
+        assert int(context.all_reduce_min(torch.tensor(7, device=device), ctx)) == 7
         [states] = context.gather_to_main(randomness.capture(), ctx)  # what every checkpoint keeps
         assert "cuda" in states
         context.barrier(ctx)
