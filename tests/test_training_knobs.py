@@ -54,6 +54,17 @@ def test_layer_decay_numbers_convnext_blocks_and_survives_the_schedule():
     assert all(g["lr"] == pytest.approx(0.1 * g[LR_MULT]) for g in optimizer.param_groups)
 
 
+def test_layer_decay_numbers_the_blocks_of_a_timm_vit():
+    pytest.importorskip("timm")
+    from imagenet_cli.core.models import build_model
+
+    model = build_model("timm/vit_tiny_patch16_224", 10)
+    cfg = build_config("train", {"fake": True, "arch": "timm/vit_tiny_patch16_224", "lr": 1.0, "layer_decay": 0.5})
+    lr = _lr_of(build_optimizer(model, cfg.model.arch, cfg.optim), model)
+    assert lr["head.weight"] == 1.0 and lr["blocks.11.mlp.fc1.weight"] == 0.5
+    assert lr["blocks.0.attn.qkv.weight"] == 0.5**12 and lr["cls_token"] == lr["patch_embed.proj.weight"] == 0.5**13
+
+
 def test_layer_decay_on_a_model_without_repeated_blocks_is_refused_in_one_line():
     cfg = build_config("train", {"fake": True, "arch": "alexnet", "layer_decay": 0.75}).optim
     with pytest.raises(UserError, match="--layer-decay: alexnet has no repeated blocks"):
