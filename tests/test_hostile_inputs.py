@@ -278,6 +278,18 @@ def test_files_and_members_larger_than_any_picture_are_refused_before_they_are_r
         shards.read_index(str(tmp_path))
 
 
+def test_check_data_lists_a_file_larger_than_any_picture_as_unreadable(tmp_path):
+    """A sparse file one byte over the limit: it takes no disk space and is refused before it is read."""
+    data = write_image_folder(tmp_path / "data", {"ants": 1}, {"ants": 1}, size=32)
+    huge = data / "train" / "ants" / "huge.png"
+    with huge.open("wb") as f:
+        f.truncate(presets.MAX_ENCODED_BYTES + 1)
+    result = run_cli("check-data", str(data), "--json", "-j", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [row] = json.loads(result.stdout)["unreadable"]
+    assert row["file"] == str(huge) and f"the file has {presets.MAX_ENCODED_BYTES + 1:,} bytes" in row["problem"]
+
+
 # -- 6c. make-shards out of space ---------------------------------------------------------------------------------
 
 
