@@ -115,7 +115,7 @@ def _file_parts(
     cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners, progress: Progress
 ) -> list[dict[str, Any]]:
     rows = []
-    workers = cfg.workers or data.default_workers(1)
+    workers = cfg.workers if cfg.workers is not None else data.default_workers(1)  # 0: load in this process
     with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
         root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
         if "pipeline" in cfg.parts:
