@@ -37,6 +37,15 @@ def test_benchmark_generates_imagenet_like_jpegs_when_given_no_data():
     assert "4 generated 500x375 JPEGs, quality 90" in shown and "ours / baseline" in shown
 
 
+def test_benchmark_with_no_workers_loads_in_its_own_process():
+    """-j 0 means what it means everywhere else: no loader worker processes, not the default count."""
+    result = json_result(run_cli("benchmark", "--only", "pipeline", "--image-size", "32", "--images", "4", "-j", "0",
+                                 "--json"))  # fmt: skip
+    parts = [row["part"] for row in result["results"]]
+    assert parts == ["pipeline, per core", "pipeline, 0 workers", "shards vs files, 0 workers"]
+    assert result["config"]["workers"] == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("--only", "everything"), "'everything' is not one of 'train', 'eval', 'pipeline', 'e2e'"), (("--steps", "0"), "must be positive"),

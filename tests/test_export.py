@@ -254,8 +254,10 @@ def _checked_difference(stdout: str, runner: str) -> float:
     return float(figure)
 
 
-def test_the_command_line_offers_exactly_the_formats_export_writes():
+def test_the_command_line_offers_exactly_the_formats_export_writes_and_checks():
+    """The choices are spelled apart from the writers only so that --help need not import torch."""
     from imagenet_cli.cli.tools import EXPORT_FORMATS
-    from imagenet_cli.tools.export import FORMATS
+    from imagenet_cli.tools.export_check import RUNNERS
+    from imagenet_cli.tools.exporters import WRITERS
 
-    assert tuple(FORMATS) == EXPORT_FORMATS  # spelled twice only so that --help need not import torch
+    assert sorted(EXPORT_FORMATS) == sorted(WRITERS) == sorted(RUNNERS)

@@ -278,6 +278,27 @@ def test_files_and_members_larger_than_any_picture_are_refused_before_they_are_r
         shards.read_index(str(tmp_path))
 
 
+def test_check_data_lists_a_file_larger_than_any_picture_as_unreadable(tmp_path):
+    """A sparse file one byte over the limit: it takes no disk space and is refused before it is read."""
+    data = write_image_folder(tmp_path / "data", {"ants": 1}, {"ants": 1}, size=32)
+    huge = data / "train" / "ants" / "huge.png"
+    with huge.open("wb") as f:
+        f.truncate(presets.MAX_ENCODED_BYTES + 1)
+    result = run_cli("check-data", str(data), "--json", "-j", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [row] = json.loads(result.stdout)["unreadable"]
+    assert row["file"] == str(huge) and f"the file has {presets.MAX_ENCODED_BYTES + 1:,} bytes" in row["problem"]
+
+
+def test_a_shard_index_without_a_val_split_says_so_in_one_line(tmp_path):
+    _tar(tmp_path / "train-000000.tar", [("00000000.png", _png()), ("00000000.cls", b"0")])
+    _index(tmp_path, ["ants"], {"train": 1})
+    result = run_cli("train", str(tmp_path), "-a", TINY_ARCH, "--image-size", "32", "-j", "0", "-b", "1",
+                     "--epochs", "1", "--output-dir", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{tmp_path / 'shards.json'} has no val split" in result.stderr
+
+
 # -- 6c. make-shards out of space ---------------------------------------------------------------------------------
 
 

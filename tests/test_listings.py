@@ -152,6 +152,23 @@ def test_cuda_devices_come_freest_first(monkeypatch: pytest.MonkeyPatch) -> None
     assert devices[0]["used_bytes"] == 10 * gib and devices[0]["free_bytes"] == 70 * gib
 
 
+def test_a_cuda_device_that_cannot_report_its_memory_is_listed_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: SimpleNamespace(name="GPU", major=8, minor=0, total_memory=40)
+    )
+
+    def busy(_index: int) -> None:
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy\nor unavailable")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", busy)
+    assert environment.cuda_devices() == [
+        {"index": 0, "name": "GPU", "capability": "8.0", "total_bytes": 40, "used_bytes": None, "free_bytes": None,
+         "error": "CUDA error: all CUDA-capable devices are busy or unavailable"}
+    ]  # fmt: skip
+
+
 def _params(command: Any, path: str) -> Iterator[tuple[str, Any]]:
     """Every parameter of a click command and of its subcommands, named by where it appears."""
     for param in command.params:

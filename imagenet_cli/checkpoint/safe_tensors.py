@@ -35,9 +35,7 @@ def is_safetensors(path: str) -> bool:
         return True
     with open(path, "rb") as f:
         start = f.read(9)
-    if len(start) < 9 or start[8:9] != b"{":
-        return False
-    return struct.unpack("<Q", start[:8])[0] <= os.path.getsize(path) - 8
+    return len(start) == 9 and start[8:9] == b"{" and struct.unpack("<Q", start[:8])[0] <= os.path.getsize(path) - 8
 
 
 def read_safetensors(path: str) -> dict[str, Any]:

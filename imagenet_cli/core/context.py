@@ -14,8 +14,6 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in the run."""
-
     rank: int
     local_rank: int
     world_size: int

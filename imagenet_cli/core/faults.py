@@ -53,10 +53,8 @@ class Fault:
 
     def apply(self, loss: torch.Tensor, rank: int, epoch: int, step: int) -> torch.Tensor:
         """The loss, poisoned or replaced by an error when this is the fault's place."""
-        if self.kind is None or any(
-            want is not None and want != have
-            for want, have in ((self.rank, rank), (self.epoch, epoch), (self.step, step))
-        ):
+        where = ((self.rank, rank), (self.epoch, epoch), (self.step, step))
+        if self.kind is None or any(want is not None and want != have for want, have in where):
             return loss
         if self.kind == "raise":
             raise InjectedFault(f"injected failure at epoch {epoch}, step {step}")

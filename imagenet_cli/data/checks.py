@@ -125,7 +125,7 @@ def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
         return [_check_sample(split, f"{path}:{key}", fields, classes) for key, fields in samples]
     try:
         encoded = read_bytes(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: larger than any picture this tool decodes
         return FileResult(path, split, problem=one_line(exc))
     return _decode(split, path, encoded)
 

@@ -69,9 +69,12 @@ def read_index(root: str) -> ShardIndex:
         with open(index_path) as f:
             raw = json.load(f)
         splits = {split: [_indexed_shard(root, entry) for entry in entries] for split, entries in raw["splits"].items()}
-        return ShardIndex(list(raw["classes"]), splits)
+        classes = list(raw["classes"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
+    if "val" not in splits:  # every command reads val; a missing train split is named by the ones that train
+        raise UserError(f"{index_path} has no val split (it lists {clip(', '.join(splits)) or 'none'})")
+    return ShardIndex(classes, splits)
 
 
 def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:

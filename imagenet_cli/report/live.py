@@ -70,14 +70,11 @@ class ConsoleReporter(Reporter):
     print interval, without control characters."""
 
     def __init__(self, console: Console, verbose: bool = False) -> None:
-        self.console = console
-        self.verbose = verbose
+        self.console, self.verbose = console, verbose
         self.history: list[EpochResult] = []
         self._progress: Progress | None = None
         self._task: Any = None
-        self._phase = ("train", 0, 0)
-        self._phase_start = 0.0
-        self._phase_done = 0
+        self._phase, self._phase_start, self._phase_done = ("train", 0, 0), 0.0, 0
 
     def message(self, text: str) -> None:
         self._print(text)

@@ -69,8 +69,6 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         """Mistakes cost a line before anything is measured (or generated)."""
-        from ..core.models import check_arch
-
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown:
             raise UserError(f"--only takes {', '.join(PARTS[:-1])} or {PARTS[-1]}, not {', '.join(unknown)}")
@@ -80,7 +78,7 @@ class BenchmarkConfig:
             )
         if self.data is not None and not os.path.isdir(os.path.join(self.data, "train")):
             raise UserError(f"{self.data} has no train/ folder of class folders to read")
-        check_arch(self.arch)
+        models.check_arch(self.arch)
 
     @property
     def source(self) -> str:
@@ -115,7 +113,7 @@ def _file_parts(
     cfg: BenchmarkConfig, settings: compute.Compute, reference: ChildRunners, progress: Progress
 ) -> list[dict[str, Any]]:
     rows = []
-    workers = cfg.workers or data.default_workers(1)
+    workers = cfg.workers if cfg.workers is not None else data.default_workers(1)  # 0: load in this process
     with tempfile.TemporaryDirectory(prefix="imagenet-cli-bench-") as scratch:
         root = os.path.join(cfg.data, "train") if cfg.data else write_imagenet_like(scratch, cfg.images)
         if "pipeline" in cfg.parts:
@@ -212,24 +210,22 @@ def model_ours(part: str, cfg: BenchmarkConfig, settings: compute.Compute) -> Ru
 # -- model throughput: the reference script's habits -------------------------------------------------------
 
 
-def _reference_model(cfg: BenchmarkConfig, device: torch.device) -> nn.Module:
-    torch.backends.cudnn.benchmark = True  # as in ours: not among the changes this benchmark credits
-    return models.build_model(cfg.arch, 1000).to(device)
-
-
 def model_reference(part: str, cfg: BenchmarkConfig, device: torch.device) -> Runner:
     """The reference's training ("train") or evaluation ("eval") steps on one batch from the host."""
-    model = _reference_model(cfg, device)
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size)  # normalised floats, on the host
     targets = torch.randint(0, 1000, (cfg.batch_size,))
     if device.type == "cuda":  # its loader pins memory
         images, targets = images.pin_memory(), targets.pin_memory()
-    return _reference_steps(model, device, itertools.repeat((images, targets)), training=part == "train")
+    return _reference_steps(cfg, device, itertools.repeat((images, targets)), training=part == "train")
 
 
-def _reference_steps(model: nn.Module, device: torch.device, batches: Iterator[Any], training: bool = True) -> Runner:
+def _reference_steps(
+    cfg: BenchmarkConfig, device: torch.device, batches: Iterator[Any], training: bool = True
+) -> Runner:
     """Steps as the reference's `train()` and `validate()` take them: copy, fp32 forward, loss and top-k read
     on the host (`loss.item()`, a sync); in training then `zero_grad`, backward, step."""
+    torch.backends.cudnn.benchmark = True  # as in ours: not among the changes this benchmark credits
+    model = models.build_model(cfg.arch, 1000).to(device)
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     model.train(training)
@@ -352,18 +348,13 @@ def e2e_ours(cfg: BenchmarkConfig, settings: compute.Compute, folder: sources.Cl
     """The tool's training loop fed by its own pipeline (uint8 presets, device-side normalisation)."""
     parts, _ = _our_parts(cfg, settings)
     batches = _endless(_file_loader(folder, cfg, workers, settings.device, prefetch=4))
-
-    def steps(n: int) -> None:
-        engine.train_one_epoch(parts, _Steps(batches, n), epoch=0)  # type: ignore[arg-type]
-
-    return steps
+    return lambda n: engine.train_one_epoch(parts, _Steps(batches, n), epoch=0)  # type: ignore[arg-type]
 
 
 def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers: int) -> Runner:
     """The reference's loop fed by the reference's pipeline (PIL, ToTensor, Normalize in the workers)."""
-    model = _reference_model(cfg, device)
     images = datasets.ImageFolder(root, transform=reference_train_transform(cfg.image_size))
-    return _reference_steps(model, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
+    return _reference_steps(cfg, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
 
 
 def per_core_ours(files: list[str], size: int) -> Runner:

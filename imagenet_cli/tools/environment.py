@@ -12,7 +12,9 @@ import torch
 import torchvision
 
 from .. import __version__
+from ..config import DistConfig
 from ..core.errors import UserError
+from ..run import distributed
 from ..run.distributed import SLURM_ENV, TORCHRUN_ENV, TORCHRUN_VARS, default_backend
 from . import installed_version
 
@@ -98,21 +100,13 @@ def cuda_devices() -> list[dict[str, Any]]:
 
 def _cuda_device(index: int) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(index)
-    device: dict[str, Any] = {
-        "index": index,
-        "name": props.name,
-        "capability": f"{props.major}.{props.minor}",
-        "total_bytes": int(props.total_memory),
-        "used_bytes": None,
-        "free_bytes": None,
-    }
+    device = {"index": index, "name": props.name, "capability": f"{props.major}.{props.minor}"}
     try:
         free, total = torch.cuda.mem_get_info(index)
     except RuntimeError as exc:  # busy, in exclusive mode, or failing: say so rather than stop
-        device["error"] = " ".join(str(exc).split())
-        return device
-    device.update(total_bytes=int(total), used_bytes=int(total - free), free_bytes=int(free))
-    return device
+        unknown = {"total_bytes": int(props.total_memory), "used_bytes": None, "free_bytes": None}
+        return {**device, **unknown, "error": " ".join(str(exc).split())}
+    return {**device, "total_bytes": int(total), "used_bytes": int(total - free), "free_bytes": int(free)}
 
 
 def mps_available() -> bool | None:
@@ -144,9 +138,6 @@ def launcher_variables(env: dict[str, str]) -> dict[str, str]:
 
 def run_plan(env: dict[str, str], cuda: list[dict[str, Any]]) -> dict[str, Any]:
     """What `imagenet-cli train` with no distribution flags would do here, decided by the same code a run uses."""
-    from ..config import DistConfig
-    from ..run import distributed
-
     try:
         topology = distributed.plan(DistConfig(), env)
         rank = topology.global_rank(0)
