@@ -178,3 +178,35 @@ def test_models_lists_timm_architectures_by_their_arch_name():
     pytest.importorskip("timm")
     rows = json_result(run_cli("models", "--source", "timm", "resnet10t", "--json"))["models"]
     assert [row["name"] for row in rows] == ["timm/resnet10t"] and rows[0]["parameters"] > 1_000_000
+
+
+def _hugging_face_cache(home: Path, repo: str, weights: dict[str, torch.Tensor]) -> None:
+    """The layout `huggingface_hub` leaves after a download: a snapshot named by the ref `main`."""
+    from safetensors.torch import save_file
+
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(weights, str(folder / "snapshots" / ("0" * 40) / "model.safetensors"))
+
+
+def test_timm_pretrained_weights_are_read_from_the_local_hugging_face_cache(tmp_path):
+    timm = pytest.importorskip("timm")
+    published = timm.create_model("resnet10t").state_dict()  # stand-ins for the published weights
+    _hugging_face_cache(tmp_path / "hf", "timm/resnet10t.c3_in1k", {k: v.contiguous() for k, v in published.items()})
+    out = tmp_path / "run"
+    result = ok(run_cli("train", "--arch", "timm/resnet10t", "--pretrained", *FAST_FAKE, "--epochs", "0",
+                        "--output-dir", str(out), env=cli_env(HF_HOME=str(tmp_path / "hf"))))  # fmt: skip
+    assert "loaded weights from the pretrained timm/resnet10t" in result.stdout + result.stderr
+
+
+def test_timm_models_are_normalised_with_their_own_mean_and_std():
+    pytest.importorskip("timm")
+    from imagenet_cli.data.loaders import Normalizer
+
+    grey = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
+    vit = Normalizer(torch.device("cpu"), arch="timm/vit_tiny_patch16_224")(grey)  # mean and std 0.5
+    resnet = Normalizer(torch.device("cpu"), arch="resnet18")(grey)  # ImageNet's
+    assert torch.allclose(vit, torch.full_like(vit, (128 / 255 - 0.5) / 0.5))
+    assert torch.allclose(resnet[0, 0], torch.full((2, 2), (128 / 255 - 0.485) / 0.229))
