@@ -198,7 +198,7 @@ def test_timm_pretrained_weights_are_read_from_the_local_hugging_face_cache(tmp_
     out = tmp_path / "run"
     result = ok(run_cli("train", "--arch", "timm/resnet10t", "--pretrained", *FAST_FAKE, "--epochs", "0",
                         "--output-dir", str(out), env=cli_env(HF_HOME=str(tmp_path / "hf"))))  # fmt: skip
-    assert "loaded weights from the pretrained timm/resnet10t" in result.stdout + result.stderr
+    assert "loaded weights from timm's pretrained timm/resnet10t" in result.stdout + result.stderr
 
 
 def test_timm_models_are_normalised_with_their_own_mean_and_std():

@@ -17,11 +17,15 @@ from .declared import recipe_aliases
 EVALUATION_KEYS = frozenset({"arch", "val_resize_size", "val_crop_size", "interpolation"})
 
 
-def launch(cfg: RunConfig, typed_arch: str | None = None, checkpoint: str | None = None) -> None:
-    """Start the run, once the model code a checkpoint names is confirmed by the command line (user code
-    runs only when the user names it: `model_sources.confirmed`)."""
+def launch(cfg: RunConfig) -> None:
     from ..run.launch import launch as start
 
+    start(cfg)
+
+
+def confirmed_launch(cfg: RunConfig, typed_arch: str | None, checkpoint: str | None) -> None:
+    """Launch once the model code a checkpoint names is confirmed by the command line (user code runs only
+    when the user names it: `model_sources.confirmed`)."""
     if checkpoint is not None:
         from ..checkpoint import read_checkpoint
         from ..core.model_sources import confirmed
@@ -31,7 +35,7 @@ def launch(cfg: RunConfig, typed_arch: str | None = None, checkpoint: str | None
         _, note = confirmed(cfg.model.arch, recorded, typed_arch, trust, os.path.basename(checkpoint))
         if note:
             typer.echo(f"{printable(note)}: running it, as --arch says", err=True)
-    start(cfg)
+    launch(cfg)
 
 
 def with_recipe(command: str, given: dict[str, Any], recipe: str | None) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def evaluate(given: dict[str, Any], _extras: dict[str, Any]) -> None:
         base = RunConfig(command="evaluate", data=stored.data.for_evaluation(), model=ModelConfig(arch=arch))
     else:
         given = {**sizes_named_by(given["checkpoint"], given), **given}
-    launch(build_config("evaluate", {**given, "arch": arch}, base), typed_arch, given["checkpoint"])
+    confirmed_launch(build_config("evaluate", {**given, "arch": arch}, base), typed_arch, given["checkpoint"])
 
 
 def sizes_named_by(path: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def finetune(given: dict[str, Any], extras: dict[str, Any]) -> None:
         given.update(recorded_arch(given["weights"], required=True))
     if not given.keys() & {"image_size", "val_crop_size", "val_resize_size"}:
         given.update(input_size_of_weights(given))
-    launch(build_config("finetune", given), typed_arch, given.get("weights"))
+    confirmed_launch(build_config("finetune", given), typed_arch, given.get("weights"))
 
 
 def stored_base(
@@ -240,4 +244,4 @@ def launch_over(
     if changes and not quiet:
         listed = ", ".join(f"{k} {clip(repr(old))} -> {clip(repr(new))}" for k, (old, new) in sorted(changes.items()))
         typer.echo(f"overriding the checkpoint's configuration: {listed}", err=True)
-    launch(cfg, typed_arch, given.get("resume"))
+    confirmed_launch(cfg, typed_arch, given.get("resume"))

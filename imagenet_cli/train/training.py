@@ -222,7 +222,8 @@ def create_model(cfg: RunConfig, num_classes: int, resumed: LoadedCheckpoint | N
     if cfg.model.weights:
         state, source = read_checkpoint(cfg.model.weights).state_dict, cfg.model.weights
     elif cfg.model.pretrained:
-        state, source = models.pretrained_state_dict(arch), f"the pretrained {arch}"
+        whose = "timm" if arch.startswith(model_sources.TIMM) else "torchvision"
+        state, source = models.pretrained_state_dict(arch), f"{whose}'s pretrained {arch}"
     else:
         return model
     outputs = models.head_num_classes(arch, model.state_dict()) or num_classes
