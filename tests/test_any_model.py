@@ -118,6 +118,10 @@ def test_code_a_checkpoint_names_runs_only_when_the_command_line_names_it(tmp_pa
     assert refused.returncode == 2 and "changed since checkpoint.pth.tar was written" in refused.stderr
     named = ok(run_cli("evaluate", checkpoint, *FAKE_VAL, "--arch", f"{net}:Net"))
     assert "changed since" in named.stderr  # the user's order, with a note
+    moved = net.rename(tmp_path / "elsewhere.py")
+    gone = run_cli("evaluate", checkpoint, *FAKE_VAL, "--trust-checkpoint-code")
+    assert gone.returncode == 2 and "which is not there any more: pass --arch FILE.py:CALLABLE" in gone.stderr
+    ok(run_cli("evaluate", checkpoint, *FAKE_VAL, "--arch", f"{moved}:Net"))  # --arch points somewhere else
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'arch = "{net}:Net"\n')

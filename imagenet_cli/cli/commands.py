@@ -35,6 +35,11 @@ def confirmed_launch(cfg: RunConfig, typed_arch: str | None, checkpoint: str | N
         _, note = confirmed(cfg.model.arch, recorded, typed_arch, trust, os.path.basename(checkpoint))
         if note:
             typer.echo(f"{printable(note)}: running it, as --arch says", err=True)
+    from ..core.model_sources import Source
+
+    source = Source.parse(cfg.model.arch)
+    if source.kind == "file" and not os.path.isfile(source.location):
+        raise UserError(f"--arch: no such file {source.location} (pass --arch FILE.py:CALLABLE to point elsewhere)")
     launch(cfg)
 
 

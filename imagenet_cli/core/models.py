@@ -39,13 +39,12 @@ def classification_models() -> tuple[str, ...]:
 
 
 def check_arch(arch: str) -> None:
-    """Refuse names no source can build, suggesting the closest real ones. User code is not imported here:
-    its file must exist, and the first build says the rest."""
+    """Refuse names no source can build, suggesting the closest real ones. User code is not looked at here
+    (a checkpoint's may be elsewhere now, and `--arch` point to it): `model_sources.confirmed` and the first
+    build say the rest."""
     source = Source.parse(arch)
     if source.kind == "timm":
         return check_timm(source.name)
-    if source.kind == "file" and not os.path.isfile(source.location):
-        raise UserError(f"--arch: no such file {source.location}")
     if source.is_code:
         return None
     names = classification_models()
