@@ -22,6 +22,7 @@ from typing import Any
 from ..config import INVOCATION_ONLY, OPTION_NAMES, OPTIONS, PLACEMENT, default_for, type_problem
 from ..config.options import file_key
 from ..core.errors import UserError
+from ..core.model_sources import Source
 from ..core.text import clip
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe of every option is about 3 KB
@@ -56,7 +57,7 @@ def read_options(path: str, command: str, aliases: dict[str, str]) -> dict[str, 
             )
         if value is None:
             continue  # a null is the default: not given
-        if name == "arch" and isinstance(value, str) and ":" in value and not value.startswith("timm/"):
+        if name == "arch" and isinstance(value, str) and Source.parse(value).is_code:
             raise UserError(
                 f"{path} sets arch {clip(repr(value))}: a recipe never names code to run; give --arch on the command line"
             )

@@ -236,9 +236,9 @@ class DataConfig:
             1 <= self.augmix_severity <= 10, f"--augmix-severity must be between 1 and 10, got {self.augmix_severity}"
         )
         check(0 <= self.hflip <= 1, f"--hflip is a probability, from 0 to 1; got {self.hflip}")
-        for flag, pair in (("--crop-scale", self.crop_scale), ("--crop-ratio", self.crop_ratio)):
-            check(len(pair) == 2, f"{flag} takes two numbers, MIN MAX")
-            object.__setattr__(self, flag[2:].replace("-", "_"), (float(pair[0]), float(pair[1])))
+        # A file gives a pair as a list: held as a tuple of floats, so it compares equal to the flag's value.
+        object.__setattr__(self, "crop_scale", _pair("--crop-scale", self.crop_scale))
+        object.__setattr__(self, "crop_ratio", _pair("--crop-ratio", self.crop_ratio))
         low, high = self.crop_scale
         check(0 < low <= high <= 1, f"--crop-scale takes 0 < MIN <= MAX <= 1; got {low:g} {high:g}")
         low, high = self.crop_ratio
@@ -260,3 +260,8 @@ class DataConfig:
             "--auto-augment and --random-erase run in the loader workers, but --decode-on-device crops on the "
             "device; use one or the other",
         )
+
+
+def _pair(flag: str, values: tuple[float, float] | list[float]) -> tuple[float, float]:
+    check(len(values) == 2, f"{flag} takes two numbers, MIN MAX")
+    return float(values[0]), float(values[1])

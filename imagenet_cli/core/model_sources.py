@@ -232,9 +232,10 @@ def _changed_note(arch: str, recorded: dict | None, where: str) -> str | None:
     if not recorded or source.kind != "file" or recorded.get("location") != source.location:
         return None
     want = recorded.get("sha256")
-    if not want or not os.path.isfile(source.location) or sha256_of(source.location) == want:
+    now = sha256_of(source.location) if want and os.path.isfile(source.location) else want
+    if now == want:
         return None
-    return f"{source.location} changed since {where} was written (sha256 {want[:12]}… then, {sha256_of(source.location)[:12]}… now)"
+    return f"{source.location} changed since {where} was written (sha256 {want[:12]}… then, {now[:12]}… now)"
 
 
 def _timm_cfg(name: str) -> Any:

@@ -233,9 +233,10 @@ def expected_input(arch: str) -> dict[str, int]:
 
 def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """torchvision's (or timm's) weights from the local cache only: this tool must not hang on a closed network."""
-    if Source.parse(arch).kind == "timm":
-        return timm_pretrained_state(Source.parse(arch).name)
-    if Source.parse(arch).is_code:
+    source = Source.parse(arch)
+    if source.kind == "timm":
+        return timm_pretrained_state(source.name)
+    if source.is_code:
         raise UserError(f"--pretrained: {arch} is your own code, which has no published weights; use --weights FILE")
     path, url = pretrained_file(arch)
     if not os.path.isfile(path):
