@@ -10,6 +10,7 @@ import typer
 
 from ..config import PLACEMENT, RunConfig, build_config, changed_values, default_for, from_stored, placement
 from ..core.errors import UserError
+from ..core.formats import shown, url_scheme
 from ..core.text import clip, printable
 from .declared import recipe_aliases
 
@@ -148,6 +149,11 @@ def stored_base(
     stored = from_stored({**loaded.config, **({"command": command} if command else {})}, path)
     _say_placement_ignored(path, stored, quiet)
     base = stored.as_recipe()
+    if url_scheme(base.data.path) and "path" not in given:  # a file never chooses an address to connect to
+        raise UserError(
+            f"{os.path.basename(path)} was trained on data at {shown(base.data.path or '')}; give that URL again as "
+            "DATA to read from it (an address is taken from the command line only, never from a file)"
+        )
     if "path" in given and "fake" not in given and base.data.fake:
         given = {**given, "fake": False}
     return base, given

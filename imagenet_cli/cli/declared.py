@@ -19,6 +19,7 @@ import typer
 from ..config import OPTIONS, default_for, field_types, options_of
 from ..config.options import Option, file_key, long_flags
 from ..core.errors import UserError
+from ..core.formats import url_scheme
 from .exits import one_line_errors
 
 ALIAS_SUFFIX = "_alias"  # the parameter of an argument's option form (DATA as --data)
@@ -119,7 +120,7 @@ def given_options(values: dict[str, Any], by_param: dict[str, str]) -> dict[str,
         found = OPTIONS[name]
         if value is None or (value is False and not found.toggle):
             continue
-        if found.filename and not (name == "resume" and value == "auto"):
+        if found.filename and not (name == "resume" and value == "auto") and not url_scheme(value):
             value = os.path.abspath(value)
         given[name] = value
     return given

@@ -140,28 +140,44 @@ def _data_config(data: str, data_format: str | None, train: str | None, val: str
 
 def make_shards(
     data: argument(str, "DATA", "A dataset of train/ and val/ class folders, or train.csv and val.csv."),
-    out: argument(str, "OUT", "Folder for the shards and their index, shards.json."),
+    out: argument(str, "OUT", "Folder or URL (s3://bucket/prefix/, gs://...) for the shards and their index."),
     shard_size: flag(
         str, "--shard-size", help="About this many bytes per shard: 1GB, 500MB, 64KB.", panel=DATA
     ) = "1GB",
+    max_side: flag(
+        int,
+        "--max-side",
+        help="Shrink pictures whose longer side is over this many pixels to it (aspect kept), "
+        "re-encoded as JPEG: e.g. 320, so that epochs decode less. Smaller pictures keep their bytes.",
+        panel=DATA,
+    ) = None,
+    quality: flag(int, "--quality", help="JPEG quality of the pictures --max-side shrinks.", panel=DATA) = 90,
     data_format: DataFormat = None,
     train_manifest: TrainManifest = None,
     val_manifest: ValManifest = None,
+    workers: Workers = None,
     debug: Debug = False,
 ) -> None:
     """Pack a dataset (class folders or CSV manifests) into tar shards, for fast sequential reading on clusters.
 
-    [dim]imagenet-cli make-shards /data/imagenet /data/imagenet-shards --shard-size 1GB[/dim]
+    [dim]imagenet-cli make-shards /data/imagenet s3://my-bucket/imagenet-320 --max-side 320 -j 16[/dim]
     """
     with one_line_errors(debug):
-        from ..data.shard_writer import make_shards_from
+        from ..core.formats import shown, url_scheme
+        from ..data.shard_writer import Reencoding, make_shards_from
 
         cfg = _data_config(data, data_format, train_manifest, val_manifest)
-        index = make_shards_from(cfg, os.path.abspath(out), shard_size)
+        reencoding = Reencoding(max_side, quality) if max_side is not None else None
+        out = out if url_scheme(out) else os.path.abspath(out)
+        if workers is None:  # packing bytes is disk-bound; re-encoding is hours of one core without helpers
+            from ..data.loaders import default_workers
+
+            workers = default_workers(1) if reencoding else 0
+        index = make_shards_from(cfg, out, shard_size, reencoding, workers)
         for split, written in index["splits"].items():
             count = sum(shard["samples"] for shard in written)
             typer.echo(f"{split}: {count} samples in {len(written)} shard(s)")
-        typer.echo(f"wrote {os.path.join(os.path.abspath(out), 'shards.json')}; train with `imagenet-cli train {out}`")
+        typer.echo(f"wrote {shown(out.rstrip('/'))}/shards.json; train with `imagenet-cli train {shown(out)}`")
 
 
 def plot(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,24 @@ from .errors import UserError
 FORMATS = ("auto", "imagefolder", "csv", "torchvision", "webdataset")
 MANIFESTS = {"train": "train.csv", "val": "val.csv"}
 SHARD_INDEX = "shards.json"
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+
+
+def url_scheme(path: str | None) -> str | None:
+    """`s3`, `https`, `gs`... when DATA is a URL (read through fsspec), else None: a local path."""
+    match = _SCHEME.match(path or "")
+    return match.group(1).lower() if match else None
+
+
+def shown(url: str) -> str:
+    """A URL as messages print it: without `user:password@` or a query string, where credentials and
+    signatures of presigned URLs live."""
+    scheme = url_scheme(url)
+    if scheme is None:
+        return url
+    rest = url[len(scheme) + 3 :]
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,8 @@ def detect(path: str | None, manifests: bool = False) -> str:
     """The format of a data directory, when its layout says so unambiguously."""
     if manifests:
         return "csv"
+    if url_scheme(path):  # a URL can only be listed through its index: shards are what it may hold
+        return "webdataset"
     if not path or not os.path.isdir(path):
         raise UserError(f"data directory not found: {path}")
     present = {

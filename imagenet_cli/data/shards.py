@@ -16,6 +16,8 @@ at all in one epoch when shards are dealt unevenly; validation reads every sampl
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
@@ -24,6 +26,7 @@ import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +35,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..core import formats
 from ..core.context import DistContext
 from ..core.errors import UserError, one_line
+from ..core.formats import url_scheme
 from ..core.randomness import mix_seed
 from ..core.text import clip
+from . import remote
 from .presets import Transform, check_encoded_size
 from .unreadable import SUBSTITUTE_TRIES, Unreadable
 
@@ -61,33 +66,64 @@ class ShardIndex:
 
 
 def read_index(root: str) -> ShardIndex:
-    """`shards.json` when present; otherwise the tar files are scanned (their headers and labels)."""
-    index_path = os.path.join(root, formats.SHARD_INDEX)
-    if not os.path.isfile(index_path):
+    """`shards.json` when present; otherwise the tar files are scanned (their headers and labels). A URL is
+    read through its index only: an object store or a web server cannot be listed alike."""
+    remote_root = url_scheme(root) is not None
+    index_path = remote.join(root, formats.SHARD_INDEX) if remote_root else os.path.join(root, formats.SHARD_INDEX)
+    if not remote_root and not os.path.isfile(index_path):
         return _scan(root)
+    shown_path = formats.shown(index_path)
     try:
-        with open(index_path) as f:
-            raw = json.load(f)
-        splits = {split: [_indexed_shard(root, entry) for entry in entries] for split, entries in raw["splits"].items()}
+        raw = json.loads(_index_text(index_path) if remote_root else Path(index_path).read_bytes())
+        entries = [
+            (split, _shard_path(root, entry), entry) for split, listed in raw["splits"].items() for entry in listed
+        ]
         classes = list(raw["classes"])
+        sizes = _sizes([path for _, path, _ in entries], remote_root)
+        splits: dict[str, list[Shard]] = {split: [] for split in raw["splits"]}
+        for (split, path, entry), size in zip(entries, sizes, strict=True):
+            splits[split].append(_indexed_shard(path, int(entry["samples"]), size))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{index_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
+        raise UserError(f"{shown_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
     if "val" not in splits:  # every command reads val; a missing train split is named by the ones that train
-        raise UserError(f"{index_path} has no val split (it lists {clip(', '.join(splits)) or 'none'})")
+        raise UserError(f"{shown_path} has no val split (it lists {clip(', '.join(splits)) or 'none'})")
     return ShardIndex(classes, splits)
 
 
-def _indexed_shard(root: str, entry: dict[str, Any]) -> Shard:
-    """An index entry, believed only as far as the file bears it out: a plain file name beside the index
-    (it names no other folder), and no more samples than its size can hold (a count of 10^12 would make
-    an epoch that never ends)."""
-    name, samples = str(entry["file"]), int(entry["samples"])
-    if os.path.basename(name) != name or name in ("", ".", ".."):
+def _index_text(url: str) -> bytes:
+    try:
+        return remote.read_small(url)
+    except UserError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise UserError(
+                f"{formats.shown(url)} not found: shards at a URL are read through the index `make-shards` writes"
+            ) from exc
+        raise
+
+
+def _shard_path(root: str, entry: dict[str, Any]) -> str:
+    """A plain file name beside the index: an index names no other folder, nor another host."""
+    name = str(entry["file"])
+    if os.path.basename(name) != name or name in ("", ".", "..") or url_scheme(name):
         raise ValueError(f"shard file {clip(name)!r} is not a file name beside the index")
-    path = os.path.join(root, name)
-    most = os.path.getsize(path) // SMALLEST_SAMPLE if os.path.isfile(path) else samples  # missing: named later
+    return remote.join(root, name) if url_scheme(root) else os.path.join(root, name)
+
+
+def _sizes(paths: list[str], remote_root: bool) -> list[int | None]:
+    """Each shard's size in bytes, None when it is missing (named when it is read). A URL's are asked for
+    16 at a time: one round trip each."""
+    if not remote_root:
+        return [os.path.getsize(path) if os.path.isfile(path) else None for path in paths]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(remote.size_or_none, paths))
+
+
+def _indexed_shard(path: str, samples: int, size: int | None) -> Shard:
+    """An index entry, believed only as far as the file bears it out: no more samples than its size can hold
+    (a count of 10^12 would make an epoch that never ends)."""
+    most = size // SMALLEST_SAMPLE if size is not None else samples
     if not 0 <= samples <= max(most, 1):
-        raise ValueError(f"{clip(name)} is said to hold {samples} samples, more than its size can")
+        raise ValueError(f"{clip(os.path.basename(path))} is said to hold {samples} samples, more than its size can")
     return Shard(path, samples)
 
 
@@ -288,8 +324,7 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
     GNU long names and pax paths are understood, other entries skipped, and a damaged header refused."""
     long_name = None
     try:
-        with open(path, "rb", buffering=1 << 20) as f:
-            file_size = os.fstat(f.fileno()).st_size
+        with _opened(path) as (f, file_size):
             while len(header := f.read(512)) == 512 and header.strip(b"\0"):
                 kind, name = header[156:157], long_name or _header_name(header)
                 size = _member_size(header, path, name, file_size - f.tell())
@@ -299,7 +334,7 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
                 data = f.read(size)
                 f.read(-size % 512)
                 if len(data) < size:
-                    raise UserError(f"shard {path} is truncated")
+                    raise UserError(f"shard {formats.shown(path)} is truncated")
                 if kind in (b"L", b"x"):  # the next member's name: GNU long name, or a pax path record
                     long_name = _text(data.rstrip(b"\0")) if kind == b"L" else _pax_path(data) or long_name
                 else:
@@ -307,6 +342,17 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
                     long_name = None
     except OSError as exc:
         raise UserError(f"cannot read shard {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[tuple[Any, int]]:
+    """A shard and its size: a local file, or a URL's stream (retried from where it failed)."""
+    if url_scheme(path):
+        with remote.RemoteFile(path) as stream:
+            yield stream, stream.size
+        return
+    with open(path, "rb", buffering=1 << 20) as f:
+        yield f, os.fstat(f.fileno()).st_size
 
 
 def _member_size(header: bytes, path: str, name: str, remaining: int) -> int:
