@@ -203,6 +203,9 @@ def test_make_shards_max_side_shrinks_large_pictures_once_and_keeps_small_ones(t
                      "00000002.jpg": ("JPEG", (90, 60))}  # fmt: skip
     assert members["00000002.jpg"] == (tmp_path / "data" / "train" / "bees" / "small.jpg").read_bytes()
     train = ("-a", TINY_ARCH, "--image-size", "32", "-b", "3", "--epochs", "1", "-j", "0")
-    ok(run_cli("train", str(tmp_path / "shards"), *train, "--output-dir", str(tmp_path)))
+    trained = ok(run_cli("train", str(tmp_path / "shards"), *train, "--output-dir", str(tmp_path)))
+    checked = ok(run_cli("check-data", str(tmp_path / "shards")))  # at 224 px: larger than the pictures now are
+    assert "shrunk" not in trained.stdout + trained.stderr
+    assert "shards hold pictures shrunk to 100 px on their longer side" in checked.stdout + checked.stderr
     refused = run_cli("make-shards", str(tmp_path / "data"), str(tmp_path / "s2"), "--max-side", "8")
     assert refused.stderr.strip() == "error: --max-side must be from 16 to 65535 pixels, got 8"

@@ -58,6 +58,8 @@ def survey(split_dir: str) -> FolderSurvey:
 def preflight(cfg: DataConfig, splits: Sequence[str]) -> list[str]:
     """Errors raised, one line each; warnings returned, for the launcher to print."""
     sources.check(cfg, splits)
+    if sources.data_format(cfg) == "webdataset":
+        return _shrunk_note(cfg, shards.read_index(cfg.path or "").max_side)
     if sources.data_format(cfg) != "imagefolder":
         return []
     assert cfg.path is not None
@@ -83,6 +85,17 @@ def preflight(cfg: DataConfig, splits: Sequence[str]) -> list[str]:
         if train - val:
             notes.append(f"val/ has no folder for {len(train - val)} class(es): {', '.join(sorted(train - val)[:5])}")
     return notes
+
+
+def _shrunk_note(cfg: DataConfig, max_side: int | None) -> list[str]:
+    """Shards of shrunk pictures read at a larger size are upscaled: worth knowing, not wrong."""
+    wanted = max(cfg.image_size or 0, cfg.val_resize_size or 0)
+    if max_side is None or wanted <= max_side:
+        return []
+    return [
+        f"the shards hold pictures shrunk to {max_side} px on their longer side (make-shards --max-side); "
+        f"reading them at {wanted} px upscales them: make shards with --max-side {wanted} or more to avoid it"
+    ]
 
 
 # -- check-data: decode everything ----------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class Shard:
 class ShardIndex:
     classes: list[str]
     splits: dict[str, list[Shard]]
+    max_side: int | None = None  # `make-shards --max-side`: no picture is larger on its longer side
 
 
 def read_index(root: str) -> ShardIndex:
@@ -87,7 +88,8 @@ def read_index(root: str) -> ShardIndex:
         raise UserError(f"{shown_path} is not a shard index written by `imagenet-cli make-shards` ({exc})") from exc
     if "val" not in splits:  # every command reads val; a missing train split is named by the ones that train
         raise UserError(f"{shown_path} has no val split (it lists {clip(', '.join(splits)) or 'none'})")
-    return ShardIndex(classes, splits)
+    max_side = (raw.get("reencoded") or {}).get("max_side")
+    return ShardIndex(classes, splits, int(max_side) if isinstance(max_side, int) else None)
 
 
 def _index_text(url: str) -> bytes:
