@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +25,11 @@ class Faults:
 
     status: dict[str, int] = field(default_factory=dict)  # file name -> status to answer once
     drop: set[str] = field(default_factory=set)  # file names whose first GET is cut off half-way
+    stall: dict[str, float] = field(default_factory=dict)  # file name -> seconds of silence mid-answer, once
     seen: Counter = field(default_factory=Counter)  # what was done: "503 val-000000.tar", "drop ..."
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, name: str) -> str | int | None:
+    def take(self, name: str) -> str | int | float | None:
         with self.lock:
             if name in self.status:
                 status = self.status.pop(name)
@@ -37,6 +39,9 @@ class Faults:
                 self.drop.discard(name)
                 self.seen[f"drop {name}"] += 1
                 return "drop"
+            if name in self.stall:
+                self.seen[f"stall {name}"] += 1
+                return self.stall.pop(name)
         return None
 
 
@@ -78,6 +83,11 @@ def _handler(root: Path, faults: Faults, requests: Counter) -> type[http.server.
             self.end_headers()
             if not body:
                 return
+            if isinstance(fault, float):
+                self.wfile.write(data[start : start + (end - start) // 2])
+                self.wfile.flush()
+                time.sleep(fault)
+                fault = None
             if fault == "drop":
                 self.wfile.write(data[start : start + (end - start) // 2])
                 self.wfile.flush()

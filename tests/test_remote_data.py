@@ -64,14 +64,18 @@ def test_training_over_http_through_a_dropped_connection_and_a_503_learns_exactl
 
 
 def test_a_shard_read_in_small_chunks_with_failures_gives_the_local_members(served, monkeypatch):
-    """Chunk boundaries, the chunk fetched ahead, a retry in the middle of a member: the same bytes as the file."""
+    """Chunk boundaries, the chunk fetched ahead, a retry in the middle of a member after a cut connection
+    and after a server that fell silent: the same bytes as the file."""
     monkeypatch.setattr(remote, "CHUNK", 1000)
     monkeypatch.setattr(remote, "FIRST_PAUSE", 0.01)
+    monkeypatch.setattr(remote, "READ_TIMEOUT", 0.5)
     local = served / "shards" / "train-000000.tar"
     with http_store(served) as store:
         store.faults.drop.add(local.name)
+        store.faults.stall[local.name] = 3.0
         fetched = list(shards._members(f"{store.url}/shards/{local.name}"))
-        assert store.faults.seen == {f"drop {local.name}": 1} and store.requests[local.name] > 5
+        assert store.faults.seen == {f"drop {local.name}": 1, f"stall {local.name}": 1}
+        assert store.requests[local.name] > 5
     assert fetched == list(shards._members(str(local)))
 
 

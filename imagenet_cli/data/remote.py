@@ -26,6 +26,7 @@ T = TypeVar("T")
 CHUNK = 4 << 20  # bytes per request; with the one fetched ahead, what an open shard holds in memory
 TRIES = 7  # a failed read waits 0.25, 0.5, 1, 2, 4, 8 s before trying again: 15 s in all
 FIRST_PAUSE = 0.25
+READ_TIMEOUT = 60.0  # seconds a web server may stay silent mid-answer before the read is tried again
 MAX_INDEX_BYTES = 64 << 20  # an index of a million shards is about 60 MB; a larger one is not ours
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
 EXTRAS |= {"http": "http", "https": "http"}
@@ -46,13 +47,23 @@ def filesystem(url: str) -> tuple[Any, str]:
 
     scheme = url_scheme(url) or "file"
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **_options(scheme))
     except ImportError as exc:
         extra = EXTRAS.get(scheme)
         hint = f"pip install 'imagenet-cli[{extra}]'" if extra else f"the fsspec implementation for {scheme}://"
         raise UserError(f"{shown(url)}: reading {scheme}:// URLs needs {hint}") from exc
     except ValueError as exc:  # fsspec knows no such protocol
         raise UserError(f"{shown(url)}: no installed fsspec filesystem reads {scheme}:// URLs") from exc
+
+
+def _options(scheme: str) -> dict[str, Any]:
+    """aiohttp waits five minutes for a stalled server by default: a stall is a transient failure like
+    another, retried after a minute. (The stores' own libraries have their own timeouts and retries.)"""
+    if scheme not in ("http", "https"):
+        return {}
+    import aiohttp
+
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=READ_TIMEOUT)}}
 
 
 def retried(url: str, call: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
