@@ -6,7 +6,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from ..core.formats import DATASETS, FORMATS, lookup
+from ..core.formats import DATASETS, FORMATS, lookup, shown, url_scheme
 from .options import DATA, EVERYWHERE, RUNS, SPEED, TRAINING, check, check_choice, option
 
 FAKE_IMAGE_SIZE = 64  # small enough that `--fake-data` finishes in seconds on a laptop CPU
@@ -161,6 +161,11 @@ class DataConfig:
             "or use --fake-data",
         )
         check_choice("--data-format", self.data_format, FORMATS)
+        check(
+            not url_scheme(self.path) or shown(self.path or "") == self.path,
+            "DATA's URL holds a password or a query string: give credentials through the store's environment or "
+            "config files instead (a URL is written into config.json and every checkpoint)",
+        )
         native = self._native_size()
         check(
             self.workers is None or 0 <= self.workers <= MAX_WORKERS,

@@ -57,10 +57,11 @@ def survey(split_dir: str) -> FolderSurvey:
 
 def preflight(cfg: DataConfig, splits: Sequence[str]) -> list[str]:
     """Errors raised, one line each; warnings returned, for the launcher to print."""
-    sources.check(cfg, splits)
-    if sources.data_format(cfg) == "webdataset":
+    kind = sources.data_format(cfg)
+    if kind == "webdataset":  # reading the index is the check (at a URL, a round trip per 16 shards)
         return _shrunk_note(cfg, shards.read_index(cfg.path or "").max_side)
-    if sources.data_format(cfg) != "imagefolder":
+    sources.check(cfg, splits)
+    if kind != "imagefolder":
         return []
     assert cfg.path is not None
     found = {split: survey(os.path.join(cfg.path, split)) for split in splits}
