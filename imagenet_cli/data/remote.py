@@ -61,7 +61,7 @@ def _options(scheme: str) -> dict[str, Any]:
     another, retried after a minute. (The stores' own libraries have their own timeouts and retries.)"""
     if scheme not in ("http", "https"):
         return {}
-    import aiohttp
+    import aiohttp  # fsspec's HTTP filesystem needs it too: when it is missing, the caller names the extra
 
     return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=READ_TIMEOUT)}}
 
