@@ -1,10 +1,13 @@
 """The image decoder is chosen once, from a chain (TorchCodec, then PIL; never torchvision.io's deprecated decoders): each
 link gives the pixels the pipeline always had, large JPEGs still decode reduced in the DCT, a link that
-cannot load is passed over, and none of them warns. `--decode-on-device` without a GPU decoder is
-refused before anything starts."""
+cannot load is passed over, and none of them warns. The JPEG decoder beside it (simplejpeg, when installed)
+gives today's crops, and whatever it cannot read goes on to the chain. `--decode-on-device` without a GPU
+decoder is refused before anything starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +47,7 @@ def _pil_pixels(path: Path) -> torch.Tensor:
 
 def test_the_decoder_is_chosen_once_and_is_the_first_link_that_works():
     assert decoders.chosen() is decoders.chosen()
-    assert decoders.chosen().name == decoders.select().name
+    assert decoders.chosen().name.startswith(decoders.select().name)
     assert "PIL" in _available()
 
 
@@ -112,6 +115,116 @@ def test_large_jpegs_are_still_reduced_in_the_dct_by_pil(tmp_path, monkeypatch):
     small = write_photo(tmp_path / "small.jpg", 500, 375, quality=90)
     ValPreset(256, 224)(presets.read_bytes(str(small)))
     assert calls == ["JPEG"]  # below a megapixel the chosen decoder decodes it whole
+
+
+def _jpeg_or_skip() -> tuple[str, decoders.DecodeJpegReduced]:
+    jpeg = decoders.select_jpeg()
+    if jpeg is None:
+        pytest.skip("simplejpeg is not installed or does not load here")
+    return jpeg
+
+
+def _recording(decoder: decoders.Decoder, reductions: list[int]) -> decoders.Decoder:
+    """`decoder` with its JPEG decoder's calls recorded (the reduction of each)."""
+    decode = decoder.jpeg_reduced
+    assert decode is not None
+
+    def recorded(encoded: np.ndarray, reduce: int) -> np.ndarray:
+        reductions.append(reduce)
+        return decode(encoded, reduce)
+
+    return dataclasses.replace(decoder, jpeg_reduced=recorded)
+
+
+def _crops(preset: object, data: torch.Tensor, decoder: decoders.Decoder, seeds: int = 6) -> list[torch.Tensor]:
+    """The preset's output for the same random draws (one seed each), decoded by `decoder`."""
+    crops = []
+    for seed in range(seeds):
+        random.seed(seed)
+        crops.append(preset(data, decoder))  # type: ignore[operator]
+    return crops
+
+
+def test_the_jpeg_decoder_is_chosen_once_beside_the_chain_and_passed_over_when_absent_or_broken():
+    def broken() -> tuple[str, decoders.DecodeJpegReduced]:  # loads, but its pixels are not the picture's
+        return "broken", lambda encoded, reduce: np.zeros((8, 16, 3), np.uint8)
+
+    assert decoders.select_jpeg({"simplejpeg": _absent}) is None  # type: ignore[dict-item]
+    assert decoders.select_jpeg({"broken": broken}) is None
+    assert decoders.with_jpeg(decoders.PIL_ONLY, None) is decoders.PIL_ONLY
+    jpeg = decoders.select_jpeg()
+    chosen = decoders.chosen()
+    assert (chosen.jpeg_reduced is None) == (jpeg is None)
+    assert chosen.name == decoders.select().name + ("" if jpeg is None else f" + {jpeg[0]}")
+
+
+def test_a_jpeg_the_jpeg_decoder_cannot_read_goes_on_to_the_chain(tmp_path):
+    """Whatever it refuses (ValueError) the chain decodes as it always did, and it never sees CMYK."""
+    seen: list[int] = []
+
+    def refusing(encoded: np.ndarray, reduce: int) -> np.ndarray:
+        seen.append(reduce)
+        raise ValueError("Unsupported JPEG process")
+
+    chain = decoders.select()
+    refused = dataclasses.replace(chain, jpeg_reduced=refusing)
+    for mode in ("RGB", "CMYK"):
+        data = presets.read_bytes(str(write_photo(tmp_path / f"{mode}.jpg", 90, 60, mode=mode, quality=90)))
+        pixels = presets.decode_rgb(*presets.open_sample(data), 1, refused)
+        assert torch.equal(pixels, presets.decode_rgb(*presets.open_sample(data), 1, chain))
+        assert pixels.permute(1, 2, 0).is_contiguous()
+    assert seen == [1]  # the RGB one only
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize(("width", "height"), [(500, 375), (1600, 1200)])
+def test_the_jpeg_decoder_gives_todays_crops(tmp_path, mode, width, height):
+    """The same boxes and shapes as the chain alone, the pixels within its rounding (in practice the same);
+    the JPEG decoder itself decodes them, the large ones reduced in the DCT as PIL did."""
+    jpeg = _jpeg_or_skip()
+    chain, reductions = decoders.select(), []
+    decoder = _recording(decoders.with_jpeg(chain, jpeg), reductions)
+    path = write_photo(tmp_path / "photo.jpg", width, height, mode=mode, quality=90)
+    data = presets.read_bytes(str(path))
+    for preset in (TrainPreset(224), ValPreset(256, 224)):
+        ours, todays = _crops(preset, data, decoder), _crops(preset, data, chain)
+        for a, b in zip(ours, todays, strict=True):
+            assert a.shape == b.shape == (3, 224, 224)
+            assert (a.float() - b.float()).abs().mean() < 2
+    assert len(reductions) == 12 and (max(reductions) > 1) == (width * height >= presets.REDUCE_FROM_PIXELS)
+    whole = presets.decode_rgb(*presets.open_sample(data), 1, decoder)
+    assert whole.permute(1, 2, 0).is_contiguous()
+    assert (whole.int() - _pil_pixels(path).int()).abs().max() <= 2
+
+
+def test_a_reduced_jpeg_has_its_planned_size_whichever_decodes_it(tmp_path):
+    """1/2, 1/4 and 1/8 of a picture whose sides they do not divide: the sizes rounded up, by PIL (asked for
+    the rounded-up size, its draft used to take the next smaller reduction, or none) and by the JPEG decoder,
+    their pixels within libjpeg-turbo's rounding."""
+    data = presets.read_bytes(str(write_photo(tmp_path / "odd.jpg", 1001, 757, quality=90)))
+    jpeg = decoders.select_jpeg()
+    for reduce in (2, 4, 8):
+        pil = presets.decode_rgb(*presets.open_sample(data), reduce, decoders.PIL_ONLY)
+        assert pil.shape == (3, -(-757 // reduce), -(-1001 // reduce))
+        if jpeg is not None:
+            ours = presets.decode_rgb(*presets.open_sample(data), reduce, decoders.with_jpeg(decoders.PIL_ONLY, jpeg))
+            assert ours.shape == pil.shape and (ours.float() - pil.float()).abs().mean() < 1
+
+
+def test_a_damaged_jpeg_fares_as_it_did_without_the_jpeg_decoder(tmp_path):
+    """simplejpeg refuses a cut-off file; the chain then decides, as it would have alone."""
+    decoder = decoders.with_jpeg(decoders.select(), _jpeg_or_skip())
+    whole = presets.read_bytes(str(write_photo(tmp_path / "photo.jpg", 120, 90, quality=90)))
+    cut = whole[: len(whole) * 2 // 3].clone()
+
+    def outcome(chosen: decoders.Decoder) -> torch.Tensor | type[BaseException]:
+        try:
+            return presets.decode_rgb(*presets.open_sample(cut), 1, chosen)
+        except Exception as error:  # the same kind of failure either way
+            return type(error)
+
+    ours, todays = outcome(decoder), outcome(decoders.select())
+    assert ours is todays if isinstance(todays, type) else torch.equal(ours, todays)  # type: ignore[arg-type]
 
 
 def test_decode_on_device_is_refused_at_start_in_one_line_without_a_gpu(tmp_path):

@@ -1,7 +1,7 @@
 """Training and validation image presets: file to uint8 tensor, as little CPU work as the result allows.
 
 What the reference pipeline spends its CPU time on, per image, and what these presets do instead:
-- PIL decoding plus a PIL crop and resize: a libjpeg-turbo decoder (TorchCodec's, see `decoders`), then
+- PIL decoding plus a PIL crop and resize: a libjpeg-turbo decoder (simplejpeg's or TorchCodec's, see `decoders`), then
   one antialiased resize in torch's vectorised uint8 kernel (it wants channels-last pixels, so the crop is laid out so);
 - decoding a large JPEG at full size only to shrink it: libjpeg's reduced-size decoding (1/2, 1/4, 1/8,
   in the DCT) whenever the crop still has at least the output's pixels at that scale;
@@ -124,10 +124,11 @@ class Preset:
     def plan(self, width: int, height: int) -> Plan:
         raise NotImplementedError
 
-    def __call__(self, sample: Sample) -> torch.Tensor:
+    def __call__(self, sample: Sample, decoder: decoders.Decoder | None = None) -> torch.Tensor:
+        """`decoder`: the process's (`decoders.chosen`) unless named, as a benchmark names the one it compares."""
         encoded, header = open_sample(sample)
         full_width, plan = header.width, self.plan(*header.size)
-        pixels = decode_rgb(encoded, header, within_limit(header, plan.reduction(header)))
+        pixels = decode_rgb(encoded, header, within_limit(header, plan.reduction(header)), decoder)
         return plan(pixels, pixels.shape[-1] / full_width)
 
 
@@ -298,21 +299,48 @@ def dct_reduction(header: Image.Image, source_side: int, target_side: int) -> in
     return next((s for s in DCT_SCALES if source_side // s >= target_side), 1)
 
 
-def decode_rgb(encoded: torch.Tensor | None, header: Image.Image, reduce: int = 1) -> torch.Tensor:
+def decode_rgb(
+    encoded: torch.Tensor | None, header: Image.Image, reduce: int = 1, decoder: decoders.Decoder | None = None
+) -> torch.Tensor:
     """Pixels as uint8 (3, H, W) whatever the file's colour mode, laid out channels-last in memory:
     torch's vectorised uint8 resize needs that layout, and crops of it stay views. The process's decoder
-    (`decoders.chosen`) decodes the formats it reads; PIL decodes when the DCT can reduce (the others
-    cannot), for other formats, and for an animated picture, of which it decodes the first frame only
-    (the others would decode every frame: a small file of many large frames asks for gigabytes)."""
-    decoder, animated = decoders.chosen(), getattr(header, "is_animated", False)
-    if reduce == 1 and encoded is not None and header.format in decoder.formats and not animated:
-        try:
-            chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
-        except RuntimeError:
-            pass  # a variant or colour mode that decoder does not read: PIL does
-        else:  # 16-bit PNGs may come as uint16: scale them (PIL would clip everything above 255 to white)
-            chw = F.to_dtype(chw, torch.uint8, scale=True) if chw.dtype != torch.uint8 else chw
-            return chw.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    if reduce > 1:
-        header.draft("RGB", (-(-header.width // reduce), -(-header.height // reduce)))
+    (`decoders.chosen`) decodes the formats it reads: its JPEG decoder (simplejpeg) first, at any
+    reduction, then the chain's at full size; PIL decodes the rest, reduced ones when there is no JPEG
+    decoder, and an animated picture, of which it decodes the first frame only (the others would decode
+    every frame: a small file of many large frames asks for gigabytes)."""
+    decoder = decoders.chosen() if decoder is None else decoder
+    animated = getattr(header, "is_animated", False)
+    if encoded is not None and not animated:
+        pixels = _jpeg_reduced(decoder, encoded, header, reduce)
+        if pixels is None and reduce == 1 and header.format in decoder.formats:
+            pixels = _decoded(decoder, encoded, header.format)
+        if pixels is not None:
+            return pixels
+    if reduce > 1:  # PIL takes the largest reduction that keeps the size asked: asked the rounded-up size of a
+        # side `reduce` does not divide, it took the next smaller one (or none), past the pixel limit too
+        header.draft("RGB", (max(1, header.width // reduce), max(1, header.height // reduce)))
     return torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
+
+
+def _jpeg_reduced(
+    decoder: decoders.Decoder, encoded: torch.Tensor, header: Image.Image, reduce: int
+) -> torch.Tensor | None:
+    """An RGB or grey JPEG by the decoder's JPEG decoder, already channels-last; None when there is none, or
+    for a file it does not read cleanly (CMYK, 12-bit, damaged), which the decoders after it then judge."""
+    if decoder.jpeg_reduced is None or header.format != "JPEG" or header.mode not in ("RGB", "L"):
+        return None
+    try:
+        return torch.from_numpy(decoder.jpeg_reduced(encoded.numpy(), reduce)).permute(2, 0, 1)
+    except ValueError:
+        return None
+
+
+def _decoded(decoder: decoders.Decoder, encoded: torch.Tensor, fmt: str) -> torch.Tensor | None:
+    """The chain's decoder at full size; None for a variant or colour mode it does not read (PIL does)."""
+    try:
+        chw = decoder.decode(encoded, fmt)  # type: ignore[misc]
+    except RuntimeError:
+        return None
+    # 16-bit PNGs may come as uint16: scale them (PIL would clip everything above 255 to white)
+    chw = F.to_dtype(chw, torch.uint8, scale=True) if chw.dtype != torch.uint8 else chw
+    return chw.permute(1, 2, 0).contiguous().permute(2, 0, 1)
