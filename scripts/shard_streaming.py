@@ -10,7 +10,7 @@ The pictures are Fashion-MNIST's (Debian's dataset-fashion-mnist, or --fashion-m
 photograph-like JPEGs of the given sizes, so that decoding costs what it costs for photos and a short run
 learns something. Run from the checkout (it borrows the tests' loopback HTTP server):
 
-    .venv/bin/python scripts/shard_streaming.py [--per-class 40] [--epochs 3] [--workers 2] [--rounds 3]
+    .venv/bin/python scripts/shard_streaming.py [--per-class 60] [--epochs 6] [--workers 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -96,8 +96,9 @@ def in_turns(loaders: dict[str, DataLoader], rounds: int) -> dict[str, float]:
 
 
 def short_run(data: str, out: Path, epochs: int, workers: int) -> dict[str, float]:
-    cli("train", data, "-a", "resnet18", "--epochs", str(epochs), "-b", "32", "--image-size", "112", "--seed", "0",
-        "-j", str(workers), "--lr", "0.05", "--lr-warmup-epochs", "1", "-q", "--output-dir", str(out))  # fmt: skip
+    cli("train", data, "-a", "resnet18", "--epochs", str(epochs), "-b", "32", "--image-size", "64", "--seed", "0",
+        "--crop-scale", "0.35", "1", "-j", str(workers), "--lr", "0.1", "--lr-warmup-epochs", "1",
+        "--lr-scheduler", "cosine", "-q", "--output-dir", str(out))  # fmt: skip
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs_ = [line for line in lines if line["type"] == "epoch"]
     return {"best_top1": max(e["val_acc1"] for e in epochs_), "train_img_s": statistics.median(
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument(
         "--per-class", type=int, default=40, help="training pictures per class (a quarter more for val)"
     )
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
