@@ -3,6 +3,7 @@ augmentation, a plateau schedule, and evaluating a third split."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -83,6 +84,15 @@ def test_crop_scale_and_hflip_change_the_crop_boxes_drawn():
     assert min(b.height * b.width / (400 * 300) for b in default) < 0.2 and any(b.flip for b in default)
     narrow = boxes(crop_ratio=(1.0, 1.0))
     assert all(abs(b.width - b.height) <= 1 for b in narrow)  # square crops only
+
+
+def test_crop_scale_and_ratio_are_typed_as_two_numbers_on_the_command_line(tmp_path):
+    """Typer reads a pair's two values (a tuple field declared as one number took only the first)."""
+    ok(run_cli("train", "--fake-data", "--crop-scale", "0.35", "1", "--crop-ratio", "0.5", "2", "--image-size", "32",
+               "--fake-train-images", "8", "--fake-val-images", "4", "-b", "4", "-j", "0", "--epochs", "1",
+               "--output-dir", str(tmp_path)))  # fmt: skip
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert (recorded["crop-scale"], recorded["crop-ratio"]) == ([0.35, 1.0], [0.5, 2.0])
 
 
 @pytest.mark.parametrize("pair", [(0.0, 1.0), (0.5, 0.2), (0.5, 1.5)])

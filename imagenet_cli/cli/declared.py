@@ -59,8 +59,11 @@ def _shown(name: str, found: Option, command: str) -> str | bool:
 
 
 def _value_type(name: str) -> type:
-    """The field's type without None: `int | None` -> int."""
+    """The field's type without None: `int | None` -> int; a pair stays a pair, so Typer reads two values
+    (`--crop-scale 0.35 1`)."""
     hint = field_types()[name]
+    if typing.get_origin(hint) is tuple:
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 
