@@ -175,7 +175,8 @@ def _credentials(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_s3_training_resumed_mid_epoch_is_bit_identical_to_local_files(bucket, local_run, tmp_path):
-    """Killed outright just after its step-2 checkpoint was saved, then resumed from the same bucket."""
+    """Killed outright just after its step-2 checkpoint was saved, then resumed from the same bucket; then
+    checked and evaluated there."""
     env = cli_env(**bucket)
     crashing = cli_env(**bucket, IMAGENET_CLI_FAULT="crash:epoch=0,file=checkpoint.pth.tar,point=renamed")
     killed = run_cli("train", "s3://data/imagenet/", *TRAIN, "--save-every-steps", "2", "--output-dir", str(tmp_path),
@@ -188,6 +189,9 @@ def test_s3_training_resumed_mid_epoch_is_bit_identical_to_local_files(bucket, l
     assert same_weights(tmp_path / "checkpoint.pth.tar", local_run)
     checked = json.loads(ok(run_cli("check-data", "s3://data/imagenet", "--json", env=env)).stdout)
     assert checked["files"] == 31 and checked["unreadable"] == []
+    evaluated = json_result(run_cli("evaluate", str(tmp_path / "checkpoint.pth.tar"), "s3://data/imagenet/", "--json",
+                                    env=env))  # fmt: skip
+    assert evaluated["images"] == 7 and evaluated["acc1"] == pytest.approx(load(local_run)["best_acc1"])
     output = killed.stdout + killed.stderr + resumed.stdout + resumed.stderr
     assert bucket["AWS_SECRET_ACCESS_KEY"] not in output
 
