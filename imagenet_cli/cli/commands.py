@@ -129,7 +129,7 @@ def finetune(given: dict[str, Any], extras: dict[str, Any]) -> None:
     given.setdefault("output_dir", os.path.abspath("."))
     if "weights" in given and "arch" not in given:
         given.update(recorded_arch(given["weights"], required=True))
-    if not given.keys() & {"image_size", "val_crop_size", "val_resize_size"}:
+    if not given.keys() & {"image_size", "val_crop_size", "val_resize_size", "progressive_resize"}:
         given.update(input_size_of_weights(given))
     confirmed_launch(build_config("finetune", given), typed_arch, given.get("weights"))
 

@@ -41,6 +41,7 @@ _FIELDS = {spec.name: spec for section in ALL_SECTIONS for spec in dataclasses.f
 _DERIVED = {
     "fake": ("image_size", "val_crop_size", "val_resize_size", "num_classes"),
     "dataset": ("image_size", "val_crop_size", "val_resize_size"),
+    "progressive_resize": ("image_size", "val_crop_size", "val_resize_size"),
     "image_size": ("val_crop_size", "val_resize_size"),
     "val_crop_size": ("val_resize_size",),
 }

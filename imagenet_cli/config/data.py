@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ MAX_FAKE_IMAGES = 100_000_000
 MAX_PREFETCH = 64
 MAX_SHUFFLE_BUFFER = 100_000  # samples held per loader worker
 MAX_WORKERS = 256  # loader workers per process (a stored count is also kept only up to this machine's cores)
+# Progressive resizing (FFCV's ImageNet recipes): the crop stays at START until the rise begins, reaches END
+# at its last epoch, and between them takes sizes in steps that keep convolutions and channels-last efficient.
+SMALLEST_PROGRESSIVE = 16
+RISE_FROM, RISE_TO = 0.7, 0.85  # of the epochs, by default: FFCV's rn50 configs rise over about 72% to 85%
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,18 @@ class DataConfig:
     image_size: int | None = option(
         None, "--image-size", "--train-crop-size", panel=DATA, commands=RUNS, show_default="224; 64 with --fake-data",
         help="Training crop size in pixels.",
+    )  # fmt: skip
+    progressive_resize: str | None = option(
+        None, "--progressive-resize", panel=DATA, metavar="START:END", show_default="off",
+        help="Progressive resizing: the training crop rises from START to END pixels over "
+        "--progressive-resize-epochs, in steps of 32 px (16 below 128), so early epochs cost less (FFCV's "
+        "recipes: 160:192). Sets the training crop size; validation keeps --val-resize-size and --val-crop-size.",
+    )  # fmt: skip
+    progressive_resize_epochs: str | None = option(
+        None, "--progressive-resize-epochs", panel=DATA, metavar="A:B",
+        show_default=f"{RISE_FROM:.0%} to {RISE_TO:.0%} of --epochs",
+        help="The epochs over which the crop rises: START up to epoch A, END from epoch B on (counted from 0), "
+        "linear between.",
     )  # fmt: skip
     val_resize_size: int | None = option(
         None, "--val-resize-size", panel=DATA, commands=RUNS, show_default="val crop / 0.875",
@@ -171,7 +188,7 @@ class DataConfig:
             self.workers is None or 0 <= self.workers <= MAX_WORKERS,
             f"--workers must be from 0 to {MAX_WORKERS}, got {self.workers}",
         )
-        image_size = self.image_size or native or (FAKE_IMAGE_SIZE if self.fake else 224)
+        image_size = self._progressive_end() or self.image_size or native or (FAKE_IMAGE_SIZE if self.fake else 224)
         crop = self.val_crop_size or image_size
         resize = self.val_resize_size or (crop if crop == native else round(crop / VAL_CROP_RATIO))
         num_classes = self.num_classes or (FAKE_NUM_CLASSES if self.fake else None)
@@ -209,6 +226,55 @@ class DataConfig:
         ):
             check(8 <= value <= most, f"{flag} must be from 8 to {most} pixels, got {value}")
         check(resize >= crop, f"--val-resize-size ({resize}) must not be smaller than --val-crop-size ({crop})")
+
+    def _progressive_end(self) -> int | None:
+        """END of --progressive-resize, checked: the crop the last epochs train at, so it is the image size."""
+        if self.progressive_resize is None:
+            check(
+                self.progressive_resize_epochs is None,
+                "--progressive-resize-epochs needs --progressive-resize START:END",
+            )
+            return None
+        start, end = _span("--progressive-resize", self.progressive_resize, "START:END in pixels, e.g. 160:192")
+        check(start <= end, f"--progressive-resize {start}:{end}: START must not be larger than END (it rises)")
+        largest = MAX_FAKE_SIDE if self.fake else MAX_SIDE
+        check(
+            start >= SMALLEST_PROGRESSIVE and end <= largest,
+            f"--progressive-resize sizes must be from {SMALLEST_PROGRESSIVE} to {largest} pixels, got {start}:{end}",
+        )
+        check(
+            self.image_size in (None, end),
+            f"--progressive-resize {start}:{end} sets the training crop size (END, {end} at the last epochs); "
+            f"leave out --train-crop-size {self.image_size}",
+        )
+        if self.progressive_resize_epochs is not None:
+            first, last = self.rise_epochs(0)
+            check(first <= last, f"--progressive-resize-epochs {first}:{last}: A must not be after B")
+        return end
+
+    def rise_epochs(self, epochs: int) -> tuple[int, int]:
+        """The epochs A:B over which the crop rises (given, or FFCV's share of a run of `epochs`)."""
+        if self.progressive_resize_epochs is None:
+            return math.floor(RISE_FROM * epochs + 0.5), math.floor(RISE_TO * epochs + 0.5)
+        return _span("--progressive-resize-epochs", self.progressive_resize_epochs, "A:B, epochs like 11:13")
+
+    def crop_size_at(self, epoch: int, epochs: int) -> int:
+        """The training crop of `epoch` (from 0) in a run of `epochs`: a pure function of the configuration,
+        so a resumed run, mid-epoch too, trains each epoch at the size an uninterrupted one would. FFCV's
+        rule: START until A, END from B, between them the straight line rounded to a step (32 px, 16 below
+        128: sizes channels-last convolutions run well at), never outside START..END."""
+        assert self.image_size is not None
+        if self.progressive_resize is None:
+            return self.image_size
+        start, end = _span("--progressive-resize", self.progressive_resize, "START:END")
+        first, last = self.rise_epochs(epochs)
+        if epoch <= first:
+            return start
+        if epoch >= last:
+            return end
+        size = start + (end - start) * (epoch - first) / (last - first)
+        step = 16 if size < 128 else 32
+        return min(end, max(start, math.floor(size / step + 0.5) * step))
 
     def _native_size(self) -> int | None:
         """A --dataset's own picture size (its format becomes torchvision's)."""
@@ -265,6 +331,14 @@ class DataConfig:
             "--auto-augment and --random-erase run in the loader workers, but --decode-on-device crops on the "
             "device; use one or the other",
         )
+
+
+def _span(flag: str, text: str, form: str) -> tuple[int, int]:
+    """Two whole numbers written LOW:HIGH, as `--progressive-resize 160:192` takes them."""
+    found = re.fullmatch(r"\s*(\d{1,6})\s*:\s*(\d{1,6})\s*", str(text))
+    check(found is not None, f"{flag} takes {form}; got {str(text)[:40]!r}")
+    assert found is not None
+    return int(found[1]), int(found[2])
 
 
 def _pair(flag: str, values: tuple[float, float] | list[float]) -> tuple[float, float]:

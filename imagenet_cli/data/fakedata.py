@@ -32,7 +32,7 @@ class FakeImages(Dataset):
         palette = torch.Generator().manual_seed(1234 + num_classes)
         self.colours = torch.randint(0, 256, (num_classes, 3, 1, 1), generator=palette)
         self.classes = [f"class_{i}" for i in range(num_classes)]
-        self._banks: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._banks: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return self.num_images
@@ -50,16 +50,19 @@ class FakeImages(Dataset):
         return images.to(torch.uint8), labels
 
     def _bank(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class colours and noise patterns on `device`, hashed from the seed (the same bytes anywhere)."""
-        if device not in self._banks:
-            size, salt = self.image_size, self.seed * 0x9E3779B1 & _MASK31
+        """Class colours and noise patterns on `device`, hashed from the seed (the same bytes anywhere), at
+        the current image size (progressive resizing changes it between epochs)."""
+        size = self.image_size
+        if (device, size) not in self._banks:
+            salt = self.seed * 0x9E3779B1 & _MASK31
             noise = torch.empty(NOISE_PATTERNS, 3, size, size, dtype=torch.int16, device=device)
             for pattern in range(NOISE_PATTERNS):  # one at a time: the int64 hashing of all would take GBs
                 first = pattern * 3 * size * size
                 pixels = torch.arange(first, first + 3 * size * size, device=device).view(3, size, size)
                 noise[pattern] = _mix(pixels ^ salt) & 255
-            self._banks[device] = (self.colours.to(device, torch.int16), noise)
-        return self._banks[device]
+            self._banks = {key: bank for key, bank in self._banks.items() if key[0] != device}  # one size held
+            self._banks[device, size] = (self.colours.to(device, torch.int16), noise)
+        return self._banks[device, size]
 
 
 class DeviceBatches:

@@ -173,10 +173,32 @@ def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
         yield
     finally:
         for loader in loaders:
-            iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
-            loader._iterator = None
+            _stop_workers(loader)
+
+
+def _stop_workers(loader: DataLoader | DeviceBatches) -> None:
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None  # type: ignore[union-attr]
+
+
+def set_train_size(loader: DataLoader | DeviceBatches, size: int) -> None:
+    """Progressive resizing: the training crops of the next epoch at `size` px. The size lives in the preset, which loader workers copy when they start: persistent workers are
+    stopped, so the next epoch's iterator starts workers that copy the new one (a stream's start anew each
+    epoch anyway). A size rises a handful of times in a run, so restarting costs little."""
+    dataset = loader.dataset
+    while isinstance(dataset, (Guarded, PerSampleSeeded)):
+        dataset = dataset.dataset
+    if isinstance(dataset, FakeImages):  # made on the device, at its image size
+        dataset.image_size = size
+        return
+    crop = presets.crop_of(getattr(dataset, "transform", None))
+    if crop is None:
+        raise UserError(f"--progressive-resize cannot set the crop size of {type(dataset).__name__} data")
+    if crop.size != size:
+        crop.resize(size)
+        _stop_workers(loader)
 
 
 def _leave_signals_to_the_main_process(_worker_id: int) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from . import decoders
@@ -145,6 +146,10 @@ class TrainPreset(Preset):
     ) -> None:
         self.size, self.interpolation, self.hflip, self.scale, self.ratio = size, interpolation, hflip, scale, ratio
 
+    def resize(self, size: int) -> None:
+        """Progressive resizing: crops of another size from the next epoch (`loaders.set_train_size`)."""
+        self.size = size
+
     def plan(self, width: int, height: int) -> CropPlan:
         box = random_crop_box(
             width, height, self.scale, self.ratio
@@ -171,10 +176,24 @@ class PadCropPreset(Preset):
     ) -> None:
         self.size, self.padding, self.interpolation, self.hflip = size, padding, interpolation, hflip
 
+    def resize(self, size: int) -> None:
+        """Progressive resizing: pictures resized to `size` from the next epoch, padded by an eighth of it."""
+        self.size, self.padding = size, size // 8
+
     def plan(self, width: int, height: int) -> PadCropPlan:
         offsets = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
         flip = random.random() < self.hflip  # drawn even at 0 or 1: the generators' stream stays the same
         return PadCropPlan(self.size, self.padding, *offsets, flip=flip, interpolation=self.interpolation)
+
+
+def crop_of(transform: object) -> TrainPreset | PadCropPreset | None:
+    """The preset that sets a training transform's output size, inside the wrappers this package puts
+    around it (`--decode-on-device`, the augmentations' `Compose`); None when there is none."""
+    if isinstance(transform, DeviceDecoded):
+        transform = transform.preset
+    elif isinstance(transform, v2.Compose):
+        transform = transform.transforms[0]
+    return transform if isinstance(transform, (TrainPreset, PadCropPreset)) else None
 
 
 # -- decoding on the training device ---------------------------------------------------------------------------

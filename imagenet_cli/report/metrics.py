@@ -15,6 +15,7 @@ class Metrics:
     per_class: tuple[tuple[int, int], ...] = ()  # evaluation: (top-1 correct, images) for each class
     data_seconds: float = 0.0  # of `seconds`, the time spent waiting for the next batch
     confusion: tuple[tuple[int, ...], ...] = ()  # evaluation, when asked: images by (true, predicted) class
+    image_size: int = 0  # training: the side of the crops trained on, read from the batches (0: none)
 
     @property
     def images_per_second(self) -> float:

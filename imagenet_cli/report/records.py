@@ -204,7 +204,8 @@ class MetricsFile(Reporter):
              "train_acc5": train.acc5, "val_loss": val.loss, "val_acc1": val.acc1, "val_acc5": val.acc5,
              "lr": result.lr, "best_acc1": result.best_acc1, "is_best": result.is_best, "saved": result.saved,
              "seconds": train.seconds + val.seconds, "images_per_second": train.images_per_second,
-             "data_wait": train.data_wait, "memory_mb": memory_mb(self.device), **ema_figures}
+             "data_wait": train.data_wait, "train_size": train.image_size, "memory_mb": memory_mb(self.device),
+             **ema_figures}
         )  # fmt: skip
 
     def close(self) -> None:

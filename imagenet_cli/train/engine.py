@@ -142,6 +142,7 @@ def train_one_epoch(
     meter, since_print = Meter(ctx.device), Meter(ctx.device)
     start = last_print = waiting_since = time.perf_counter()
     waited = waited_since_print = 0.0
+    side = 0  # the crops' size, as the batches have it: what metrics.jsonl records of progressive resizing
     total = first_step + len(loader)
     reporter.phase_start("train", epoch, total, first_step)
     for step, batch in enumerate(loader, start=first_step + 1):
@@ -149,6 +150,7 @@ def train_one_epoch(
         waited, waited_since_print = waited + wait, waited_since_print + wait
         images, targets = parts.bad_images.unpack(batch)
         images, targets = parts.normalize(images), targets.to(ctx.device, non_blocking=True)
+        side = images.shape[-1]
         if parts.schedule is not None:
             parts.schedule.apply(parts.optimizer, epoch + (step - 1) / total)
         last_of_group = step % parts.grad_accum_steps == 0 or step == total
@@ -168,7 +170,7 @@ def train_one_epoch(
             after_step(step)
         waiting_since = time.perf_counter()
     all_reduce_sum(meter.sums, ctx)
-    result = meter.read(time.perf_counter() - start, waited)
+    result = dataclasses.replace(meter.read(time.perf_counter() - start, waited), image_size=side)
     reporter.phase_end(result)
     return result
 

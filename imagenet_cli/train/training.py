@@ -8,6 +8,7 @@ never interrupted.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 
@@ -78,7 +79,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         )
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
-        hooks = _hooks(cfg, settings, control, state, frozen, parts.guard)
+        hooks = _hooks(cfg, settings, control, state, frozen, parts.guard, train_loader)
         best_acc1 = engine.fit(
             parts, train_loader, val_loader, start_epoch=progress.epoch, start_step=progress.step,
             epochs=cfg.optim.epochs, best_acc1=progress.best_acc1, hooks=hooks, best_by_ema=cfg.optim.best_by == "ema",
@@ -168,11 +169,27 @@ def _hooks(
     state: TrainState,
     frozen: bool,
     guard: engine.FiniteGuard,
+    train_loader: data.DataLoader | data.DeviceBatches,
 ) -> engine.Hooks:
-    """Unfreezing at its epoch; mid-epoch saves and stops, agreed by all ranks at the same step."""
-    current = {"frozen": frozen}
+    """The epoch's crop size and unfreezing at its epoch; mid-epoch saves and stops, agreed by all ranks at
+    the same step."""
+    current: dict[str, Any] = {"frozen": frozen, "size": None}
+
+    def resize(epoch: int, reporter: Reporter) -> None:
+        """--progressive-resize: the epoch's crop size, a pure function of (epoch, configuration), so a
+        resumed run trains each epoch at the size the uninterrupted one did; said where the run starts and
+        when it changes (metrics.jsonl records each epoch's, `train_size`, read from the batches)."""
+        size = cfg.data.crop_size_at(epoch, cfg.optim.epochs)
+        if size != current["size"]:
+            data.set_train_size(train_loader, size)
+            current["size"] = size
+            reporter.message(
+                f"epoch {epoch}: training crops of {size} px (--progressive-resize {cfg.data.progressive_resize})"
+            )
 
     def before_epoch(epoch: int, parts: engine.TrainParts) -> engine.TrainParts:
+        if cfg.data.progressive_resize is not None:
+            resize(epoch, parts.reporter)
         wanted = finetune.backbone_frozen_at(epoch, cfg.optim)
         if wanted == current["frozen"]:
             return parts
