@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,3 +287,21 @@ def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) 
 def _save_png(figure: Figure, output: Path) -> None:
     """Whole or not at all, so a viewer or a second writer never sees half a PNG."""
     atomic_write(str(output), lambda file: figure.savefig(file, format="png"))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m imagenet_cli.report.plots RUN_DIR`: RUN_DIR/curves.png, what a short run leaves to a
+    background process (`records.draw_curves`). Nobody reads its output, so failing is its only report."""
+    if len(argv) != 1:
+        print("usage: python -m imagenet_cli.report.plots RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        training_curves([Path(argv[0])], Path(argv[0]) / CURVES_NAME)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

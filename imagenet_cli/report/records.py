@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .metrics import EpochResult, Metrics
 
 CONFIG_NAME = "config.json"
+CURVES_INLINE_AFTER = 300.0  # seconds of run: curves.png is drawn by the run itself from then on
 
 
 def write_config(cfg: RunConfig) -> str:
@@ -129,13 +131,34 @@ def rank_log(log_dir: str | None, rank: int, redirect: bool) -> Iterator[IO[str]
             faulthandler.disable()
 
 
-def draw_curves(output_dir: str) -> str:
-    """OUTPUT_DIR/curves.png at the end of a run, when matplotlib is there; a hint when it is not."""
+def draw_curves(output_dir: str, run_seconds: float) -> str:
+    """OUTPUT_DIR/curves.png at the end of a run, when matplotlib is there; a hint when it is not.
+
+    Importing matplotlib and drawing take a second or two: nothing beside a run of minutes, but a tenth
+    of a short one (a CI job, a smoke test). A run shorter than CURVES_INLINE_AFTER seconds leaves the
+    picture to a background process that outlives it by that second (`plots.main`), so it exits at once."""
     if importlib.util.find_spec("matplotlib") is None:
         return f'no {CURVES_NAME}: plotting needs matplotlib (pip install "imagenet-cli[plot]")'
     path = Path(output_dir) / CURVES_NAME
+    if run_seconds < CURVES_INLINE_AFTER:
+        _draw_in_background(output_dir)
+        return f"curves in {path} (drawn in the background)"
     notes = training_curves([Path(output_dir)], path)
     return "\n".join([*notes, f"curves in {path}"])
+
+
+def _draw_in_background(output_dir: str) -> None:
+    """`python -m imagenet_cli.report.plots OUTPUT_DIR`, detached: its own session, so the terminal's
+    Ctrl-C for the next command does not reach it, and none of this process's output streams, so a pipe
+    (`| tee`, a CI log) ends when the run does. This copy of the package comes first on its path."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+    subprocess.Popen(
+        [sys.executable, "-m", "imagenet_cli.report.plots", os.path.abspath(output_dir)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True,
+    )  # fmt: skip
 
 
 def memory_mb(device: torch.device) -> float:

@@ -16,6 +16,7 @@ run splits into:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import statistics
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import UserError
+from ..report.plots import CURVES_NAME, METRICS_NAME
 from .pictures import write_imagenet_like
 
 BenchmarkConfig = Any  # benchmark.BenchmarkConfig, which imports this module
@@ -51,6 +53,7 @@ def run(cfg: BenchmarkConfig, workers: int, progress: Callable[[str], None]) -> 
                 folder = os.path.join(scratch, f"{side}-{number}")
                 os.makedirs(folder)
                 timed[side] = time_command(_command(side, cfg, root, workers, folder), folder, _env(cfg))
+                _wait_for_background_work(folder)
                 shutil.rmtree(folder)  # checkpoints: not worth keeping, and a round's output is large
             rounds.append({side: timed[side] for side in SIDES})
     return summarise(what, rounds)
@@ -101,6 +104,16 @@ def _env(cfg: BenchmarkConfig) -> dict[str, str]:
     return env
 
 
+def _wait_for_background_work(folder: str, limit: float = 60.0) -> None:
+    """Untimed: a short run of ours leaves curves.png to a background process after it exits; it must
+    not take the machine from the next command measured."""
+    if importlib.util.find_spec("matplotlib") is None or not os.path.isfile(os.path.join(folder, METRICS_NAME)):
+        return  # the reference's folder, or no picture to wait for
+    deadline = time.perf_counter() + limit
+    while not os.path.exists(os.path.join(folder, CURVES_NAME)) and time.perf_counter() < deadline:
+        time.sleep(0.05)
+
+
 def time_command(argv: list[str], cwd: str, env: dict[str, str]) -> dict[str, float]:
     """Run `argv` and time its phases (seconds) from the moments its progress lines arrive; its output is
     read as it comes, and the end is when it has exited and closed its output."""
@@ -108,14 +121,17 @@ def time_command(argv: list[str], cwd: str, env: dict[str, str]) -> dict[str, fl
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     first_step = last_step = None
+    lines = {TRAIN_LINE: 0, VAL_LINE: 0}
     tail: list[str] = []
     with process:
         for line in process.stdout:
             now = time.perf_counter()
-            if line.startswith(TRAIN_LINE) and first_step is None:
-                first_step = now
+            if line.startswith(TRAIN_LINE):
+                first_step = first_step or now
+                lines[TRAIN_LINE] += 1
             elif line.startswith(VAL_LINE):
                 last_step = now
+                lines[VAL_LINE] += 1
             tail = [*tail[-19:], line.rstrip()]
         code = process.wait()
     end = time.perf_counter()
@@ -128,6 +144,8 @@ def time_command(argv: list[str], cwd: str, env: dict[str, str]) -> dict[str, fl
         "steps": last_step - first_step,
         "last_step_to_exit": end - last_step,
         "total": end - start,
+        "train_steps": lines[TRAIN_LINE],  # steps seen: what the figures are the time of
+        "val_steps": lines[VAL_LINE],
     }
 
 
