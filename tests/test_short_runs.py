@@ -1,10 +1,12 @@
 """What keeps a short run short without changing what it leaves behind: the process's quick end, imports
-without collection, curves.png drawn off a short run's path, and a checkpoint hashed while written."""
+without collection, curves.png drawn by a process of its own beside the run's end, and a checkpoint
+hashed while it is written."""
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,9 @@ import pytest
 from imagenet_cli.checkpoint.integrity import copy_with_checksum, write_with_checksum
 from imagenet_cli.cli.process import preloaded
 from imagenet_cli.core.faults import SaveFault
-from imagenet_cli.report.records import CURVES_INLINE_AFTER, draw_curves
+from imagenet_cli.report.curves import Drawer, is_fresh
+from imagenet_cli.report.plots import read_metrics
+from imagenet_cli.report.records import draw_curves
 
 from .conftest import FAST_FAKE, TINY_ARCH, cli_env, ok, run_cli
 from .test_plot import assert_png, write_run
@@ -69,30 +73,44 @@ def test_run_commands_start_with_the_run_imported_its_objects_frozen_and_collect
     gc.unfreeze()
 
 
-def test_a_long_run_draws_its_curves_itself(tmp_path):
+def test_the_drawer_imports_first_and_draws_when_told(tmp_path):
     run = write_run(tmp_path / "run")
-    message = draw_curves(str(run), CURVES_INLINE_AFTER)
-    assert message == f"curves in {run / 'curves.png'}"
+    drawer = Drawer(str(run))
+    time.sleep(0.5)
+    assert drawer.process.poll() is None and not (run / "curves.png").exists()  # waiting to be told
+    drawer.draw()
+    drawer.finish()
+    assert drawer.process.returncode == 0 and is_fresh(str(run))
+    assert_png(run / "curves.png")
+    assert draw_curves(str(run)) == f"curves in {run / 'curves.png'}"  # nothing left to draw
+
+
+def test_a_drawer_never_told_ends_without_drawing(tmp_path):
+    run = write_run(tmp_path / "run")
+    drawer = Drawer(str(run))
+    drawer.cancel()
+    assert drawer.process.wait(60) == 0 and not (run / "curves.png").exists()
+
+
+def test_the_run_draws_its_curves_itself_when_they_are_older_than_its_metrics(tmp_path):
+    run = write_run(tmp_path / "run")
+    (run / "curves.png").write_bytes(b"a picture of an earlier run")
+    os.utime(run / "curves.png", ns=(0, 0))
+    assert not is_fresh(str(run))
+    assert draw_curves(str(run)) == f"curves in {run / 'curves.png'}"
     assert_png(run / "curves.png")
 
 
-def test_a_short_run_leaves_its_curves_to_a_background_process(tmp_path):
-    run = write_run(tmp_path / "run")
-    started = time.perf_counter()
-    message = draw_curves(str(run), 1.0)
-    assert time.perf_counter() - started < 5 and message == f"curves in {run / 'curves.png'} (drawn in the background)"
-    assert _appears(run / "curves.png", within=60)
-    assert_png(run / "curves.png")
-
-
-def test_a_short_train_run_ends_with_its_checkpoints_whole_and_its_curves_soon_after(tmp_path):
+def test_a_short_train_run_ends_with_its_checkpoints_whole_and_its_curves_drawn(tmp_path):
     out = tmp_path / "run"
-    shown = ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "--epochs", "1", "-b", "16", "--output-dir", str(out)))
-    assert "(drawn in the background)" in shown.stdout
+    shown = ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "--epochs", "2", "-b", "16", "--output-dir", str(out)))
+    assert shown.stdout.strip().endswith(f"curves in {out / 'curves.png'}")
     for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
         digest = (out / f"{name}.sha256").read_text().split()[0]
         assert digest == hashlib.sha256((out / name).read_bytes()).hexdigest()
-    assert _appears(out / "curves.png", within=60)
+    assert is_fresh(str(out))  # drawn from the finished run's metrics, there when the command returned
+    assert_png(out / "curves.png")
+    assert read_metrics(out).epochs.keys() == {0, 1}
 
 
 def test_hashing_beside_the_writer_sees_every_byte_even_from_a_reused_buffer(tmp_path):
@@ -123,12 +141,3 @@ def test_a_failed_write_ends_its_hashing_thread(tmp_path):
         write_with_checksum(str(tmp_path / "file.bin"), write, SaveFault())
     assert not (tmp_path / "file.bin").exists()
     assert not [t for t in threading.enumerate() if t.name == "checkpoint-sha256"]
-
-
-def _appears(path: Path, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

@@ -290,13 +290,17 @@ def _save_png(figure: Figure, output: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m imagenet_cli.report.plots RUN_DIR`: RUN_DIR/curves.png, what a short run leaves to a
-    background process (`records.draw_curves`). Nobody reads its output, so failing is its only report."""
-    if len(argv) != 1:
-        print("usage: python -m imagenet_cli.report.plots RUN_DIR", file=sys.stderr)
+    """`python -m imagenet_cli.report.plots --when-told RUN_DIR`: the drawer a run starts beside its last
+    validation (`curves.Drawer`). It imports matplotlib at once, then draws RUN_DIR/curves.png when its
+    standard input says `draw`; at end of input without it, it ends having drawn nothing."""
+    if len(argv) != 2 or argv[0] != "--when-told":
+        print("usage: python -m imagenet_cli.report.plots --when-told RUN_DIR", file=sys.stderr)
         return 2
+    _figure(1, 1)  # the imports, while the run still validates
+    if sys.stdin.readline().strip() != "draw":
+        return 0
     try:
-        training_curves([Path(argv[0])], Path(argv[0]) / CURVES_NAME)
+        training_curves([Path(argv[1])], Path(argv[1]) / CURVES_NAME)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ run splits into:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import statistics
@@ -28,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import UserError
-from ..report.plots import CURVES_NAME, METRICS_NAME
 from .pictures import write_imagenet_like
 
 BenchmarkConfig = Any  # benchmark.BenchmarkConfig, which imports this module
@@ -53,7 +51,6 @@ def run(cfg: BenchmarkConfig, workers: int, progress: Callable[[str], None]) -> 
                 folder = os.path.join(scratch, f"{side}-{number}")
                 os.makedirs(folder)
                 timed[side] = time_command(_command(side, cfg, root, workers, folder), folder, _env(cfg))
-                _wait_for_background_work(folder)
                 shutil.rmtree(folder)  # checkpoints: not worth keeping, and a round's output is large
             rounds.append({side: timed[side] for side in SIDES})
     return summarise(what, rounds)
@@ -102,16 +99,6 @@ def _env(cfg: BenchmarkConfig) -> dict[str, str]:
     if cfg.no_accel:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
-
-
-def _wait_for_background_work(folder: str, limit: float = 60.0) -> None:
-    """Untimed: a short run of ours leaves curves.png to a background process after it exits; it must
-    not take the machine from the next command measured."""
-    if importlib.util.find_spec("matplotlib") is None or not os.path.isfile(os.path.join(folder, METRICS_NAME)):
-        return  # the reference's folder, or no picture to wait for
-    deadline = time.perf_counter() + limit
-    while not os.path.exists(os.path.join(folder, CURVES_NAME)) and time.perf_counter() < deadline:
-        time.sleep(0.05)
 
 
 def time_command(argv: list[str], cwd: str, env: dict[str, str]) -> dict[str, float]:

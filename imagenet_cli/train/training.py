@@ -8,7 +8,6 @@ never interrupted.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from torch import nn
 
@@ -32,7 +31,6 @@ from .stops import StepControl
 
 
 def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
-    started = time.perf_counter()
     resumed = read_checkpoint(cfg.resume) if cfg.resume else None
     splits = data.build_splits(cfg.data, with_train=not cfg.evaluate_only, class_names=resumed and resumed.class_names)
     if resumed and resumed.class_names and resumed.class_names != splits.class_names:
@@ -87,7 +85,7 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
         )  # fmt: skip
     reporter.run_end(best_acc1, cfg.output_dir)
     if ctx.is_main:
-        reporter.message(records.draw_curves(cfg.output_dir, time.perf_counter() - started))
+        reporter.message(records.draw_curves(cfg.output_dir))
 
 
 def _train_state(
