@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's performance figures: for a few models, training, input-pipeline and evaluation images/s,
-# each beside the reference script's way, measured in the same run. Uses .venv (set up if needed), or the
+# each beside the reference script's way, measured in the same run; then a short run's whole command
+# (one epoch of 100 + 40 JPEGs) timed from start to exit against the reference script's, alternated. Uses .venv (set up if needed), or the
 # Python named by $PYTHON with this checkout on its path. Extra arguments go to every `benchmark` call,
 # e.g. a DATA directory to read JPEGs from, `--compile`, `--amp fp16`, `--json`.
 set -euo pipefail
@@ -23,3 +24,5 @@ else
   # CPU only: ResNet-18 at 224 px, few steps (seconds each), and the input pipeline.
   "${cli[@]}" benchmark --arch resnet18 -b 32 --steps 3 --warmup 1 "$@"
 fi
+# Start-up and exit costs: what a CI job or smoke test pays (3 rounds, medians).
+"${cli[@]}" benchmark --only e2e-command --arch resnet18 -b 20 --images 100 -j 2 --rounds 3 "$@"

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from .conftest import TINY_ARCH, cli_env, json_result, ok, run_cli
 
@@ -48,12 +49,68 @@ def test_benchmark_with_no_workers_loads_in_its_own_process():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("--only", "everything"), "'everything' is not one of 'train', 'eval', 'pipeline', 'e2e'"), (("--steps", "0"), "must be positive"),
+    [(("--only", "everything"), "'everything' is not one of 'train', 'eval', 'pipeline', 'e2e', 'e2e-command'"),
+     (("--steps", "0"), "must be positive"), (("--rounds", "0"), "must be positive"),
      (("/nonexistent",), "has no train/ folder"), (("-a", "resnet19"), "unknown architecture 'resnet19'")],
 )  # fmt: skip
 def test_benchmark_refuses_bad_input_in_one_line(args, message):
     result = run_cli("benchmark", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_e2e_command_times_the_reference_script_and_ours_as_whole_commands(image_folder):
+    """Both commands really ran one epoch each (every step's line was read) and the phases add up."""
+    result = json_result(
+        run_cli("benchmark", str(image_folder), "--only", "e2e-command", "-a", TINY_ARCH, "-b", "4",
+                "--image-size", "32", "-j", "1", "--rounds", "1", "--json")
+    )  # fmt: skip
+    assert result["results"] == [] and "compute" not in result
+    commands = result["commands"]
+    assert f"{TINY_ARCH} b4 32px -j 1" in commands["what"]
+    (only_round,) = commands["rounds"]
+    for side in ("reference", "ours"):
+        timed = only_round[side]
+        assert (timed["train_steps"], timed["val_steps"]) == (12, 4)  # 48 images in batches of 4; 13 -> 4 batches
+        parts = [timed[phase] for phase in ("start_to_first_step", "steps", "last_step_to_exit")]
+        assert all(0 < part < 200 for part in parts) and timed["total"] == pytest.approx(sum(parts))
+        assert timed["start_to_first_step"] > 0.5  # at least an interpreter and torch's import
+        assert commands["median"][side] == {phase: timed[phase] for phase in commands["median"][side]}
+    for phase, ratio in commands["ratio"].items():
+        assert ratio == pytest.approx(only_round["reference"][phase] / only_round["ours"][phase])
+
+
+def test_e2e_command_generates_train_and_val_images_and_prints_its_table():
+    shown = ok(
+        run_cli("benchmark", "--only", "e2e-command", "-a", TINY_ARCH, "-b", "4", "--image-size", "32",
+                "--images", "8", "-j", "0", "--rounds", "1")
+    ).stdout  # fmt: skip
+    assert "one epoch of 8 train + 3 val generated JPEGs" in shown
+    for label in ("start -> first step", "steps", "last step -> exit", "total", "reference / ours"):
+        assert label in shown
+
+
+def test_e2e_command_needs_a_val_folder(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    result = run_cli("benchmark", str(tmp_path), "--only", "e2e-command")
+    assert result.returncode == 2 and "has no val/ folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reference_script_trains_an_epoch_and_saves_as_the_reference_does(image_folder, tmp_path):
+    """The baseline is the reference's way for real: its checkpoint and best copy, with its keys."""
+    done = subprocess.run(
+        [sys.executable, "-m", "imagenet_cli.tools.reference_main", str(image_folder), "-a", TINY_ARCH, "-b", "8",
+         "-j", "0", "--epochs", "1", "--image-size", "32", "--print-freq", "2"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line.split("\t")[0] for line in done.stdout.splitlines() if line.startswith("Epoch")] == [
+        "Epoch: [0][1/6]", "Epoch: [0][3/6]", "Epoch: [0][5/6]",
+    ]  # fmt: skip
+    assert "* Acc@1" in done.stdout
+    saved = torch.load(tmp_path / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert set(saved) == {"epoch", "arch", "state_dict", "best_acc1", "optimizer", "scheduler"}
+    assert saved["epoch"] == 1 and saved["arch"] == TINY_ARCH and saved["state_dict"]["fc.weight"].shape[0] == 1000
+    assert (tmp_path / "model_best.pth.tar").read_bytes() == (tmp_path / "checkpoint.pth.tar").read_bytes()
 
 
 def test_ctrl_c_stops_the_benchmark_and_its_baseline_process_at_once():

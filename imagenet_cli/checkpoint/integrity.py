@@ -6,8 +6,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import re
 import shutil
+import sys
+import threading
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -18,15 +21,22 @@ from ..core.faults import SaveFault
 
 CHECKSUM_SUFFIX = ".sha256"
 _NO_SPACE_AFTER = 1 << 16  # bytes a `nospace` fault lets through first, so the writer is mid-file
+HASH_QUEUE = 4  # chunks (torch writes a tensor's bytes as one) waiting to be hashed: bounds the copies held
 
 
 class _Hashing:
     """A file wrapper that hashes what passes through it on the way to the disk (no second read), and
-    keeps the OSError a write met: torch's writer reports it only as an internal assertion."""
+    keeps the OSError a write met: torch's writer reports it only as an internal assertion. The hashing
+    runs on a thread of its own (hashlib lets go of the GIL), beside the writer rather than after it: a
+    checkpoint's sha256 costs about as much as writing it. At most HASH_QUEUE chunks wait for it."""
 
     def __init__(self, f: Any, no_space: bool = False) -> None:
-        self.f, self.sha, self.no_space = f, hashlib.sha256(), no_space
+        self.f, self.no_space = f, no_space
         self.written, self.error = 0, None
+        self._sha = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(HASH_QUEUE)
+        self._hasher = threading.Thread(target=self._hash, name="checkpoint-sha256", daemon=True)
+        self._hasher.start()
 
     def write(self, data: bytes) -> int:
         try:
@@ -36,9 +46,19 @@ class _Hashing:
         except OSError as exc:
             self.error = exc
             raise
-        self.sha.update(data)
+        self._chunks.put(bytes(data))  # a copy: the writer may reuse its buffer once this returns
         self.written += len(data)
         return count
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything written; ends the hashing thread (call once, also after a failure)."""
+        self._chunks.put(None)
+        self._hasher.join()
+        return self._sha.hexdigest()
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._sha.update(chunk)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.f, name)
@@ -57,7 +77,8 @@ def write_with_checksum(path: str, write: Callable[[Any], None], fault: SaveFaul
             if wrapper.error is not None and wrapper.error is not exc:
                 raise wrapper.error from exc  # the real cause: a full disk, not "enforce fail at ..."
             raise
-        digest = wrapper.sha.hexdigest()
+        finally:
+            digest = wrapper.hexdigest()
 
     atomic_write(path, hashed, fault.step)
     write_sidecar(path, digest, fault)
@@ -65,14 +86,34 @@ def write_with_checksum(path: str, write: Callable[[Any], None], fault: SaveFaul
 
 
 def copy_with_checksum(source: str, path: str, digest: str, fault: SaveFault) -> None:
-    """A copy of a file just written, with the same checksum file."""
+    """A copy of a file just written, with the same checksum file; copied by the kernel where it can."""
 
     def copy(f: Any) -> None:
         with open(source, "rb") as src:
-            shutil.copyfileobj(src, f)
+            if not _copied_by_kernel(src.fileno(), f.fileno()):
+                shutil.copyfileobj(src, f)
 
     atomic_write(path, copy, fault.step)
     write_sidecar(path, digest, fault)
+
+
+def _copied_by_kernel(source: int, target: int) -> bool:
+    """Copy a whole file between descriptors with sendfile (Linux), without passing it through Python;
+    False when the platform or file system cannot, before anything was written."""
+    if not sys.platform.startswith("linux"):
+        return False
+    size, offset = os.fstat(source).st_size, 0
+    while offset < size:
+        try:
+            sent = os.sendfile(target, source, offset, size - offset)
+        except OSError as exc:
+            if offset == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                return False
+            raise
+        if sent == 0:
+            raise OSError(errno.EIO, f"the copy ended at byte {offset} of {size}")
+        offset += sent
+    return True
 
 
 def write_sidecar(path: str, digest: str, fault: SaveFault) -> None:

@@ -13,6 +13,7 @@ import typer
 from ..core.errors import UserError, one_line
 from . import commands
 from .declared import command
+from .process import leave, preloaded
 from .tools import TOOLS, flag
 
 PYDANTIC_PREFIX = "Value error, "  # Typer checks values with pydantic, which puts this before a refused choice
@@ -67,14 +68,15 @@ for _name, _body, _extra in (
     ("resume", commands.resume, None),
     ("finetune", commands.finetune, RECIPE_FILE),
 ):
-    app.command(_name)(command(_name, _body, _extra))
+    app.command(_name)(command(_name, preloaded(_body), _extra))
 for _name, _tool in TOOLS.items():
     app.command(_name)(_tool)
 
 
 def main() -> None:
     """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`). A usage
-    error (an unknown flag, a value of the wrong type) is one line too, like every other error."""
+    error (an unknown flag, a value of the wrong type) is one line too, like every other error. A command
+    that loaded torch ends without the interpreter's teardown (`process.leave`)."""
     try:
         code = app(prog_name="imagenet-cli", standalone_mode=False)
     except Exception as exc:
@@ -87,4 +89,4 @@ def main() -> None:
         message = exc.format_message().replace(PYDANTIC_PREFIX, "")
         typer.echo(f"error: {one_line(UserError(message))} (see `{command} --help`)", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0)

@@ -13,6 +13,10 @@ from rich.text import Text
 from ..core.text import clip, printable
 from ..report.tables import literal
 
+# e2e-command's phases (tools/e2e_command.py), as the table names them
+PHASE_LABELS = {"start_to_first_step": "start -> first step", "steps": "steps",
+                "last_step_to_exit": "last step -> exit", "total": "total"}  # fmt: skip
+
 
 def print_inspection(summary: dict[str, Any], as_json: bool) -> None:
     """`inspect`: a two-column table, or the same facts as one JSON object."""
@@ -45,13 +49,35 @@ def print_benchmark(result: dict[str, Any], as_json: bool) -> None:
         f"{machine['device_name']} ({machine['device']}, {machine['cpu_cores']} CPU cores), "
         f"torch {machine['torch']}" + (f"; ours: {result['compute']}" if "compute" in result else "")
     )
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    if "commands" in result:
+        console.print(_commands_table(title, result["commands"]))
+    if not result["results"]:
+        return
     table = _columns(title, ("part", "what"), ("ours img/s", "baseline img/s", "ours / baseline"))
     for row in result["results"]:
         table.add_row(
             row["part"], row["what"], f"{row['ours_images_per_second']:,.1f}",
             f"{row['baseline_images_per_second']:,.1f}", f"{row['ratio']:.2f}x",
         )  # fmt: skip
-    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    console.print(table)
+
+
+def _commands_table(machine: str, commands: dict[str, Any]) -> Table:
+    """e2e-command: seconds of each phase, medians of the rounds, each round's figures beside them."""
+    rounds = commands["rounds"]
+    title = f"e2e-command: {commands['what']}; {machine}; medians of {len(rounds)} rounds, alternated"
+    table = _columns(
+        title, ("phase",), ("reference s", "ours s", "reference / ours", "rounds: reference", "rounds: ours")
+    )
+    for phase, label in PHASE_LABELS.items():
+        ratio = commands["ratio"][phase]
+        table.add_row(
+            label, f"{commands['median']['reference'][phase]:.2f}", f"{commands['median']['ours'][phase]:.2f}",
+            f"{ratio:.2f}x" if ratio is not None else "-",
+            *(", ".join(f"{r[side][phase]:.2f}" for r in rounds) for side in ("reference", "ours")),
+        )  # fmt: skip
+    return table
 
 
 def print_data_check(report: dict[str, Any], as_json: bool) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from ..config.options import DATA, MODEL, OPTIM, RUN
 from ..core.errors import EXIT_FAILURE
-from ..tools import BENCHMARK_PARTS, EXPORT_EXTENSIONS
+from ..tools import BENCHMARK_PARTS, DEFAULT_BENCHMARK_PARTS, EXPORT_EXTENSIONS
 from .declared import choice_of, given_options, typed
 from .exits import one_line_errors
 
@@ -79,14 +79,16 @@ def benchmark(
     only: flag(
         list[BenchPart] | None,
         "--only",
-        help="Measure only this part (repeatable).",
-        show_default="all four",
+        help="Measure only this part (repeatable); e2e-command (whole `train` commands, timed) only when named.",
+        show_default="all but e2e-command",
     ) = None,
+    rounds: flag(int, "--rounds", help="e2e-command: runs of each command, alternated (medians reported).") = 3,
     no_accel: NoAccel = False,
     json_output: Json = False,
     debug: Debug = False,
 ) -> None:
-    """Images/s of training, evaluation, the input pipeline and training from files, each beside the reference script's way.
+    """Images/s of training, evaluation, the input pipeline and training from files, each beside the reference script's way;
+    with --only e2e-command, a short `train` command timed whole against the reference script's.
 
     [dim]imagenet-cli benchmark --arch resnet50 -b 256[/dim]
     """
@@ -100,7 +102,8 @@ def benchmark(
             arch=arch, batch_size=batch_size, image_size=image_size,
             compute=ComputeConfig(**compute_given, compile=compile), steps=steps, warmup=warmup,
             data=os.path.abspath(data) if data else None, images=images, workers=workers,
-            parts=tuple(part.value for part in only) if only else BENCHMARK_PARTS, no_accel=no_accel,
+            parts=tuple(part.value for part in only) if only else DEFAULT_BENCHMARK_PARTS, no_accel=no_accel,
+            rounds=rounds,
         )  # fmt: skip
         progress = (lambda text: typer.echo(text, err=True)) if json_output else typer.echo
         print_benchmark(run(cfg, progress), json_output)

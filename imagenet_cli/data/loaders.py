@@ -21,7 +21,7 @@ from ..core import model_sources
 from ..core.context import DistContext
 from ..core.errors import UserError
 from ..core.randomness import PerSampleSeeded, mix_seed
-from . import presets, sources
+from . import decoders, presets, sources
 from .fakedata import DeviceBatches, FakeImages
 from .shards import ShardStream
 from .sources import DataSplits
@@ -145,6 +145,9 @@ def val_loader(
 def _loader(
     dataset: Dataset, sampler: Sampler[int] | None, batch_size: int, workers: int, prefetch: int, ctx: DistContext
 ) -> DataLoader:
+    forked = workers > 0 and sys.platform.startswith("linux")
+    if forked:  # the decoder chosen once, here: forked workers inherit it instead of each importing and testing it
+        decoders.chosen()
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -161,7 +164,7 @@ def _loader(
         worker_init_fn=_leave_signals_to_the_main_process if workers > 0 else None,
         # Workers of a spawned rank would otherwise be spawned too (its default), each re-importing torch:
         # seconds per worker at every start. Forking, as under torchrun, is safe: loader workers never touch CUDA.
-        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None,
+        multiprocessing_context="fork" if forked else None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,3 +287,25 @@ def most_confused(matrix: list[list[int]], class_names: list[str], n: int = 10) 
 def _save_png(figure: Figure, output: Path) -> None:
     """Whole or not at all, so a viewer or a second writer never sees half a PNG."""
     atomic_write(str(output), lambda file: figure.savefig(file, format="png"))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m imagenet_cli.report.plots --when-told RUN_DIR`: the drawer a run starts beside its last
+    validation (`curves.Drawer`). It imports matplotlib at once, then draws RUN_DIR/curves.png when its
+    standard input says `draw`; at end of input without it, it ends having drawn nothing."""
+    if len(argv) != 2 or argv[0] != "--when-told":
+        print("usage: python -m imagenet_cli.report.plots --when-told RUN_DIR", file=sys.stderr)
+        return 2
+    _figure(1, 1)  # the imports, while the run still validates
+    if sys.stdin.readline().strip() != "draw":
+        return 0
+    try:
+        training_curves([Path(argv[1])], Path(argv[1]) / CURVES_NAME)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

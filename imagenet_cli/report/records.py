@@ -27,6 +27,7 @@ import torch
 from ..config import RunConfig, to_options
 from ..core.atomicfile import write_text
 from ..core.errors import UserError
+from . import curves
 from .live import Reporter
 from .plots import CURVES_NAME, METRICS_NAME, training_curves
 
@@ -130,12 +131,17 @@ def rank_log(log_dir: str | None, rank: int, redirect: bool) -> Iterator[IO[str]
 
 
 def draw_curves(output_dir: str) -> str:
-    """OUTPUT_DIR/curves.png at the end of a run, when matplotlib is there; a hint when it is not."""
-    if importlib.util.find_spec("matplotlib") is None:
+    """OUTPUT_DIR/curves.png at the end of a run, when matplotlib is there; a hint when it is not. Drawn
+    here only when the run's drawer (`curves.Drawer`, waited for by `MetricsFile.run_end`) left none."""
+    if not can_draw():
         return f'no {CURVES_NAME}: plotting needs matplotlib (pip install "imagenet-cli[plot]")'
     path = Path(output_dir) / CURVES_NAME
-    notes = training_curves([Path(output_dir)], path)
+    notes = [] if curves.is_fresh(output_dir) else training_curves([Path(output_dir)], path)
     return "\n".join([*notes, f"curves in {path}"])
+
+
+def can_draw() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def memory_mb(device: torch.device) -> float:
@@ -173,18 +179,22 @@ def trim(path: str, epoch: int, step: int) -> None:
 
 
 class MetricsFile(Reporter):
-    """Appends to `metrics.jsonl`; opened at the first training phase, which says where the run starts."""
+    """Appends to `metrics.jsonl`; opened at the first training phase, which says where the run starts.
+    Given the run's `final_epoch`, it has curves.png drawn beside the run's end (`curves.Drawer`)."""
 
-    def __init__(self, output_dir: str, device: torch.device) -> None:
-        self.path = os.path.join(output_dir, METRICS_NAME)
-        self.device = device
+    def __init__(self, output_dir: str, device: torch.device, final_epoch: int | None = None) -> None:
+        self.output_dir, self.path = output_dir, os.path.join(output_dir, METRICS_NAME)
+        self.device, self.final_epoch = device, final_epoch
         self._file: IO[str] | None = None
         self._phase: tuple[str, int, int] = ("train", 0, 0)
+        self._drawer: curves.Drawer | None = None
 
     def phase_start(self, phase: str, epoch: int, total: int, done: int = 0) -> None:
         self._phase = (phase, epoch, total)
         if phase == "train" and self._file is None:  # the run's restore trimmed it to where it continues
             self._file = open(self.path, "a")  # noqa: SIM115 (open for the whole run, closed by close())
+        if phase == "val" and epoch == self.final_epoch and self._drawer is None and can_draw():
+            self._drawer = curves.Drawer(self.output_dir)  # imports matplotlib while the run validates
 
     def phase_update(self, step: int, metrics: Metrics, lr: float | None = None) -> None:
         phase, epoch, total = self._phase
@@ -207,11 +217,21 @@ class MetricsFile(Reporter):
              "data_wait": train.data_wait, "train_size": train.image_size, "memory_mb": memory_mb(self.device),
              **ema_figures}
         )  # fmt: skip
+        if result.epoch == self.final_epoch and self._drawer is not None:
+            self._drawer.draw()
+
+    def run_end(self, best_acc1: float, output_dir: str) -> None:
+        if self._drawer is not None and self._drawer.told:
+            self._drawer.finish()
+            self._drawer = None
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._drawer is not None:
+            self._drawer.cancel()
+            self._drawer = None
 
     def _write(self, line: dict[str, Any]) -> None:
         if self._file is None:

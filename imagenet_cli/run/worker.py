@@ -79,7 +79,7 @@ def build_reporter(cfg: RunConfig, ctx: DistContext, log: IO[str] | None) -> Rep
     rank's own log with --log-dir."""
     reporters = [make_reporter(ctx.is_main, cfg.quiet, to_stderr=cfg.json, verbose=cfg.verbose)]
     if ctx.is_main and cfg.command != "evaluate" and not cfg.evaluate_only:
-        reporters.append(records.MetricsFile(cfg.output_dir, ctx.device))
+        reporters.append(records.MetricsFile(cfg.output_dir, ctx.device, final_epoch=cfg.optim.epochs - 1))
         if cfg.tensorboard:
             reporters.append(records.TensorBoard(cfg.output_dir))
     if log is not None:

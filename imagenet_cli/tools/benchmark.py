@@ -13,6 +13,9 @@ side's process settings reach the other:
 - eval: images/s of evaluation on synthetic data (autocast, channels-last vs fp32 NCHW with a sync).
 - e2e: images/s of training from the JPEG files, where loader workers and the model share the machine:
   everything above together, against the reference's loop fed by its own pipeline.
+- e2e-command (only with `--only e2e-command`: it runs whole commands, `--rounds` times each): one short
+  epoch, the whole `imagenet-cli train` command timed from start to exit against the reference script run
+  the same way, split into start -> first step, steps, and last step -> exit (`e2e_command`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..report.live import Reporter
 from ..run import hostmemory
 from ..train import compute, engine
 from . import BENCHMARK_PARTS as PARTS
+from . import e2e_command
 from .isolated import ChildRunners, Runner
 from .pictures import IMAGENET_LIKE, write_imagenet_like
 
@@ -66,15 +70,17 @@ class BenchmarkConfig:
     workers: int | None  # None: the CPU cores available
     parts: tuple[str, ...]
     no_accel: bool
+    rounds: int  # e2e-command: runs of each command, alternated
 
     def __post_init__(self) -> None:
         """Mistakes cost a line before anything is measured (or generated)."""
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown:
             raise UserError(f"--only takes {', '.join(PARTS[:-1])} or {PARTS[-1]}, not {', '.join(unknown)}")
-        if min(self.batch_size, self.steps, self.images) < 1 or self.warmup < 0 or self.image_size < 8:
+        if min(self.batch_size, self.steps, self.images, self.rounds) < 1 or self.warmup < 0 or self.image_size < 8:
             raise UserError(
-                "--batch-size, --steps and --images must be positive, --warmup 0 or more, --image-size 8 or more"
+                "--batch-size, --steps, --images and --rounds must be positive, --warmup 0 or more, "
+                "--image-size 8 or more"
             )
         if self.data is not None and not os.path.isdir(os.path.join(self.data, "train")):
             raise UserError(f"{self.data} has no train/ folder of class folders to read")
@@ -92,6 +98,11 @@ def run(cfg: BenchmarkConfig, progress: Progress = lambda _text: None) -> dict[s
     if device.type == "cpu":
         hostmemory.keep_freed_memory()  # as `worker.configure_process` does for a CPU run
     result: dict[str, Any] = {"machine": machine(device), "config": asdict(cfg), "results": []}
+    if "e2e-command" in cfg.parts:  # first: its processes then have the machine to themselves
+        workers = cfg.workers if cfg.workers is not None else data.default_workers(1)
+        result["commands"] = e2e_command.run(cfg, workers, progress)
+    if not set(cfg.parts) - {"e2e-command"}:
+        return result
     settings = compute.resolve(cfg.compute, device, models.build_model(cfg.arch, 1000))
     if {"train", "eval", "e2e"} & set(cfg.parts):
         result["compute"] = settings.describe()

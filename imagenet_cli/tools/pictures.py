@@ -11,15 +11,15 @@ from PIL import Image, ImageFilter
 IMAGENET_LIKE = (500, 375)  # ImageNet's most common size; its JPEGs are about quality 90
 
 
-def write_imagenet_like(root: str, count: int, classes: int = 4, seed: int = 0) -> str:
-    """`count` JPEGs of ImageNet's usual size and quality under `root/train/CLASS/`; returns train/."""
+def write_imagenet_like(root: str, count: int, classes: int = 4, seed: int = 0, split: str = "train") -> str:
+    """`count` JPEGs of ImageNet's usual size and quality under `root/SPLIT/CLASS/`; returns SPLIT/."""
     rng = np.random.default_rng(seed)
-    train = os.path.join(root, "train")
+    folders = os.path.join(root, split)
     for i in range(count):
-        folder = os.path.join(train, f"class_{i % classes}")
+        folder = os.path.join(folders, f"class_{i % classes}")
         os.makedirs(folder, exist_ok=True)
         photo_like(rng, *IMAGENET_LIKE).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
-    return train
+    return folders
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
