@@ -10,9 +10,12 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
+import runpy
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,26 +118,90 @@ def run_cli(
     once: every test would otherwise pay their five-second import. Ranks it spawns start from scratch.
     Without `cwd` it runs in a scratch directory, so a command without --output-dir never writes into
     the checkout."""
-    with tempfile.TemporaryDirectory() as captured:
-        out, err = os.path.join(captured, "stdout"), os.path.join(captured, "stderr")
-        where = cwd if cwd is not None else Path(captured)
-        child = _PREIMPORTED.Process(target=_cli_process, args=(list(args), env or cli_env(), where, out, err))
-        child.start()
-        child.join(timeout)
-        if child.exitcode is None:
-            child.kill()
-            child.join()
-            raise subprocess.TimeoutExpired(["imagenet-cli", *args], timeout)
-        with open(out) as stdout, open(err) as stderr:
-            return subprocess.CompletedProcess(["imagenet-cli", *args], child.exitcode, stdout.read(), stderr.read())
+    with RunningCli(args, env, cwd) as running:
+        return running.finish(timeout)
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` (torchrun is `torch.distributed.run`) forked as run_cli forks a command."""
+    with RunningCli(args, env, None, module) as running:
+        return running.finish(timeout)
+
+
+def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> RunningCli:
+    """Start the real entry point as run_cli does, without waiting for it."""
+    return RunningCli(args, env, cwd)
 
 
 _PREIMPORTED = multiprocessing.get_context("forkserver")
-_PREIMPORTED.set_forkserver_preload(["imagenet_cli.run.launch", "imagenet_cli.tools.benchmark", "tests.conftest"])
+# What every command would otherwise import again: the command line (typer, which loads pydantic when it
+# parses), and the matplotlib parts each `train` draws curves.png with at its end. A module that is not
+# installed is passed over by the server (matplotlib is an optional extra).
+_PREIMPORTED.set_forkserver_preload(
+    ["imagenet_cli.run.launch", "imagenet_cli.tools.benchmark", "tests.conftest", "imagenet_cli.cli.app",
+     "typer._adapters", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.lines"]
+)  # fmt: skip
 
 
-def _cli_process(argv: list[str], env: dict[str, str], cwd: Path | None, out: str, err: str) -> None:
-    """The child: the test's environment, directory and output files, then the console script's `main`."""
+class RunningCli:
+    """`imagenet-cli ARGS` (or `python -m MODULE ARGS`) in a process forked from the server above, and
+    while it runs, for a test that acts on it meanwhile (a signal, a kill): its pid, and its output read
+    as it grows. A context manager: a test that fails midway leaves no process behind."""
+
+    def __init__(
+        self, args: tuple[str, ...], env: dict[str, str] | None, cwd: Path | None, module: str | None = None
+    ) -> None:
+        self.args = [module or "imagenet-cli", *args]
+        self._captured = tempfile.TemporaryDirectory()
+        self._out, self._err = (os.path.join(self._captured.name, name) for name in ("stdout", "stderr"))
+        where = cwd if cwd is not None else Path(self._captured.name)
+        child = (list(args), env or cli_env(), where, self._out, self._err, module)
+        self._process = _PREIMPORTED.Process(target=_cli_process, args=child)
+        self._process.start()
+        self.pid: int = self._process.pid  # type: ignore[assignment]
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 120) -> None:
+        """Until a whole line of its stdout contains `pattern` (or matches it, a regex); fails if the run
+        ends first or takes longer than `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = not self._process.is_alive()
+            lines = _read(self._out).split("\n")[:-1]  # the last one may be half written
+            if any(pattern.search(line) if isinstance(pattern, re.Pattern) else pattern in line for line in lines):
+                return
+            assert not ended, f"the run ended before printing {pattern!r}: {_read(self._err)[-3000:]}"
+            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s"
+            time.sleep(0.05)
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def finish(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Wait for it to end: its exit code (minus the signal's number if one ended it) and its output."""
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join()
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return subprocess.CompletedProcess(self.args, self._process.exitcode, _read(self._out), _read(self._err))
+
+    def __enter__(self) -> RunningCli:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._captured.cleanup()
+
+
+def _cli_process(
+    argv: list[str], env: dict[str, str], cwd: Path | None, out: str, err: str, module: str | None
+) -> None:
+    """The child: the test's environment, directory and output files, then the console script's `main`
+    (or the module, run as `python -m` runs it)."""
     from imagenet_cli.cli import main
 
     os.environ.clear()
@@ -143,16 +210,27 @@ def _cli_process(argv: list[str], env: dict[str, str], cwd: Path | None, out: st
         os.chdir(cwd)
     for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.argv = ["imagenet-cli", *argv]
+    sys.argv = [module or "imagenet-cli", *argv]
     code = 0
     try:
-        main()
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:  # not opened by the child yet
+        return ""
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -37,11 +37,30 @@ def _train(out: Path, *extra: str, env: dict[str, str] | None = None) -> subproc
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of RUN's two epochs, never interrupted, each epoch's copy kept: tests read it, or
+    damage and continue a copy of their own (`_copy`)."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    ok(_train(out, "--keep-epochs", "2"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of RUN's first epoch, for tests to copy likewise."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(out)))
+    return out
+
+
+def _copy(run: Path, where: Path) -> None:
+    shutil.copytree(run, where, dirs_exist_ok=True)  # modification times too: --resume auto sees the same files
+
+
+@pytest.fixture(scope="module")
+def straight(two_epochs: Path) -> dict[str, torch.Tensor]:
     """The weights of the same run, never interrupted."""
-    out = tmp_path_factory.mktemp("straight")
-    ok(_train(out))
-    return load(out / CHECKPOINT_NAME)["state_dict"]
+    return load(two_epochs / CHECKPOINT_NAME)["state_dict"]
 
 
 def _same(weights: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> bool:
@@ -77,18 +96,12 @@ def test_a_save_killed_at_any_instant_leaves_a_run_that_resume_auto_finishes_exa
         assert verify_checksum(str(tmp_path / name)) is None  # and every checksum is true again
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]  # no epoch's record lost, none twice
-
-
-def test_a_checkpoint_renamed_before_its_checksum_is_continued_not_thrown_away(tmp_path):
-    """The hole an audit found: a whole new checkpoint beside the previous save's checksum was refused,
-    and `--resume auto` went back to model_best, losing an epoch."""
-    crashed = _train(tmp_path, env=cli_env(IMAGENET_CLI_FAULT=f"crash:epoch=2,file={CHECKPOINT_NAME},point=renamed"))
-    assert crashed.returncode == -signal.SIGKILL
-    assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 2
-    result = ok(run_cli(*RUN, "--epochs", "3", "--output-dir", str(tmp_path), "--resume", "auto"))
-    assert f"continuing from {tmp_path / CHECKPOINT_NAME}" in result.stderr
-    assert "belongs to an earlier save" in result.stderr and "resuming" in result.stdout
-    assert "at epoch 2" in result.stdout
+    if (epoch, file, point) == (2, CHECKPOINT_NAME, "renamed"):
+        # The hole an audit found: a whole new checkpoint beside the previous save's checksum was refused, and
+        # `--resume auto` went back to model_best, retraining an epoch (to the same weights: hence these lines).
+        assert f"continuing from {tmp_path / CHECKPOINT_NAME}" in result.stderr
+        assert "belongs to an earlier save" in result.stderr and "resuming" in result.stdout
+        assert "at epoch 2" in result.stdout and "nothing to train" in result.stdout
 
 
 @pytest.mark.parametrize("sidecar", [b"", b"   \n", b"\xff\xfe not text", b"x" * 100_000], ids=lambda s: repr(s[:6]))
@@ -109,8 +122,10 @@ def _damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_damaged_checkpoint_is_refused_by_name_and_kept_while_resume_auto_takes_the_newest_whole_one(tmp_path):
-    ok(run_cli(*RUN, "--epochs", "2", "--keep-epochs", "2", "--output-dir", str(tmp_path)))
+def test_a_damaged_checkpoint_is_refused_by_name_and_kept_while_resume_auto_takes_the_newest_whole_one(
+    two_epochs, tmp_path
+):
+    _copy(two_epochs, tmp_path)
     before = hashlib.sha256((tmp_path / CHECKPOINT_NAME).read_bytes()).hexdigest()
     _damage(tmp_path / CHECKPOINT_NAME)
     refused = run_cli("evaluate", str(tmp_path / CHECKPOINT_NAME), "--fake-data", "-j", "0")
@@ -124,8 +139,8 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_kept_while_resume_auto_take
     assert "continuing from" in result.stderr and "nothing to train" in result.stdout  # epoch 2's own copy
 
 
-def test_an_unreadable_only_checkpoint_stops_resume_auto_instead_of_being_replaced(tmp_path):
-    ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path)))
+def test_an_unreadable_only_checkpoint_stops_resume_auto_instead_of_being_replaced(one_epoch, tmp_path):
+    _copy(one_epoch, tmp_path)
     for name in (BEST_NAME, BEST_NAME + CHECKSUM_SUFFIX, CHECKPOINT_NAME + CHECKSUM_SUFFIX):
         (tmp_path / name).unlink()
     cut = (tmp_path / CHECKPOINT_NAME).read_bytes()[:5000]
@@ -152,11 +167,9 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
                           capture_output=True).returncode == 0  # fmt: skip
 
 
-def test_a_really_full_file_system_is_named_and_the_previous_checkpoint_stays(tmp_path):
+def test_a_really_full_file_system_is_named_and_the_previous_checkpoint_stays(two_epochs, tmp_path):
     """A tmpfs with room for one save (the checkpoint and its best copy) but not for the next one."""
-    probe = tmp_path / "probe"
-    ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(probe)))
-    size = (probe / CHECKPOINT_NAME).stat().st_size
+    size = (two_epochs / CHECKPOINT_NAME).stat().st_size  # every save of RUN is this size
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, f"{size * 5 // 2 // 1024}k"):
         pytest.skip("cannot mount a small tmpfs here (needs root); the nospace fault test covers the message")
@@ -427,9 +440,9 @@ def test_odd_values_in_a_checkpoint_are_one_line_naming_the_file(planted, fields
     assert error.startswith(f"error: {path}") and message in error
 
 
-def test_a_file_whose_damage_torch_reports_oddly_is_passed_over_by_resume_auto(tmp_path):
+def test_a_file_whose_damage_torch_reports_oddly_is_passed_over_by_resume_auto(one_epoch, tmp_path):
     """A bit flip in a file without a checksum can fail inside torch's reader with any exception."""
-    ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path)))
+    _copy(one_epoch, tmp_path)
     (tmp_path / (CHECKPOINT_NAME + CHECKSUM_SUFFIX)).unlink()
     data = bytearray((tmp_path / CHECKPOINT_NAME).read_bytes())
     data[0] ^= 1  # the zip's first signature byte: torch's reader fails with an IndexError
@@ -440,8 +453,8 @@ def test_a_file_whose_damage_torch_reports_oddly_is_passed_over_by_resume_auto(t
     )
 
 
-def test_resuming_an_older_file_where_a_newer_one_lies_is_refused(tmp_path):
-    ok(run_cli(*RUN, "--epochs", "2", "--keep-epochs", "2", "--output-dir", str(tmp_path)))
+def test_resuming_an_older_file_where_a_newer_one_lies_is_refused(two_epochs, tmp_path):
+    _copy(two_epochs, tmp_path)
     older = tmp_path / "checkpoint_epoch_000.pth.tar"
     result = run_cli("resume", str(older), "--epochs", "3")
     assert result.returncode == 2 and "is further on (epoch 2, step 0)" in result.stderr

@@ -12,8 +12,7 @@ import re
 import signal
 import socket
 import subprocess
-import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from imagenet_cli.run.distributed import Topology, first_slurm_host, plan, slurm
 from imagenet_cli.train import compute
 from imagenet_cli.train.engine import TrainParts, train_one_epoch
 
-from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, json_result, load, ok, run_cli
+from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, json_result, load, ok, run_cli, run_module, start_cli
 
 # --- where each process sits: read from the launcher's environment, else from the flags ---------------
 
@@ -163,9 +162,10 @@ def _train_two_replicas(index: int, port: int, out: str) -> None:
 
 
 def test_ddp_keeps_replicas_identical_on_gloo(tmp_path):
+    """Two real processes forked from the suite's server, which has imported torch once (see run_cli)."""
     out = tmp_path / "result.pt"
     torch.multiprocessing.start_processes(
-        _train_two_replicas, args=(distributed.free_port(), str(out)), nprocs=2, start_method="spawn"
+        _train_two_replicas, args=(distributed.free_port(), str(out)), nprocs=2, start_method="forkserver"
     )
     result = torch.load(out, weights_only=True)
     assert not set(result["shards"][0].tolist()) & set(result["shards"][1].tolist())  # different data per rank
@@ -176,23 +176,13 @@ def test_ddp_keeps_replicas_identical_on_gloo(tmp_path):
 # --- every launch mode through the real command line -------------------------------------------------
 
 TRAIN_TINY = ("train", *FAST_FAKE, "-a", TINY_ARCH, "--epochs", "1", "-b", "16", "--lr", "0.01")
-
-
-def test_multiprocessing_distributed_spawns_gloo_workers(tmp_path):
-    result = ok(
-        run_cli(*TRAIN_TINY, "--multiprocessing-distributed", "--nproc-per-node", "2", "--output-dir", str(tmp_path))
-    )
-    assert "2 processes (spawned, gloo, 1 node(s)), batch 16 (8 per process)" in result.stdout
-    assert result.stdout.count("train shufflenet") == 1  # only the main rank talks
-    saved = load(tmp_path / CHECKPOINT_NAME)
-    assert not any(k.startswith("module.") for k in saved["state_dict"])
-    models.build_model(TINY_ARCH, 10).load_state_dict(saved["state_dict"])  # a DDP run's weights, plain model
+# `torchrun --standalone --nproc-per-node 2`: torch's launcher, forked as run_cli forks a command; the ranks it
+# starts are fresh interpreters, as under a real torchrun.
+TORCHRUN = ("torch.distributed.run", "--standalone", "--nproc-per-node", "2")
 
 
 def test_torchrun_starts_every_rank(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "imagenet_cli", *TRAIN_TINY, "--output-dir", str(tmp_path)]
-    result = ok(subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=240))
+    result = ok(run_module(*TORCHRUN, "-m", "imagenet_cli", *TRAIN_TINY, "--output-dir", str(tmp_path)))
     assert "2 processes (torchrun, gloo" in result.stdout
     assert (tmp_path / CHECKPOINT_NAME).exists() and (tmp_path / BEST_NAME).exists()
 
@@ -202,10 +192,8 @@ def test_a_failing_torchrun_rank_names_its_error_in_torchruns_summary(tmp_path):
     traceback, not `error_file: <N/A>`; the rank whose collective broke when it exited waits before
     recording its own failure, so it never takes the root cause's place (torchrun orders failures by
     whole seconds, the lowest rank first on a tie)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "imagenet_cli", *TRAIN_TINY, "--output-dir", str(tmp_path)]
     env = cli_env(IMAGENET_CLI_FAULT="raise:rank=1,step=2")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    result = run_module(*TORCHRUN, "-m", "imagenet_cli", *TRAIN_TINY, "--output-dir", str(tmp_path), env=env)
     assert result.returncode != 0
     root_cause = result.stderr[result.stderr.index("Root Cause") :]
     assert "<N/A>" not in root_cause, root_cause
@@ -214,31 +202,18 @@ def test_a_failing_torchrun_rank_names_its_error_in_torchruns_summary(tmp_path):
 
 
 def test_two_nodes_of_two_workers_train_together_on_loopback(tmp_path):
+    """Each "node" is a launcher process of its own, started at the same time, spawning its two workers."""
     url = f"tcp://127.0.0.1:{distributed.free_port()}"
     node_args = [*TRAIN_TINY, "--multiprocessing-distributed", "--nproc-per-node", "2", "--world-size", "2"]
     node_args += ["--dist-url", url]
-    nodes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "imagenet_cli",
-                *node_args,
-                "--rank",
-                str(rank),
-                "--output-dir",
-                str(tmp_path / f"node{rank}"),
-            ],
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
-    assert "4 processes (spawned, gloo, 2 node(s)), batch 16 (4 per process)" in outputs[0][0]
+
+    def node(rank: int) -> subprocess.CompletedProcess[str]:
+        return run_cli(*node_args, "--rank", str(rank), "--output-dir", str(tmp_path / f"node{rank}"))
+
+    with ThreadPoolExecutor(2) as launchers:
+        outputs = list(launchers.map(node, (0, 1)))
+    assert [output.returncode for output in outputs] == [0, 0], outputs
+    assert "4 processes (spawned, gloo, 2 node(s)), batch 16 (4 per process)" in outputs[0].stdout
     assert (tmp_path / "node0" / CHECKPOINT_NAME).exists()
     assert not (tmp_path / "node1" / CHECKPOINT_NAME).exists()  # only global rank 0 writes
 
@@ -246,28 +221,15 @@ def test_two_nodes_of_two_workers_train_together_on_loopback(tmp_path):
 def test_a_local_run_listens_on_loopback_only(tmp_path):
     """A run confined to this machine must not be reachable from the network: its rendezvous store and
     Gloo's own listeners sit on loopback (torch's TCPStore would listen on every interface)."""
-    command = [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
-               "--fake-train-images", "100000", "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1",
-               "--epochs", "1", *TWO_RANKS, "--output-dir", str(tmp_path)]  # fmt: skip
-    launcher = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_line(launcher, re.compile(r"Epoch: \[0\]\[\s*3/"))
+    with start_cli("train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH, "--fake-train-images", "100000",
+                   "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1", "--epochs", "1", *TWO_RANKS,
+                   "--output-dir", str(tmp_path)) as launcher:  # fmt: skip
+        launcher.wait_for(re.compile(r"Epoch: \[0\]\[\s*3/"))
         addresses = _listening_addresses([launcher.pid, *_descendants(launcher.pid)])
-    finally:
         launcher.send_signal(signal.SIGTERM)
-        launcher.communicate(timeout=120)
+        launcher.finish(timeout=120)
     assert addresses, "the run's processes listen on nothing: no rendezvous found"
     assert all(_is_loopback(address) for address, _port in addresses), addresses
-
-
-def _wait_for_line(process: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        if pattern.search(line):
-            return
-        assert time.monotonic() < deadline, f"no {pattern.pattern!r} within {timeout}s"
-    raise AssertionError(f"the run ended early: {process.stderr.read() if process.stderr else ''}")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -314,15 +276,15 @@ def folder_checkpoint(image_folder: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_distributed_evaluation_counts_every_image_once(folder_checkpoint, image_folder):
-    """13 validation images over 2 and 3 ranks: uneven shards, same figures as one process."""
+    """13 validation images over 2 ranks: uneven shards (7 and 6), the same figures as one process. (Three
+    ranks, 11, 11 and 10 images: test_process_counts.py, evaluate on three ranks.)"""
     common = ("evaluate", str(folder_checkpoint), str(image_folder), "--json", "-b", "6", "-j", "0")
     single = json_result(run_cli(*common))
     assert single["images"] == 13
-    for ranks in ("2", "3"):
-        spread = json_result(run_cli(*common, "--multiprocessing-distributed", "--nproc-per-node", ranks))
-        assert spread["world_size"] == int(ranks) and spread["images"] == 13
-        assert (spread["acc1"], spread["acc5"]) == (single["acc1"], single["acc5"])
-        assert spread["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    spread = json_result(run_cli(*common, "--multiprocessing-distributed", "--nproc-per-node", "2"))
+    assert spread["world_size"] == 2 and spread["images"] == 13
+    assert (spread["acc1"], spread["acc5"]) == (single["acc1"], single["acc5"])
+    assert spread["loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
 def test_a_single_process_checkpoint_resumes_under_ddp(trained_run, tmp_path):
@@ -334,16 +296,21 @@ def test_a_single_process_checkpoint_resumes_under_ddp(trained_run, tmp_path):
     assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 2
 
 
-def test_seeded_spawned_workers_are_reproducible(image_folder, tmp_path):
-    """Each worker and loader worker is seeded (the reference seeded only the parent): random crops and
-    flips repeat exactly, so two seeded runs give the same weights, and another seed does not."""
+def test_spawned_gloo_workers_train_and_seeded_runs_repeat_exactly(image_folder, tmp_path):
+    """--multiprocessing-distributed spawns Gloo workers; only the main rank talks, and the checkpoint holds
+    plain weights. Each worker and loader worker is seeded (the reference seeded only the parent): random
+    crops and flips repeat exactly, so two seeded runs give the same weights, and another seed does not."""
 
-    def run(seed: str, name: str) -> dict:
-        ok(run_cli("train", str(image_folder), "-a", TINY_ARCH, "--epochs", "1", "-b", "8", "--lr", "0.01",
-                   "--image-size", "32", "-j", "1", "--seed", seed, "--multiprocessing-distributed",
-                   "--nproc-per-node", "2", "--output-dir", str(tmp_path / name)))  # fmt: skip
-        return load(tmp_path / name / CHECKPOINT_NAME)["state_dict"]
+    def run(seed: str, name: str) -> tuple[dict, str]:
+        result = ok(run_cli("train", str(image_folder), "-a", TINY_ARCH, "--epochs", "1", "-b", "8", "--lr", "0.01",
+                            "--image-size", "32", "-j", "1", "--seed", seed, "--multiprocessing-distributed",
+                            "--nproc-per-node", "2", "--output-dir", str(tmp_path / name)))  # fmt: skip
+        return load(tmp_path / name / CHECKPOINT_NAME)["state_dict"], result.stdout
 
-    first, again, other = run("3", "a"), run("3", "b"), run("4", "c")
+    (first, shown), (again, _), (other, _) = run("3", "a"), run("3", "b"), run("4", "c")
+    assert "2 processes (spawned, gloo, 1 node(s)), batch 8 (4 per process)" in shown
+    assert shown.count("train shufflenet") == 1  # only the main rank talks
+    assert not any(k.startswith("module.") for k in first)
+    models.build_model(TINY_ARCH, 3).load_state_dict(first)  # a DDP run's weights, plain model
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)

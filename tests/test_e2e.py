@@ -61,11 +61,12 @@ def test_train_evaluate_resume_finetune_round_trip(trained_run, image_folder, tm
 
 
 def test_fake_data_is_learnable_so_a_short_cpu_run_beats_chance(tmp_path):
-    """The README's first command, shortened: accuracy rising well above chance shows the pipeline works."""
+    """The README's first command, shortened: accuracy rising well above chance shows the pipeline works
+    (about 50% after one epoch of 320 images, 67% after two)."""
     result = ok(
         run_cli(
-            "train", "--fake-data", "-a", "resnet18", "--epochs", "2", "--image-size", "32", "-b", "32",
-            "--lr", "0.01", "-j", "0", "--seed", "0", "--output-dir", str(tmp_path),
+            "train", "--fake-data", "--fake-train-images", "320", "-a", "resnet18", "--epochs", "2",
+            "--image-size", "32", "-b", "32", "--lr", "0.01", "-j", "0", "--seed", "0", "--output-dir", str(tmp_path),
         )
     )  # fmt: skip
     best = load(tmp_path / CHECKPOINT_NAME)["best_acc1"]

@@ -10,10 +10,10 @@ import gc
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +34,19 @@ from imagenet_cli.run import distributed, worker
 from imagenet_cli.run.launch import _root_cause
 from imagenet_cli.train.engine import TrainParts, train_one_epoch
 
-from .conftest import FAST_FAKE, TINY_ARCH, TWO_RANKS, cli_env, load, ok, run_cli, write_image_folder, write_photo
+from .conftest import (
+    FAST_FAKE,
+    TINY_ARCH,
+    TWO_RANKS,
+    RunningCli,
+    cli_env,
+    load,
+    ok,
+    run_cli,
+    start_cli,
+    write_image_folder,
+    write_photo,
+)
 
 TINY = ("-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1", "-j", "0")
 
@@ -154,16 +166,14 @@ def test_pictures_past_the_pixel_limit_are_refused_or_read_smaller(tmp_path, mon
 # -- 3. a loss that is not finite ---------------------------------------------------------------------------------
 
 
-def test_a_nan_on_one_rank_stops_every_rank_before_the_step_and_keeps_the_checkpoints(tmp_path):
-    common = (*FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--lr", "0.01", "-p", "2", "--output-dir", str(tmp_path))
-    ok(run_cli("train", *common, "--epochs", "1"))
-    saved = {name: _sha(tmp_path / name) for name in (CHECKPOINT_NAME, BEST_NAME)}
+def test_a_nan_on_one_rank_stops_every_rank_before_the_step_and_keeps_the_checkpoints(one_epoch):
+    out, saved = one_epoch
     env = cli_env(IMAGENET_CLI_FAULT="nan:rank=1,epoch=1,step=3")
-    result, seconds = _timed("train", *common, "--epochs", "2", "--resume", "auto", *TWO_RANKS, env=env)
+    result, seconds = _timed("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "2", "--resume", "auto",
+                             *TWO_RANKS, "--output-dir", str(out), env=env)  # fmt: skip
     _one_line_error(result, 1, "the loss became NaN or infinite at epoch 1, step 3 on rank 1")
     assert "--grad-clip 1.0" in result.stderr and seconds < 90
-    assert {name: _sha(tmp_path / name) for name in saved} == saved  # neither file was touched
-    assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    _untouched(out, saved)  # neither file was touched
 
 
 def test_grad_clip_bounds_the_update():
@@ -184,11 +194,20 @@ def test_grad_clip_bounds_the_update():
 # -- 4. distributed faults ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def first_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished first epoch, trained once: each test below continues a copy of it."""
+    out = tmp_path_factory.mktemp("first_epoch")
+    ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", "--output-dir", str(out)))
+    return out
+
+
 @pytest.fixture()
-def one_epoch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A finished first epoch (the last good state) and the fingerprints of its files."""
-    ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", "--output-dir", str(tmp_path)))
-    return tmp_path, {name: _sha(tmp_path / name) for name in (CHECKPOINT_NAME, BEST_NAME)}
+def one_epoch(first_epoch: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of that first epoch's run directory (the last good state) and the fingerprints of its files."""
+    out = tmp_path / "run"
+    shutil.copytree(first_epoch, out)
+    return out, {name: _sha(out / name) for name in (CHECKPOINT_NAME, BEST_NAME)}
 
 
 def _untouched(out: Path, saved: dict[str, str]) -> None:
@@ -236,25 +255,19 @@ def test_a_failed_run_lets_go_of_its_model_while_the_process_is_still_whole(tmp_
     assert models_alive() == before
 
 
-def _long_run(out: Path) -> list[str]:
-    return [sys.executable, "-m", "imagenet_cli", "train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH,
-            "--fake-train-images", "100000", "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1",
-            "--epochs", "2", "--resume", "auto", *TWO_RANKS, "--output-dir", str(out)]  # fmt: skip
+def _long_run(out: Path) -> RunningCli:
+    return start_cli("train", "--fake-data", "--image-size", "32", "-a", TINY_ARCH, "--fake-train-images", "100000",
+                     "--fake-val-images", "32", "-b", "8", "-j", "0", "-p", "1", "--epochs", "2", "--resume", "auto",
+                     *TWO_RANKS, "--output-dir", str(out))  # fmt: skip
 
 
-def _training_ranks(command: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
-    """Start a 2-rank run, wait for its third step; returns the launcher and its two rank processes."""
-    launcher = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert launcher.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in launcher.stdout:
-        if re.match(r"Epoch: \[1\]\[\s*3/", line):
-            break
-        assert time.monotonic() < deadline, "no progress within 120 s"
+def _training_ranks(launcher: RunningCli) -> list[int]:
+    """Wait for a 2-rank run's third step of epoch 1; returns its two rank processes."""
+    launcher.wait_for(re.compile(r"^Epoch: \[1\]\[\s*3/"))
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
     ranks = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(ranks) == 2
-    return launcher, ranks
+    return ranks
 
 
 def _gone(pids: list[int]) -> bool:
@@ -266,11 +279,13 @@ def _gone(pids: list[int]) -> bool:
 
 def test_a_rank_killed_outright_ends_the_run_quickly_with_nothing_left_behind(one_epoch):
     out, saved = one_epoch
-    launcher, ranks = _training_ranks(_long_run(out))
-    os.kill(ranks[1], signal.SIGKILL)
-    start = time.monotonic()
-    _, stderr = launcher.communicate(timeout=60)
-    assert launcher.returncode == 1 and time.monotonic() - start < 20
+    with _long_run(out) as launcher:
+        ranks = _training_ranks(launcher)
+        os.kill(ranks[1], signal.SIGKILL)
+        start = time.monotonic()
+        ended = launcher.finish(timeout=60)
+    stderr = ended.stderr
+    assert ended.returncode == 1 and time.monotonic() - start < 20
     assert re.search(r"error: rank \d was killed by SIGKILL; every other rank was stopped", stderr), stderr
     assert _gone(ranks)
     _untouched(out, saved)
@@ -278,11 +293,13 @@ def test_a_rank_killed_outright_ends_the_run_quickly_with_nothing_left_behind(on
 
 def test_sigterm_to_the_launcher_saves_stops_every_rank_and_leaves_none(one_epoch):
     out, _ = one_epoch
-    launcher, ranks = _training_ranks(_long_run(out))
-    launcher.send_signal(signal.SIGTERM)
-    start = time.monotonic()
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode == 75 and time.monotonic() - start < 30, stderr
+    with _long_run(out) as launcher:
+        ranks = _training_ranks(launcher)
+        launcher.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        ended = launcher.finish(timeout=120)
+    stderr = ended.stderr
+    assert ended.returncode == 75 and time.monotonic() - start < 30, stderr
     assert "stopped by SIGTERM at epoch 1, step" in stderr and _gone(ranks)
     saved = load(out / CHECKPOINT_NAME)
     assert saved["epoch"] == 1 and saved["step"] >= 3

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import torch
 from imagenet_cli.checkpoint import CHECKPOINT_NAME
 from imagenet_cli.core.errors import EXIT_PREEMPTED
 
-from .conftest import TWO_RANKS, cli_env, load, ok, run_cli
+from .conftest import TWO_RANKS, load, ok, run_cli, start_cli
 
 ARCH = "squeezenet1_1"
 # 256 images in batches of 8: 32 steps an epoch, so a signal lands well inside one.
@@ -65,22 +63,6 @@ def test_resuming_at_an_epoch_boundary_is_bit_identical(layout, straight_run, tm
     assert_same_weights(tmp_path / CHECKPOINT_NAME, straight_run)
 
 
-def _start(args: list[str], out: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "imagenet_cli", *args, "--output-dir", str(out)]
-    return subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(process: subprocess.Popen[str], text: str, timeout: float = 120) -> None:
-    """Read the run's progress lines until `text` shows up (it prints one per step with -p 1)."""
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:
-        if text in line:
-            return
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout}s"
-    raise AssertionError(f"the run ended before printing {text!r}: {process.stderr.read() if process.stderr else ''}")
-
-
 @pytest.mark.parametrize(
     ("layout", "sig"),
     [((), signal.SIGTERM), ((), signal.SIGUSR1), ((), signal.SIGINT), (TWO_RANKS, signal.SIGTERM)],
@@ -88,11 +70,12 @@ def _wait_for(process: subprocess.Popen[str], text: str, timeout: float = 120) -
     indirect=["layout"],
 )
 def test_a_signal_mid_epoch_saves_and_the_resumed_run_is_bit_identical(layout, sig, straight_run, tmp_path):
-    run = _start(["train", *RUN, *layout, "-j", "1", "--epochs", EPOCHS], tmp_path)
-    _wait_for(run, "Epoch: [1][ 3/32]")
-    run.send_signal(sig)  # to the launching process; it passes the signal on to its workers
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == EXIT_PREEMPTED, stderr
+    with start_cli("train", *RUN, *layout, "-j", "1", "--epochs", EPOCHS, "--output-dir", str(tmp_path)) as run:
+        run.wait_for("Epoch: [1][ 3/32]")  # it prints a line per step with -p 1
+        run.send_signal(sig)  # to the launching process; it passes the signal on to its workers
+        stopped = run.finish(timeout=120)
+    stderr = stopped.stderr
+    assert stopped.returncode == EXIT_PREEMPTED, stderr
     assert f"stopped by {sig.name} at epoch 1, step" in stderr and "imagenet-cli resume" in stderr
     saved = load(tmp_path / CHECKPOINT_NAME)
     assert saved["epoch"] == 1 and 3 <= saved["step"] < 32  # inside the epoch: every rank finished its step
@@ -104,11 +87,12 @@ def test_a_signal_mid_epoch_saves_and_the_resumed_run_is_bit_identical(layout, s
 
 def test_after_a_hard_kill_the_last_periodic_checkpoint_resumes_exactly(layout, straight_run, tmp_path):
     """SIGKILL gives no chance to save: `--save-every-steps` is what is left, whole, and enough."""
-    run = _start(["train", *RUN, *layout, "-j", "1", "--epochs", EPOCHS, "--save-every-steps", "4"], tmp_path)
-    _wait_for(run, "Epoch: [1][ 6/32]")
-    for pid in [run.pid, *_descendants(run.pid)]:
-        os.kill(pid, signal.SIGKILL)
-    run.communicate(timeout=60)
+    with start_cli("train", *RUN, *layout, "-j", "1", "--epochs", EPOCHS, "--save-every-steps", "4",
+                   "--output-dir", str(tmp_path)) as run:  # fmt: skip
+        run.wait_for("Epoch: [1][ 6/32]")
+        for pid in [run.pid, *_descendants(run.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        run.finish(timeout=60)
     saved = load(tmp_path / CHECKPOINT_NAME)
     assert (saved["epoch"], saved["step"]) in {(1, 4), (1, 8)}
     ok(run_cli("resume", str(tmp_path / CHECKPOINT_NAME), "--epochs", EPOCHS))

@@ -1,6 +1,9 @@
 """Nothing the tool calls is deprecated: train, evaluate, predict and export run with every
-DeprecationWarning turned into an error, in fresh processes as a user starts them (a warning filter set
-in the test process would not reach them)."""
+DeprecationWarning turned into an error, in a fresh interpreter started as a user starts one (a warning
+filter set in the test process would not reach it, nor a process forked from one that has imported torch).
+The four commands run one after another in that one interpreter, each through the console script's entry
+point: every module any of them imports is imported there under the filter, and every call they make is
+made under it, as in four interpreters, without paying torch's import four times."""
 
 from __future__ import annotations
 
@@ -14,14 +17,33 @@ import pytest
 from .conftest import TINY_ARCH, cli_env, write_photo
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "imagenet_cli"]
+
+# Each command as `imagenet-cli ARGS` runs it; a failing one ends the interpreter naming itself.
+COMMANDS = """
+import sys
+from imagenet_cli.cli import main
+
+for argv in {commands!r}:
+    sys.argv = ["imagenet-cli", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            sys.exit(f"{{argv[0]}} failed with exit code {{exc.code}}")
+    print(f"{{argv[0]}} done", flush=True)
+"""
 
 
-def strict(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def strict(*commands: tuple[str | Path, ...], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = cli_env(PYTHONWARNINGS="error::DeprecationWarning")
-    result = subprocess.run([*CLI, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stderr[-3000:]}"
+    program = COMMANDS.format(commands=[[str(arg) for arg in command] for command in commands])
+    result = subprocess.run([sys.executable, "-c", program], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, f"failed:\n{result.stderr[-3000:]}"
     assert "DeprecationWarning" not in result.stderr
+    assert [line for line in result.stdout.splitlines() if line.endswith(" done")] == [
+        f"{command[0]} done" for command in commands
+    ]
     return result
 
 
@@ -33,12 +55,14 @@ def test_train_evaluate_predict_and_export_call_nothing_deprecated(tmp_path):
             for i in range(count):  # JPEGs and PNGs: both decoders' paths
                 suffix = ".jpg" if i % 2 else ".png"
                 write_photo(data / split / name / f"{i}{suffix}", 48, 40, seed=10 * label + i)
-    run = tmp_path / "run"
-    strict("train", data, "-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1", "-j", "0",
-           "--output-dir", run, "-q", cwd=tmp_path)  # fmt: skip
+    run, exported = tmp_path / "run", tmp_path / "model.pt2"
     checkpoint = run / "checkpoint.pth.tar"
-    strict("evaluate", checkpoint, data, "-b", "4", "-j", "0", "--json", cwd=tmp_path)
-    strict("predict", checkpoint, data / "val", "-k", "1", cwd=tmp_path)
-    exported = tmp_path / "model.pt2"
-    strict("export", checkpoint, "--format", "pt2", "-o", exported, cwd=tmp_path)
+    strict(
+        ("train", data, "-a", TINY_ARCH, "--image-size", "32", "-b", "4", "--epochs", "1", "-j", "0",
+         "--output-dir", run, "-q"),
+        ("evaluate", checkpoint, data, "-b", "4", "-j", "0", "--json"),
+        ("predict", checkpoint, data / "val", "-k", "1"),
+        ("export", checkpoint, "--format", "pt2", "-o", exported),
+        cwd=tmp_path,
+    )  # fmt: skip
     assert exported.is_file() and os.path.getsize(exported) > 0
