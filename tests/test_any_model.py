@@ -74,7 +74,8 @@ def test_your_own_model_trains_resumes_exactly_evaluates_finetunes_predicts_and_
     exported = tmp_path / "weights.pth"
     ok(run_cli("export", str(cut / CHECKPOINT_NAME), "--arch", arch, "--format", "state_dict", "-o", str(exported),
                cwd=cwd))  # fmt: skip
-    assert all(torch.equal(load(exported)[k], v) for k, v in before.items())  # a plain state dict
+    plain = load(exported)
+    assert all(torch.equal(plain[k], v) for k, v in before.items())  # a plain state dict
 
 
 def test_a_factory_in_a_package_trains_resumes_evaluates_finetunes_and_predicts(image_folder, tmp_path):

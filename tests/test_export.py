@@ -191,7 +191,8 @@ def test_safetensors_export_is_read_back_by_every_command(
     assert predicted[0]["predictions"] == predicted[1]["predictions"]
     again = tmp_path / "again.pth"
     ok(run_cli("export", str(target), "--format", "state_dict", "-o", str(again)))
-    assert all(torch.equal(v, load(checkpoint)["state_dict"][k]) for k, v in load(again).items())
+    weights = load(checkpoint)["state_dict"]
+    assert all(torch.equal(v, weights[k]) for k, v in load(again).items())
     tuned = tmp_path / "tuned"
     ok(run_cli("finetune", "--weights", str(target), str(image_folder), "--epochs", "1", "-b", "8", "-j", "0",
                "--output-dir", str(tuned), "-q"))  # fmt: skip

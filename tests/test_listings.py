@@ -193,26 +193,25 @@ def test_every_option_and_argument_has_help() -> None:
     assert not missing, f"parameters without help text: {', '.join(missing)}"
 
 
-def _run_module(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagenet_cli", *args], env=cli_env(**env), capture_output=True, text=True, timeout=60
-    )
+def _cli_with_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The command line with extra environment variables (the shell's completion protocol, a terminal width)."""
+    return run_cli(*args, env=cli_env(**env), timeout=60)
 
 
 def test_help_offers_shell_completion() -> None:
-    assert "--install-completion" in ok(_run_module("--help", COLUMNS="200")).stdout
+    assert "--install-completion" in ok(_cli_with_env("--help", COLUMNS="200")).stdout
 
 
 def test_shell_completion_completes_command_names() -> None:
     """Bash's completion function calls the program with these variables (the name comes from prog_name)."""
-    result = ok(_run_module(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS="imagenet-cli tr", COMP_CWORD="1"))
+    result = ok(_cli_with_env(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS="imagenet-cli tr", COMP_CWORD="1"))
     assert result.stdout.split() == ["train"]
 
 
 def test_version_names_the_package_torch_and_torchvision() -> None:
     import imagenet_cli
 
-    out = ok(_run_module("--version")).stdout.strip()
+    out = ok(_cli_with_env("--version")).stdout.strip()
     assert out.startswith(f"imagenet-cli {imagenet_cli.__version__} (torch ")
     assert torch.__version__.split("+")[0] in out and torchvision.__version__.split("+")[0] in out
 
@@ -226,7 +225,7 @@ def test_version_and_help_import_no_torch() -> None:
 
 def _completions(*words: str) -> list[str]:
     line = " ".join(("imagenet-cli", *words))
-    result = _run_module(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS=line, COMP_CWORD=str(len(words)))
+    result = _cli_with_env(_IMAGENET_CLI_COMPLETE="complete_bash", COMP_WORDS=line, COMP_CWORD=str(len(words)))
     return ok(result).stdout.split()
 
 
@@ -248,7 +247,7 @@ def test_shell_completion_offers_an_options_choices(words: tuple[str, ...], expe
 def test_help_lists_every_declared_choice() -> None:
     from imagenet_cli.config import OPTIONS
 
-    shown = " ".join(ok(_run_module("train", "--help", COLUMNS="400")).stdout.split())
+    shown = " ".join(ok(_cli_with_env("train", "--help", COLUMNS="400")).stdout.split())
     chosen = {name: found for name, found in OPTIONS.items() if found.choices and "train" in found.commands}
     assert {"opt", "lr_scheduler", "amp", "data_format", "interpolation", "auto_augment", "best_by"} <= set(chosen)
     for found in chosen.values():
@@ -256,7 +255,7 @@ def test_help_lists_every_declared_choice() -> None:
 
 
 def test_a_choice_not_offered_is_one_line_before_anything_runs() -> None:
-    result = _run_module("train", "--fake-data", "--amp", "fp8")
+    result = _cli_with_env("train", "--fake-data", "--amp", "fp8")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == (
         "error: Invalid value for '--amp': 'fp8' is not one of 'auto', 'none', 'bf16', 'fp16'. "
