@@ -92,6 +92,34 @@ def test_a_drawer_never_told_ends_without_drawing(tmp_path):
     assert drawer.process.wait(60) == 0 and not (run / "curves.png").exists()
 
 
+def test_a_drawer_ends_with_a_run_killed_outright_and_leaves_nothing_behind(tmp_path):
+    """SIGKILL mid-run (a fault test's crash, the OOM killer): the drawer is stopped too, its half-written
+    picture removed, so nothing of the dead run lands in the directory a resumed run continues in."""
+    run = write_run(tmp_path / "run")
+    script = (
+        "import os, signal\nfrom imagenet_cli.report.curves import Drawer\n"
+        f"drawer = Drawer({str(run)!r})\ndrawer.draw()\nprint(drawer.process.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=cli_env(PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == -9
+    drawer = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while _alive(drawer) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(drawer)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie its new parent has yet to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_the_run_draws_its_curves_itself_when_they_are_older_than_its_metrics(tmp_path):
     run = write_run(tmp_path / "run")
     (run / "curves.png").write_bytes(b"a picture of an earlier run")

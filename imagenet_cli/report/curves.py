@@ -6,7 +6,7 @@ when nothing else is left to do. So the main rank starts a drawer when its last 
 drawer imports matplotlib meanwhile, draws once told the last epoch's record is written (as the
 checkpoint is being saved and the loader workers stop), and the run waits for it before it ends, so
 curves.png is there when the command returns, as before. A run stopped before its last record tells
-the drawer nothing, and it ends without drawing.
+the drawer nothing, and it ends without drawing; a drawer outlives no run (`plots.main`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ WAIT_SECONDS = 60.0  # for a drawer told to draw; then the run draws the picture
 
 
 class Drawer:
-    """`python -m imagenet_cli.report.plots --when-told RUN_DIR`, with this copy of the package first on
-    its path. Its output goes nowhere: should it fail, the run draws the picture itself and reports why."""
+    """`python -m imagenet_cli.report.plots --when-told RUN_DIR PID`, with this copy of the package first
+    on its path. Its output goes nowhere: should it fail, the run draws the picture itself and reports why."""
 
     def __init__(self, output_dir: str) -> None:
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -33,7 +33,8 @@ class Drawer:
         env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
         self.told = False
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imagenet_cli.report.plots", "--when-told", os.path.abspath(output_dir)],
+            [sys.executable, "-m", "imagenet_cli.report.plots", "--when-told", os.path.abspath(output_dir),
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
 
@@ -51,9 +52,11 @@ class Drawer:
             self.process.wait()
 
     def cancel(self) -> None:
-        """The run ends without its last record (stopped, failed): a drawer never told ends without drawing;
-        one already drawing is left to finish its picture of the records written."""
-        if not self.told:
+        """The run ends without having waited for the picture (stopped, failed): the drawer ends without
+        drawing, or stops drawing (SIGTERM: it removes what it had begun to write)."""
+        if self.told:
+            self.process.terminate()
+        else:
             self._say(b"")
 
     def _say(self, word: bytes) -> None:

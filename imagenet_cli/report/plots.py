@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METRICS_NAME = "metrics.jsonl"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 CURVES_NAME = "curves.png"
 RUNS_FILE = "runs.png"
 INSTALL_HINT = 'plotting needs matplotlib: pip install "imagenet-cli[plot]"'
@@ -290,12 +293,13 @@ def _save_png(figure: Figure, output: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m imagenet_cli.report.plots --when-told RUN_DIR`: the drawer a run starts beside its last
-    validation (`curves.Drawer`). It imports matplotlib at once, then draws RUN_DIR/curves.png when its
-    standard input says `draw`; at end of input without it, it ends having drawn nothing."""
-    if len(argv) != 2 or argv[0] != "--when-told":
-        print("usage: python -m imagenet_cli.report.plots --when-told RUN_DIR", file=sys.stderr)
+    """`python -m imagenet_cli.report.plots --when-told RUN_DIR PARENT_PID`: the drawer a run starts beside
+    its last validation (`curves.Drawer`). It imports matplotlib at once, then draws RUN_DIR/curves.png
+    when its standard input says `draw`; at end of input without it, it ends having drawn nothing."""
+    if len(argv) != 3 or argv[0] != "--when-told" or not argv[2].isdigit():
+        print("usage: python -m imagenet_cli.report.plots --when-told RUN_DIR PARENT_PID", file=sys.stderr)
         return 2
+    _end_with_the_run(int(argv[2]))
     _figure(1, 1)  # the imports, while the run still validates
     if sys.stdin.readline().strip() != "draw":
         return 0
@@ -305,6 +309,22 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _end_with_the_run(parent: int) -> None:
+    """The drawer ends when its run does, even a run killed outright (Linux: the kernel's parent-death
+    signal), and SIGTERM ends it as an exception would: a picture being written leaves no temporary file."""
+    signal.signal(signal.SIGTERM, _stop)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the run ended before the line above took effect
+        raise SystemExit(0)
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
