@@ -24,8 +24,8 @@ MAX_FAKE_IMAGES = 100_000_000
 MAX_PREFETCH = 64
 MAX_SHUFFLE_BUFFER = 100_000  # samples held per loader worker
 MAX_WORKERS = 256  # loader workers per process (a stored count is also kept only up to this machine's cores)
-# Progressive resizing (FFCV's ImageNet recipes): the crop stays at START until the rise begins, reaches END
-# at its last epoch, and between them takes sizes in steps that keep convolutions and channels-last efficient.
+# Progressive resizing (FFCV's ImageNet recipes): the crop is START up to epoch A, END from epoch B, and
+# between them takes sizes in steps that keep convolutions and channels-last efficient.
 SMALLEST_PROGRESSIVE = 16
 RISE_FROM, RISE_TO = 0.7, 0.85  # of the epochs, by default: FFCV's rn50 configs rise over about 72% to 85%
 

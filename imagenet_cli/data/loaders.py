@@ -187,9 +187,10 @@ def _stop_workers(loader: DataLoader | DeviceBatches) -> None:
 
 
 def set_train_size(loader: DataLoader | DeviceBatches, size: int) -> None:
-    """Progressive resizing: the training crops of the next epoch at `size` px. The size lives in the preset, which loader workers copy when they start: persistent workers are
-    stopped, so the next epoch's iterator starts workers that copy the new one (a stream's start anew each
-    epoch anyway). A size rises a handful of times in a run, so restarting costs little."""
+    """Progressive resizing: the training crops of the next epoch at `size` px. The size lives in the preset,
+    which loader workers copy when they start: persistent workers are stopped, so the next epoch's iterator
+    starts workers that copy the new size (a stream's start anew each epoch anyway). The size changes a
+    handful of times a run, so the restarts cost little."""
     dataset = loader.dataset
     while isinstance(dataset, (Guarded, PerSampleSeeded)):
         dataset = dataset.dataset
