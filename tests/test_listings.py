@@ -237,7 +237,7 @@ def _completions(*words: str) -> list[str]:
         (("evaluate", "--amp", ""), ["auto", "none", "bf16", "fp16"]),
         (("check-data", "--data-format", "w"), ["webdataset"]),
         (("export", "--format", ""), ["pt2", "onnx", "safetensors", "torchscript", "state_dict"]),
-        (("benchmark", "--only", "e"), ["eval", "e2e"]),
+        (("benchmark", "--only", "e"), ["eval", "e2e", "e2e-command"]),
     ],
 )
 def test_shell_completion_offers_an_options_choices(words: tuple[str, ...], expected: list[str]) -> None:
