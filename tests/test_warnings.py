@@ -1,9 +1,10 @@
 """Nothing the tool calls is deprecated: train, evaluate, predict and export run with every
 DeprecationWarning turned into an error, in a fresh interpreter started as a user starts one (a warning
 filter set in the test process would not reach it, nor a process forked from one that has imported torch).
-The four commands run one after another in that one interpreter, each through the console script's entry
-point: every module any of them imports is imported there under the filter, and every call they make is
-made under it, as in four interpreters, without paying torch's import four times."""
+The four commands run one after another in that one interpreter, each through `cli.run`, the console
+script's entry less its fast exit (which would end the interpreter after the first): every module any of
+them imports is imported there under the filter, and every call they make is made under it, as in four
+interpreters, without paying torch's import four times."""
 
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ pytestmark = pytest.mark.slow
 # Each command as `imagenet-cli ARGS` runs it; a failing one ends the interpreter naming itself.
 COMMANDS = """
 import sys
-from imagenet_cli.cli import main
+from imagenet_cli.cli import run
 
 for argv in {commands!r}:
     sys.argv = ["imagenet-cli", *argv]
     try:
-        main()
+        code = run(argv)
     except SystemExit as exc:
-        if exc.code not in (0, None):
-            sys.exit(f"{{argv[0]}} failed with exit code {{exc.code}}")
+        code = exc.code
+    if code not in (0, None):
+        sys.exit(f"{{argv[0]}} failed with exit code {{code}}")
     print(f"{{argv[0]}} done", flush=True)
 """
 

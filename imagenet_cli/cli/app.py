@@ -5,7 +5,6 @@ Torch is imported only inside commands, so `imagenet-cli --help` answers at once
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -73,20 +72,26 @@ for _name, _tool in TOOLS.items():
     app.command(_name)(_tool)
 
 
-def main() -> None:
-    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`). A usage
-    error (an unknown flag, a value of the wrong type) is one line too, like every other error. A command
-    that loaded torch ends without the interpreter's teardown (`process.leave`)."""
+def run(argv: list[str] | None = None) -> int:
+    """Run one command line (`sys.argv[1:]` by default) and return its exit code, leaving the process
+    alive: what `main` does, less the fast exit, so that one interpreter may run several commands. A usage
+    error (an unknown flag, a value of the wrong type) is one line too, like every other error."""
     try:
-        code = app(prog_name="imagenet-cli", standalone_mode=False)
+        code = app(args=argv, prog_name="imagenet-cli", standalone_mode=False)
     except Exception as exc:
         if not hasattr(exc, "format_message") or type(exc).__name__ == "NoArgsIsHelpError":
             if hasattr(exc, "show"):  # no command given: the overview
                 exc.show()
-                sys.exit(getattr(exc, "exit_code", 2))
+                return getattr(exc, "exit_code", 2)
             raise
         command = getattr(getattr(exc, "ctx", None), "command_path", "imagenet-cli")
         message = exc.format_message().replace(PYDANTIC_PREFIX, "")
         typer.echo(f"error: {one_line(UserError(message))} (see `{command} --help`)", err=True)
-        sys.exit(getattr(exc, "exit_code", 2))
-    leave(code if isinstance(code, int) else 0)
+        return getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Console entry point (`imagenet-cli`, `python -m imagenet_cli`, `torchrun -m imagenet_cli`). A command
+    that loaded torch ends without the interpreter's teardown (`process.leave`)."""
+    leave(run())
