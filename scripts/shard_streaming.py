@@ -3,14 +3,15 @@
 1. streaming: the training input pipeline (224 px crops, DataLoader with --workers) reading the same shards
    from a loopback HTTP server vs from local files: the cost of the network path itself.
 2. --max-side: shards re-encoded by `make-shards --max-side 320` vs the original files, for JPEGs of 500x375
-   (ImageNet's usual size) and of 1600x1200: pipeline images/s on one core, and a short training run from
-   each (images/s and best top-1; the same seed, so only the shards differ).
+   (ImageNet's usual size) and of 1600x1200: pipeline images/s on one core, and short training runs from
+   each (images/s and best top-1; the same seeds on both, so only the shards differ, and two seeds show
+   how far top-1 moves by chance alone).
 
 The pictures are Fashion-MNIST's (Debian's dataset-fashion-mnist, or --fashion-mnist DIR), upscaled into
 photograph-like JPEGs of the given sizes, so that decoding costs what it costs for photos and a short run
 learns something. Run from the checkout (it borrows the tests' loopback HTTP server):
 
-    .venv/bin/python scripts/shard_streaming.py [--per-class 60] [--epochs 6] [--workers 2] [--rounds 3]
+    .venv/bin/python scripts/shard_streaming.py [--per-class 100] [--epochs 6] [--seeds 0 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ def write_photos(
     images: np.ndarray, labels: np.ndarray, root: Path, size: tuple[int, int], per_class: int, dim: int = 1
 ) -> Path:
     """Class folders of JPEGs (quality 90): each garment upscaled onto a photograph-like background, its
-    brightness divided by `dim` (at full brightness, short runs stayed at chance: measured twice)."""
+    brightness divided by `dim` (at full brightness, short runs stayed at chance: measured twice); half as
+    many validation pictures as training ones, so that a top-1 difference of a few points is not noise."""
     rng = np.random.default_rng(0)
     width, height = size
     for label in range(10):
-        chosen = np.flatnonzero(labels == label)[: per_class + per_class // 4]
+        chosen = np.flatnonzero(labels == label)[: per_class + per_class // 2]
         for n, i in enumerate(chosen):
             picture = photo_like(rng, width, height).point(lambda v: v // dim)
             garment = Image.fromarray(images[i]).resize((height, height), Image.BICUBIC)
@@ -98,8 +100,8 @@ def in_turns(loaders: dict[str, DataLoader], rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def short_run(data: str, out: Path, epochs: int, workers: int) -> dict[str, float]:
-    cli("train", data, "-a", "resnet18", "--epochs", str(epochs), "-b", "32", "--image-size", "64", "--seed", "0",
+def short_run(data: str, out: Path, epochs: int, workers: int, seed: int) -> dict[str, float]:
+    cli("train", data, "-a", "resnet18", "--epochs", str(epochs), "-b", "32", "--image-size", "64", "--seed", str(seed),
         "--crop-scale", "0.35", "1", "-j", str(workers), "--lr", "0.1", "--lr-warmup-epochs", "1",
         "--lr-scheduler", "cosine", "-q", "--output-dir", str(out))  # fmt: skip
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -108,15 +110,25 @@ def short_run(data: str, out: Path, epochs: int, workers: int) -> dict[str, floa
         e["images_per_second"] for e in epochs_)}  # fmt: skip
 
 
+def short_runs(data: str, out: Path, args: argparse.Namespace) -> dict[str, object]:
+    """A short run on each seed: best top-1 of each and their mean (the spread between seeds is the noise a
+    difference between two kinds of shards must exceed), and the median training images/s."""
+    runs = [short_run(data, out / f"seed-{seed}", args.epochs, args.workers, seed) for seed in args.seeds]
+    return {"best_top1": [run["best_top1"] for run in runs],
+            "mean_best_top1": statistics.mean(run["best_top1"] for run in runs),
+            "train_img_s": statistics.median(run["train_img_s"] for run in runs)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fashion-mnist", type=Path, default=FASHION_MNIST)
     parser.add_argument(
-        "--per-class", type=int, default=40, help="training pictures per class (a quarter more for val)"
+        "--per-class", type=int, default=100, help="training pictures per class (half as many more for val)"
     )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="a short run on each kind per seed")
     parser.add_argument("--dim", type=int, default=3, help="divide the background's brightness by this")
     args = parser.parse_args()
     images, labels = fashion_mnist(args.fashion_mnist)
@@ -139,7 +151,7 @@ def main() -> None:
             per_core = in_turns(
                 {kind: stream(str(root / name / kind), 0) for kind in ("original", "max320")}, args.rounds
             )
-            runs = {kind: short_run(str(root / name / kind), root / name / f"run-{kind}", args.epochs, args.workers)
+            runs = {kind: short_runs(str(root / name / kind), root / name / f"run-{kind}", args)
                     for kind in ("original", "max320")}  # fmt: skip
             report[f"max_side_{name}"] = {
                 "per_core_img_s": per_core, "per_core_ratio": per_core["max320"] / per_core["original"],
