@@ -28,7 +28,11 @@ def backbone_frozen_at(epoch: int, cfg: OptimConfig) -> bool:
 
 def freeze_backbone(model: nn.Module, arch: str, frozen: bool) -> tuple[nn.Module, ...]:
     """Set the backbone's `requires_grad`; returns the BatchNorm layers to keep in eval mode (none when
-    training everything), so frozen layers keep the running statistics their weights were trained with."""
+    training everything), so frozen layers keep the running statistics their weights were trained with.
+    A model trained whole that nothing froze before is left as it is: finding its head builds the
+    architecture twice more (a tenth of a second before a short run's first step)."""
+    if not frozen and all(param.requires_grad for param in model.parameters()):
+        return ()
     for name, param in model.named_parameters():
         if not is_head(name, arch):
             param.requires_grad_(not frozen)
