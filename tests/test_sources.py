@@ -105,6 +105,22 @@ def test_shards_give_every_rank_the_same_batches_and_validation_every_sample_onc
     assert sorted(seen) == sorted(zlib.crc32(f.read_bytes()) for f in val_files)
 
 
+def test_shards_smaller_than_the_shuffle_buffer_give_each_sample_once_an_epoch_shuffled(three_formats):
+    """24 training samples and the default buffer of 2000: the buffer holds one pass of them, shuffled, not
+    the shards read over and over until it is full (copies of samples, each shard opened ~80 times)."""
+    splits = build_splits(_config(three_formats["webdataset"]), with_train=True)
+    assert splits.train.shuffle_buffer > len(splits.train)
+    _identified(splits.train)
+    loader = train_loader(splits.train, _ctx(), batch_size=4, workers=0, seed=5)
+    orders = []
+    for epoch in (0, 1):
+        loader.dataset.set_position(epoch=epoch)
+        orders.append([int(crc) for crcs, _ in loader for crc in crcs])
+    files = sorted((three_formats["imagefolder"] / "train").rglob("*.png"))
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(zlib.crc32(f.read_bytes()) for f in files)
+    assert orders[0] != orders[1]
+
+
 def test_a_sharded_epoch_resumes_mid_way_with_the_very_next_batch(three_formats):
     splits = build_splits(_config(three_formats["webdataset"], shuffle_buffer=5), with_train=True)
     loader = train_loader(splits.train, _ctx(), batch_size=4, workers=2, seed=7)

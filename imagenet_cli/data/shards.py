@@ -207,7 +207,7 @@ class ShardStream(IterableDataset):
         batches = self.batches_per_rank()
         mine = batches // workers + (worker < batches % workers)
         skipped = -(-(done - worker) // workers) if done > worker else 0
-        stream = self._shuffled(self._cycled(slot, slots), slot)
+        stream = self._shuffled(self._passes(slot, slots), slot, self._pass_size(slot, slots))
         yield from itertools.islice(
             self._readable(itertools.islice(stream, skipped * self.batch_size, None)),
             (mine - skipped) * self.batch_size,
@@ -229,43 +229,61 @@ class ShardStream(IterableDataset):
             yield image, label, tuple(problems)
             problems = []
 
+    def _order(self) -> list[Shard]:
+        """This epoch's shards in the order they are dealt: the same on every rank, seeded or not, so that
+        ranks deal them without talking."""
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
+        return order
+
+    def _pass_size(self, slot: int, slots: int) -> int:
+        """How many samples one pass of `_slots_samples` yields, as the index counts them."""
+        order = self._order()
+        if len(order) >= slots:
+            return sum(shard.samples for shard in order[slot::slots])
+        return len(range(slot, sum(shard.samples for shard in order), slots))
+
     def _slots_samples(self, slot: int, slots: int) -> Iterator[Numbered]:
         """Whole shards when there are enough to deal, else every `slots`-th sample of them all."""
-        order = list(self.shards)
-        if self.shuffle:  # the same order on every rank, seeded or not: ranks deal shards from it without talking
-            random.Random(mix_seed(self.seed if self.seed is not None else 0, self.epoch, 17)).shuffle(order)
+        order = self._order()
         if len(order) >= slots:
             for shard in order[slot::slots]:
                 yield from _numbered(shard)
             return
         yield from itertools.islice((sample for shard in order for sample in _numbered(shard)), slot, None, slots)
 
-    def _cycled(self, slot: int, slots: int) -> Iterator[Numbered]:
-        """The slot's samples over and over, so a rank dealt fewer than the epoch's batches still has enough."""
+    def _passes(self, slot: int, slots: int) -> Iterator[Iterator[Numbered]]:
+        """Passes over the slot's samples, one after another, so a rank dealt fewer than the epoch's batches
+        still has enough."""
         while True:
             samples = self._slots_samples(slot, slots)
             first = next(samples, None)
             if first is None:
                 return
-            yield first
-            yield from samples
+            yield itertools.chain([first], samples)
 
-    def _shuffled(self, samples: Iterator[Numbered], slot: int) -> Iterator[Numbered]:
-        if not self.shuffle or self.shuffle_buffer <= 1:
-            yield from samples
+    def _shuffled(self, passes: Iterator[Iterator[Numbered]], slot: int, pass_size: int) -> Iterator[Numbered]:
+        """Through a buffer of --shuffle-buffer samples, or of one pass of the slot's samples when that is
+        fewer: a larger one would fill with the slot's samples read over and over (each shard opened again
+        for every pass: a round trip each from an object store) and deal copies of them."""
+        size = min(self.shuffle_buffer, pass_size)
+        if not self.shuffle or size <= 1:
+            yield from itertools.chain.from_iterable(passes)
             return
         seed = self.seed if self.seed is not None else random.getrandbits(62)  # loader workers seed `random`
         rng = random.Random(mix_seed(seed, self.epoch, slot))
-        buffer: list[Numbered] = []
-        for sample in samples:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(sample)
-                continue
-            i = rng.randrange(len(buffer))
-            buffer[i], sample = sample, buffer[i]
-            yield sample
-        rng.shuffle(buffer)
-        yield from buffer
+        for samples in passes:  # each pass emptied before the next: a buffer of a whole pass is a permutation
+            buffer: list[Numbered] = []
+            for sample in samples:
+                if len(buffer) < size:
+                    buffer.append(sample)
+                    continue
+                i = rng.randrange(len(buffer))
+                buffer[i], sample = sample, buffer[i]
+                yield sample
+            rng.shuffle(buffer)
+            yield from buffer
 
     def _decoded(self, key: int, fields: dict[str, bytes]) -> tuple[torch.Tensor, int]:
         """The preset applied under the sample's own seed when the run is seeded, as for folders."""
