@@ -38,6 +38,24 @@ PLATEAU = ("-b", "8", "-j", "0", "--seed", "0", "--lr", "0.05", "--lr-scheduler"
            "--plateau-patience", "0", "--plateau-factor", "0.5")  # fmt: skip
 
 
+def _evaluation_matches_the_last_epoch(checkpoint: Path, data: Path, arch: str, run: Path, cwd: Path) -> None:
+    """`evaluate` of the checkpoint on DATA (13 validation images) scores what RUN's last epoch recorded."""
+    evaluated = json_result(run_cli("evaluate", str(checkpoint), str(data), "--arch", arch, "--json", cwd=cwd))
+    last_epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert evaluated["images"] == 13 and evaluated["acc1"] == pytest.approx(last_epoch["val_acc1"])
+
+
+def _weights_a_frozen_backbone_finetune_changes(
+    checkpoint: Path, arch: str, image_folder: Path, tmp_path: Path, cwd: Path
+) -> set[str]:
+    """The `*weight` entries that one epoch of `finetune --freeze-backbone` from the checkpoint changed."""
+    tuned = tmp_path / "tuned"
+    ok(run_cli("finetune", "--weights", str(checkpoint), "--arch", arch, str(image_folder), *SIZE_32,
+               "--freeze-backbone", "--epochs", "1", "-b", "8", "-j", "0", "--output-dir", str(tuned), cwd=cwd))  # fmt: skip
+    before, after = load(checkpoint)["state_dict"], load(tuned / CHECKPOINT_NAME)["state_dict"]
+    return {k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])}
+
+
 def test_your_own_model_trains_resumes_exactly_evaluates_finetunes_predicts_and_exports(image_folder, tmp_path):
     """The tutorial's Net in a file, through every command (a factory in a package: the test below)."""
     arch, cwd = str(write_tutorial_net(tmp_path / "code")) + ":Net", tmp_path
@@ -54,17 +72,8 @@ def test_your_own_model_trains_resumes_exactly_evaluates_finetunes_predicts_and_
     assert done["model_source"]["callable"] == arch.rpartition(":")[2]
     _assert_lr_follows_the_plateau(straight / "metrics.jsonl", lr=0.05, factor=0.5)
 
-    evaluated = json_result(
-        run_cli("evaluate", str(cut / CHECKPOINT_NAME), str(data), "--arch", arch, "--json", cwd=cwd)
-    )
-    last_epoch = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()][-1]
-    assert evaluated["images"] == 13 and evaluated["acc1"] == pytest.approx(last_epoch["val_acc1"])
-
-    tuned = tmp_path / "tuned"
-    ok(run_cli("finetune", "--weights", str(cut / CHECKPOINT_NAME), "--arch", arch, str(image_folder), *SIZE_32,
-               "--freeze-backbone", "--epochs", "1", "-b", "8", "-j", "0", "--output-dir", str(tuned), cwd=cwd))  # fmt: skip
-    before, after = done["state_dict"], load(tuned / CHECKPOINT_NAME)["state_dict"]
-    changed = {k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])}
+    _evaluation_matches_the_last_epoch(cut / CHECKPOINT_NAME, data, arch, straight, cwd)
+    changed = _weights_a_frozen_backbone_finetune_changes(cut / CHECKPOINT_NAME, arch, image_folder, tmp_path, cwd)
     assert len(changed) == 1, f"only the head trains with a frozen backbone, not {sorted(changed)}"
 
     picture = next((image_folder / "val" / "bees").iterdir())
@@ -75,7 +84,7 @@ def test_your_own_model_trains_resumes_exactly_evaluates_finetunes_predicts_and_
     ok(run_cli("export", str(cut / CHECKPOINT_NAME), "--arch", arch, "--format", "state_dict", "-o", str(exported),
                cwd=cwd))  # fmt: skip
     plain = load(exported)
-    assert all(torch.equal(plain[k], v) for k, v in before.items())  # a plain state dict
+    assert all(torch.equal(plain[k], v) for k, v in done["state_dict"].items())  # a plain state dict
 
 
 def test_a_factory_in_a_package_trains_resumes_evaluates_finetunes_and_predicts(image_folder, tmp_path):
@@ -91,16 +100,8 @@ def test_a_factory_in_a_package_trains_resumes_evaluates_finetunes_and_predicts(
     ok(run_cli("resume", str(run / CHECKPOINT_NAME), "--epochs", "2", "--arch", arch, cwd=cwd))
     done = load(run / CHECKPOINT_NAME)
     assert done["epoch"] == 2 and done["model_source"]["callable"] == "small_cnn"
-    evaluated = json_result(run_cli("evaluate", str(run / CHECKPOINT_NAME), str(image_folder), "--arch", arch,
-                                    "--json", cwd=cwd))  # fmt: skip
-    last_epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert evaluated["images"] == 13 and evaluated["acc1"] == pytest.approx(last_epoch["val_acc1"])
-
-    tuned = tmp_path / "tuned"
-    ok(run_cli("finetune", "--weights", str(run / CHECKPOINT_NAME), "--arch", arch, str(image_folder), *SIZE_32,
-               "--freeze-backbone", "--epochs", "1", "-b", "8", "-j", "0", "--output-dir", str(tuned), cwd=cwd))  # fmt: skip
-    before, after = done["state_dict"], load(tuned / CHECKPOINT_NAME)["state_dict"]
-    changed = {k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])}
+    _evaluation_matches_the_last_epoch(run / CHECKPOINT_NAME, image_folder, arch, run, cwd)
+    changed = _weights_a_frozen_backbone_finetune_changes(run / CHECKPOINT_NAME, arch, image_folder, tmp_path, cwd)
     assert changed == {"9.weight"}, f"only the head (the Sequential's last layer) trains, not {sorted(changed)}"
 
     picture = next((image_folder / "val" / "bees").iterdir())

@@ -126,16 +126,21 @@ def check_all(cfg: DataConfig, workers: int) -> dict[str, Any]:
 def _jobs(cfg: DataConfig, kind: str) -> Iterator[tuple[str, str, Any]]:
     if kind == "webdataset":
         index = shards.read_index(cfg.path or "")
-        return ((split, shard.path, len(index.classes)) for split, entries in index.splits.items() for shard in entries)
+        return (
+            (split, shard.path, (len(index.classes), shard.size))
+            for split, entries in index.splits.items()
+            for shard in entries
+        )
     splits = sources.open_splits(cfg, with_train=True, class_names=None)
     datasets = (("train", splits.train), ("val", splits.val))
     return ((split, path, None) for split, dataset in datasets for path, _ in dataset.samples)  # type: ignore[union-attr]
 
 
 def _check(job: tuple[str, str, Any]) -> list[FileResult] | FileResult:
-    split, path, classes = job
+    split, path, shard = job
     if path.endswith(".tar"):
-        samples = shards.samples_or_damage(path)
+        classes, size = shard
+        samples = shards.samples_or_damage(path, size)
         return [_check_sample(split, f"{path}:{key}", fields, classes) for key, fields in samples]
     try:
         encoded = read_bytes(path)

@@ -155,7 +155,7 @@ class RemoteFile:
         self._fs, self._path = filesystem(url)
         self._handle: Any = None
         self._chunk, self._chunk_at, self._position = b"", 0, 0
-        self._ahead: concurrent.futures.Future[bytes] | None = None
+        self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None  # (offset, its chunk)
         self._fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-read-ahead")
 
     def __enter__(self) -> RemoteFile:
@@ -188,17 +188,16 @@ class RemoteFile:
         """The chunk holding the position: the one fetched ahead when it does, else fetched now; then the
         next one is asked for. One thread makes every request, so they never share the connection."""
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.offset <= self._position < ahead.offset + self._length(ahead.offset):  # type: ignore[attr-defined]
-            self._chunk, self._chunk_at = ahead.result(), ahead.offset  # type: ignore[attr-defined]
+        if ahead is not None and ahead[0] <= self._position < ahead[0] + self._length(ahead[0]):
+            self._chunk_at, self._chunk = ahead[0], ahead[1].result()
         else:
             if ahead is not None:
-                ahead.cancel()
+                ahead[1].cancel()
             self._chunk_at = self._position
             self._chunk = self._fetcher.submit(self._fetch, self._position).result()
         following = self._chunk_at + len(self._chunk)
         if following < self.size:
-            self._ahead = self._fetcher.submit(self._fetch, following)
-            self._ahead.offset = following  # type: ignore[attr-defined]
+            self._ahead = following, self._fetcher.submit(self._fetch, following)
 
     def _length(self, offset: int) -> int:
         return min(CHUNK, self.size - offset)
@@ -228,6 +227,6 @@ class RemoteFile:
 
     def close(self) -> None:
         if self._ahead is not None:
-            self._ahead.cancel()
+            self._ahead[1].cancel()
         self._fetcher.shutdown(wait=True, cancel_futures=True)
         self._drop_handle()

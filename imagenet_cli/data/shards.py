@@ -57,6 +57,7 @@ Numbered = tuple[int, dict[str, bytes]]  # a sample's key (its position in the s
 class Shard:
     path: str
     samples: int
+    size: int | None = None  # bytes, as the index's reading found them (a URL's: not asked again at each read)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _indexed_shard(path: str, samples: int, size: int | None) -> Shard:
     most = size // SMALLEST_SAMPLE if size is not None else samples
     if not 0 <= samples <= max(most, 1):
         raise ValueError(f"{clip(os.path.basename(path))} is said to hold {samples} samples, more than its size can")
-    return Shard(path, samples)
+    return Shard(path, samples, size)
 
 
 def _scan(root: str) -> ShardIndex:
@@ -310,11 +311,11 @@ def _numbered(shard: Shard) -> Iterator[Numbered]:
     """(position key, fields) of a shard's samples: our keys are sample positions; others are numbered
     from the shard's name and the order within it."""
     base = mix_seed(zlib.crc32(os.path.basename(shard.path).encode()))
-    for position, (key, fields) in enumerate(samples_or_damage(shard.path)):
+    for position, (key, fields) in enumerate(samples_or_damage(shard.path, shard.size)):
         yield (int(key) if key.isdigit() else base + position), fields
 
 
-def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def samples_or_damage(path: str, size: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """A shard's samples, then, when it turns out damaged part-way (a bad header, a member claiming more than
     the file holds), a pseudo-sample keyed `damaged` whose DAMAGED field says why: a loader worker or
     check-data reports it like any unreadable sample and goes on, where an exception would end the worker."""
@@ -322,7 +323,7 @@ def samples_or_damage(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
     def members() -> Iterator[tuple[str, bytes]]:
         try:
-            yield from _members(path)
+            yield from _members(path, size)
         except UserError as exc:  # the samples before it are whole and go on
             damage.append(exc)
 
@@ -338,13 +339,13 @@ def _grouped(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[s
         yield key, {suffix.lower(): data for _, _, suffix, data in group}
 
 
-def _members(path: str) -> Iterator[tuple[str, bytes]]:
+def _members(path: str, size: int | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of a tar file's regular files, in order. The headers are parsed here, not by `tarfile`,
     whose general reader costs about ten times more per member (a tenth of a millisecond per sample);
     GNU long names and pax paths are understood, other entries skipped, and a damaged header refused."""
     long_name = None
     try:
-        with _opened(path) as (f, file_size):
+        with _opened(path, size) as (f, file_size):
             while len(header := f.read(512)) == 512 and header.strip(b"\0"):
                 kind, name = header[156:157], long_name or _header_name(header)
                 size = _member_size(header, path, name, file_size - f.tell())
@@ -365,10 +366,11 @@ def _members(path: str) -> Iterator[tuple[str, bytes]]:
 
 
 @contextlib.contextmanager
-def _opened(path: str) -> Iterator[tuple[Any, int]]:
-    """A shard and its size: a local file, or a URL's stream (retried from where it failed)."""
+def _opened(path: str, size: int | None) -> Iterator[tuple[Any, int]]:
+    """A shard and its size: a local file, or a URL's stream (retried from where it failed), whose size is
+    asked for only when the index's reading did not learn it."""
     if url_scheme(path):
-        with remote.RemoteFile(path) as stream:
+        with remote.RemoteFile(path, size) as stream:
             yield stream, stream.size
         return
     with open(path, "rb", buffering=1 << 20) as f:
