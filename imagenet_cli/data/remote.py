@@ -209,7 +209,8 @@ class RemoteFile:
         """Bytes [offset, offset + length); any failure drops the connection, and the next try opens anew."""
         try:
             if self._handle is None:
-                self._handle = self._fs.open(self._path, "rb", block_size=CHUNK, cache_type="none")
+                # given the size, fsspec's file asks the store nothing before its first read (no HEAD)
+                self._handle = self._fs.open(self._path, "rb", block_size=CHUNK, cache_type="none", size=self.size)
             self._handle.seek(offset)
             data = self._handle.read(length)
             if len(data) != length:
