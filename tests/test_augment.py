@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from imagenet_cli.cli import app, commands
 from imagenet_cli.config import AUTO_AUGMENT_POLICIES, DataConfig, RunConfig, build_config
 from imagenet_cli.core.context import DistContext
-from imagenet_cli.core.randomness import PerSampleSeeded
+from imagenet_cli.core.randomness import PerSampleSeeded, seeded
 from imagenet_cli.data import sources
 from imagenet_cli.data.augment import ERASE_SCALE, MEAN_PIXEL
 from imagenet_cli.data.loaders import Normalizer, train_loader
@@ -57,6 +58,22 @@ def test_each_policy_changes_training_images_keeps_their_shape_and_repeats_per_s
     assert any(not torch.equal(a, p) for a, p in zip(augmented, plain, strict=True))
     torch.manual_seed(12345)  # the process's own generator must not matter: each sample is seeded
     assert all(torch.equal(a, b) for a, b in zip(augmented, train_images(folder, auto_augment=policy), strict=True))
+
+
+def test_a_samples_seed_draws_what_torch_manual_seed_would_and_the_process_draws_on_undisturbed():
+    def draws() -> tuple[float, torch.Tensor]:
+        return random.random(), torch.rand(4)
+
+    random.seed(1), torch.manual_seed(1)
+    with seeded(99):
+        inside = draws()
+    after = draws()
+    random.seed(99), torch.manual_seed(99)
+    expected_inside = draws()
+    random.seed(1), torch.manual_seed(1)
+    expected_after = draws()
+    assert inside[0] == expected_inside[0] and torch.equal(inside[1], expected_inside[1])
+    assert after[0] == expected_after[0] and torch.equal(after[1], expected_after[1])
 
 
 def test_random_erasing_fills_a_rectangle_of_the_recipe_size_with_the_mean_pixel(folder):

@@ -36,7 +36,7 @@ from ..core import formats
 from ..core.context import DistContext
 from ..core.errors import UserError, one_line
 from ..core.formats import url_scheme
-from ..core.randomness import mix_seed
+from ..core.randomness import mix_seed, seeded
 from ..core.text import clip
 from . import remote
 from .presets import Transform, check_encoded_size
@@ -297,14 +297,8 @@ class ShardStream(IterableDataset):
         label = label_of(fields, len(self.classes) or None)
         if self.seed is None:
             return self.transform(encoded), label
-        sample_seed, state = mix_seed(self.seed, self.epoch, key), random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            random.seed(sample_seed)
-            try:
-                return self.transform(encoded), label
-            finally:
-                random.setstate(state)
+        with seeded(mix_seed(self.seed, self.epoch, key)):
+            return self.transform(encoded), label
 
 
 def _numbered(shard: Shard) -> Iterator[Numbered]:
