@@ -102,7 +102,12 @@ def _train_state(
 ) -> tuple[engine.TrainParts, TrainState]:
     """What the training steps use, and the state that saves and restores them."""
     arch = cfg.model.arch
-    outputs = models.head_num_classes(arch, plain.state_dict()) or len(class_names)
+    mixer = None
+    if cfg.optim.mixup_alpha > 0 or cfg.optim.cutmix_alpha > 0:
+        # Mixed labels span the whole head (a resumed reference file's 1000 outputs). Finding the head builds
+        # the architecture on the meta device (35 ms for ResNet-18): only a run that mixes waits for it.
+        outputs = models.head_num_classes(arch, plain.state_dict()) or len(class_names)
+        mixer = BatchMixer(outputs, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed)
     optimizer = optim.build_optimizer(plain, arch, cfg.optim, fused=ctx.device.type == "cuda")
     ema = ModelEma(plain, cfg.optim.model_ema_decay, cfg.optim.model_ema_steps) if cfg.optim.model_ema else None
     schedule, scaler = Schedule.from_config(cfg.optim), settings.grad_scaler()
@@ -129,7 +134,7 @@ def _train_state(
         bad_images=BadImages(cfg.data.skip_bad_images, cfg.data.max_bad_images, ctx.rank),
         schedule=schedule,
         grad_accum_steps=cfg.optim.grad_accum_steps,
-        mixer=BatchMixer(outputs, cfg.optim.mixup_alpha, cfg.optim.cutmix_alpha, cfg.seed),
+        mixer=mixer,
         ema=ema,
         ema_warmup_epochs=cfg.optim.model_ema_warmup_epochs,
     )
