@@ -23,7 +23,8 @@ def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_w
     assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, channels-last"
     parts = [row["part"] for row in result["results"]]
     assert parts == [
-        "train", "eval", "pipeline, per core", "pipeline, 1 workers", "shards vs files, 1 workers",
+        "train", "eval", "pipeline, per core", "pipeline, per core, --seed", "pipeline, 1 workers",
+        "shards vs files, 1 workers",
         "e2e: train from files, 1 workers",
     ]  # fmt: skip
     for row in result["results"]:
@@ -39,7 +40,9 @@ def test_benchmark_generates_imagenet_like_jpegs_and_with_no_workers_loads_in_it
     ).stdout  # fmt: skip
     assert "4 generated 500x375 JPEGs, quality 90" in shown and "ours / baseline" in shown
     parts = [line.split("│")[1].strip() for line in shown.splitlines() if line.startswith("│")]
-    assert parts == ["pipeline, per core", "pipeline, 0 workers", "shards vs files, 0 workers"]
+    assert parts == [
+        "pipeline, per core", "pipeline, per core, --seed", "pipeline, 0 workers", "shards vs files, 0 workers"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ side's process settings reach the other:
 - pipeline: images/s of the training input pipeline on JPEG files, per CPU core (one thread, no
   workers) and in total (a DataLoader with N workers). Ours decodes to uint8 and normalises later on the
   device; the baseline is PIL decoding, RandomResizedCrop, flip, `ToTensor` and `Normalize` per image.
+  Per core again with each picture under its own seed, as a `--seed` run's workers make it (the reference
+  seeds once per process: its per-picture cost is the same).
 - eval: images/s of evaluation on synthetic data (autocast, channels-last vs fp32 NCHW with a sync).
 - e2e: images/s of training from the JPEG files, where loader workers and the model share the machine:
   everything above together, against the reference's loop fed by its own pipeline.
@@ -39,6 +41,7 @@ from ..config import ComputeConfig
 from ..core import models
 from ..core.context import DistContext
 from ..core.errors import UserError
+from ..core.randomness import mix_seed, seeded
 from ..data import loaders as data
 from ..data import shards, sources, unreadable
 from ..data.fakedata import DeviceBatches, FakeImages
@@ -286,6 +289,11 @@ def _pipeline_throughput(
          "baseline": reference.add("per core", per_core_reference, files, cfg.image_size)},
         steps=1, images=len(files), warmup=0, device=cpu,
     )  # fmt: skip
+    per_core_seeded = _interleaved(
+        {"ours": per_core_ours(files, cfg.image_size, seed=0),
+         "baseline": reference.add("per core", per_core_reference, files, cfg.image_size)},
+        steps=1, images=len(files), warmup=0, device=cpu,
+    )  # fmt: skip
     folder = _train_folder(root, cfg.image_size)
     from_files = loader_passes(folder, cfg, workers)
     total = _interleaved(
@@ -304,6 +312,7 @@ def _pipeline_throughput(
     what = f"{cfg.image_size}px crops of {cfg.source}"
     return [
         _row("pipeline, per core", what, per_core),
+        _row("pipeline, per core, --seed", what, per_core_seeded),
         _row(f"pipeline, {workers} workers", what, total),
         _row(f"shards vs files, {workers} workers", "ours from tar shards / ours from image files", from_shards),
     ]
@@ -368,9 +377,18 @@ def e2e_reference(cfg: BenchmarkConfig, device: torch.device, root: str, workers
     return _reference_steps(cfg, device, _endless(_file_loader(images, cfg, workers, device, prefetch=2)))
 
 
-def per_core_ours(files: list[str], size: int) -> Runner:
+def per_core_ours(files: list[str], size: int, seed: int | None = None) -> Runner:
+    """With `seed`, each picture under its own seed, as the loader workers of a `--seed` run make it."""
     preset = TrainPreset(size)
-    return _single_threaded(files, lambda path: preset(read_bytes(path)))
+    if seed is None:
+        return _single_threaded(files, lambda path: preset(read_bytes(path)))
+    position = itertools.count()
+
+    def one(path: str) -> torch.Tensor:
+        with seeded(mix_seed(seed, next(position))):
+            return preset(read_bytes(path))
+
+    return _single_threaded(files, one)
 
 
 def per_core_reference(files: list[str], size: int) -> Runner:
