@@ -7,6 +7,7 @@ decoder is refused before anything starts."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import random
 import warnings
 from collections.abc import Callable
@@ -88,6 +89,34 @@ def test_every_link_decodes_the_pixels_pil_decodes_without_a_warning(
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 60, 90)
     assert pixels.permute(1, 2, 0).is_contiguous()  # torch's vectorised uint8 resize wants this layout
     assert (pixels.int() - _pil_pixels(path).int()).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize("link", [*decoders.CANDIDATES, "torchcodec + simplejpeg"])
+@pytest.mark.parametrize("fmt", ["JPEG", "MPO", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", [3, 6])  # upside down; a quarter turn (the stored sides swap)
+def test_a_picture_tagged_to_be_shown_turned_is_decoded_as_stored_by_every_link(monkeypatch, link, fmt, orientation):
+    """A camera's EXIF orientation tag is not obeyed, as PIL (the reference script's reader) does not obey
+    it: the crop is planned on the stored size. TorchCodec's decoders obey it, so they leave such pictures
+    to the JPEG decoder or to PIL."""
+    chain, _, jpeg = link.partition(" + ")
+    if chain not in _available() or (jpeg and decoders.select_jpeg() is None):
+        pytest.skip(f"{link} is not installed or does not load here")
+    decoder = decoders.select(_chain_from(chain))
+    decoder = decoders.with_jpeg(decoder, decoders.select_jpeg()) if jpeg else decoder
+    monkeypatch.setattr(decoders, "chosen", lambda: decoder)
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[presets.EXIF_ORIENTATION] = orientation
+    file = io.BytesIO()
+    stored.save(file, fmt, exif=exif, **({"save_all": True, "append_images": [stored]} if fmt == "MPO" else {}),
+                **({"lossless": True} if fmt == "WEBP" else {}))  # fmt: skip
+    encoded = torch.frombuffer(bytearray(file.getvalue()), dtype=torch.uint8)
+    header = presets.open_sample(encoded)[1]
+    assert header.format == fmt and presets.turned_by_exif(header)
+    pixels = presets.decode_rgb(encoded, header)
+    as_pil_reads_it = torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
+    assert pixels.shape == (3, 60, 90) and (pixels.int() - as_pil_reads_it.int()).abs().max() <= 2
+    assert not isinstance(presets.DeviceDecoded(TrainPreset(32))(encoded), presets.Deferred)  # nvJPEG would turn it
 
 
 def test_large_jpegs_are_still_reduced_in_the_dct_by_pil(tmp_path, monkeypatch):

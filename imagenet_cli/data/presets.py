@@ -46,6 +46,9 @@ Image.MAX_IMAGE_PIXELS = None
 # three bytes a pixel), plus room for headers. A file or a shard member claiming more is not a picture
 # this tool could decode, so it is refused before it is read.
 MAX_ENCODED_BYTES = 3 * MAX_DECODED_PIXELS + (1 << 20)
+# The EXIF tag by which a camera asks viewers to turn or mirror the stored picture. PIL, simplejpeg and the
+# reference script leave pictures as stored; TorchCodec's decoders (nvJPEG too) turn them.
+EXIF_ORIENTATION = 0x0112
 
 
 # What a dataset hands a preset: a file's encoded bytes (uint8, 1-D), or a picture already in memory.
@@ -216,7 +219,7 @@ class DeviceDecoded:
 
     def __call__(self, sample: Sample) -> torch.Tensor | Deferred:
         encoded, header = open_sample(sample)
-        if encoded is None or header.format != "JPEG" or within_limit(header, 1) > 1:
+        if encoded is None or header.format != "JPEG" or within_limit(header, 1) > 1 or turned_by_exif(header):
             return self.preset(sample)  # past the pixel limit: reduced in the DCT here, never decoded whole there
         return Deferred(encoded, self.preset.plan(*header.size))
 
@@ -325,14 +328,15 @@ def decode_rgb(
     torch's vectorised uint8 resize needs that layout, and crops of it stay views. The process's decoder
     (`decoders.chosen`) decodes the formats it reads: its JPEG decoder (simplejpeg) first, at any
     reduction, then the chain's at full size; PIL decodes the rest, reduced ones when there is no JPEG
-    decoder, and an animated picture, of which it decodes the first frame only (the others would decode
-    every frame: a small file of many large frames asks for gigabytes)."""
+    decoder, an animated picture, of which it decodes the first frame only (the others would decode
+    every frame: a small file of many large frames asks for gigabytes), and a picture tagged to be shown
+    turned, which the chain's decoder would turn (`turned_by_exif`)."""
     decoder = decoders.chosen() if decoder is None else decoder
     animated = getattr(header, "is_animated", False)
     if encoded is not None and not animated:
         pixels = _jpeg_reduced(decoder, encoded, header, reduce)
-        if pixels is None and reduce == 1 and header.format in decoder.formats:
-            pixels = _decoded(decoder, encoded, header.format)
+        if pixels is None and reduce == 1 and header.format in decoder.formats and not turned_by_exif(header):
+            pixels = _decoded(decoder, encoded, header)
         if pixels is not None:
             return pixels
     if reduce > 1:  # PIL takes the largest reduction that keeps the size asked: asked the rounded-up size of a
@@ -354,11 +358,20 @@ def _jpeg_reduced(
         return None
 
 
-def _decoded(decoder: decoders.Decoder, encoded: torch.Tensor, fmt: str) -> torch.Tensor | None:
-    """The chain's decoder at full size; None for a variant or colour mode it does not read (PIL does)."""
+def turned_by_exif(header: Image.Image) -> bool:
+    """Does the file ask to be shown turned or mirrored (EXIF orientation 2 to 8)? Such a picture is decoded
+    as stored, as PIL and the reference script read it, and as the crop was planned from its header."""
+    return "exif" in header.info and header.getexif().get(EXIF_ORIENTATION, 1) != 1
+
+
+def _decoded(decoder: decoders.Decoder, encoded: torch.Tensor, header: Image.Image) -> torch.Tensor | None:
+    """The chain's decoder at full size; None for a variant or colour mode it does not read, or pixels of
+    another shape than the header's (turned by an orientation tag PIL found no sooner): PIL decodes those."""
     try:
-        chw = decoder.decode(encoded, fmt)  # type: ignore[misc]
+        chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
     except RuntimeError:
+        return None
+    if tuple(chw.shape[-2:]) != (header.height, header.width):
         return None
     # 16-bit PNGs may come as uint16: scale them (PIL would clip everything above 255 to white)
     chw = F.to_dtype(chw, torch.uint8, scale=True) if chw.dtype != torch.uint8 else chw
