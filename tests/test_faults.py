@@ -324,8 +324,11 @@ def test_an_occupied_port_is_replaced_locally_and_named_for_a_multi_node_run(tmp
         local = ok(run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "-b", "8", "--epochs", "1", *TWO_RANKS,
                            "--dist-url", url, "--output-dir", str(tmp_path)))  # fmt: skip
         assert f"--dist-url {url}: port" in local.stderr and "is in use; this single-machine run uses" in local.stderr
-        nodes = run_cli("train", *FAST_FAKE, "-a", TINY_ARCH, "--world-size", "2", "--rank", "0", "--dist-url", url)
-        _one_line_error(nodes, 2, "is already in use on this machine")
+        for written in (url, f"{url}/"):  # torch takes both spellings
+            nodes = run_cli(
+                "train", *FAST_FAKE, "-a", TINY_ARCH, "--world-size", "2", "--rank", "0", "--dist-url", written
+            )
+            _one_line_error(nodes, 2, "is already in use on this machine")
 
 
 @pytest.mark.parametrize(

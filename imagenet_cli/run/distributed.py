@@ -117,7 +117,7 @@ def plan(cfg: DistConfig, env: dict[str, str] | None = None) -> Topology:
 def _rendezvous_port_checked(url: str, movable: bool) -> str:
     """The rendezvous URL, checked before any process starts: rank 0 serves it, so its port must be free
     here. A run confined to this machine moves to a free port; one that other nodes join cannot."""
-    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", url)
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)/?", url)  # torch accepts a trailing slash
     if not match:
         return url
     host, port = match.group(1), int(match.group(2))
