@@ -49,6 +49,7 @@ def test_benchmark_generates_imagenet_like_jpegs_and_with_no_workers_loads_in_it
     ("args", "message"),
     [(("--only", "everything"), "'everything' is not one of 'train', 'eval', 'pipeline', 'e2e', 'e2e-command'"),
      (("--steps", "0"), "must be positive"), (("--rounds", "0"), "must be positive"),
+     (("-j", "-1"), "--workers must be from 0 to 256, got -1"),
      (("/nonexistent",), "has no train/ folder"), (("-a", "resnet19"), "unknown architecture 'resnet19'")],
 )  # fmt: skip
 def test_benchmark_refuses_bad_input_in_one_line(args, message):

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from ..config import ComputeConfig
+from ..config.data import MAX_WORKERS
 from ..core import models
 from ..core.context import DistContext
 from ..core.errors import UserError
@@ -85,6 +86,8 @@ class BenchmarkConfig:
                 "--batch-size, --steps, --images and --rounds must be positive, --warmup 0 or more, "
                 "--image-size 8 or more"
             )
+        if self.workers is not None and not 0 <= self.workers <= MAX_WORKERS:
+            raise UserError(f"--workers must be from 0 to {MAX_WORKERS}, got {self.workers}")
         if self.data is not None and not os.path.isdir(os.path.join(self.data, "train")):
             raise UserError(f"{self.data} has no train/ folder of class folders to read")
         models.check_arch(self.arch)
