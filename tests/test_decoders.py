@@ -119,6 +119,23 @@ def test_a_picture_tagged_to_be_shown_turned_is_decoded_as_stored_by_every_link(
     assert not isinstance(presets.DeviceDecoded(TrainPreset(32))(encoded), presets.Deferred)  # nvJPEG would turn it
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("tags", [b"Exif\x00\x00not a tag block", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"])
+def test_a_damaged_exif_block_leaves_the_picture_readable_as_stored_and_decoding_warns_of_nothing(fmt, tags):
+    stored = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    file = io.BytesIO()
+    stored.save(file, fmt, exif=tags, **({"lossless": True} if fmt == "WEBP" else {}))
+    encoded = torch.frombuffer(bytearray(file.getvalue()), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Corrupt EXIF data")  # PIL's own, reading a JPEG's header for its DPI
+        header = presets.open_sample(encoded)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = presets.decode_rgb(encoded, header)
+    as_pil_reads_it = torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
+    assert pixels.shape == (3, 30, 50) and (pixels.int() - as_pil_reads_it.int()).abs().max() <= 2
+
+
 def test_large_jpegs_are_still_reduced_in_the_dct_by_pil(tmp_path, monkeypatch):
     """The chosen decoder decodes at full size only; a large JPEG whose crop allows it is PIL's, at 1/4."""
     path = write_photo(tmp_path / "big.jpg", 1600, 1200, quality=90)

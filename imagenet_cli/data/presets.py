@@ -15,6 +15,7 @@ import io
 import math
 import os
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -361,7 +362,14 @@ def _jpeg_reduced(
 def turned_by_exif(header: Image.Image) -> bool:
     """Does the file ask to be shown turned or mirrored (EXIF orientation 2 to 8)? Such a picture is decoded
     as stored, as PIL and the reference script read it, and as the crop was planned from its header."""
-    return "exif" in header.info and header.getexif().get(EXIF_ORIENTATION, 1) != 1
+    if "exif" not in header.info:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged tag block: it decides only who decodes the pixels
+            return header.getexif().get(EXIF_ORIENTATION, 1) != 1
+    except Exception:  # PIL raises what its parser meets (SyntaxError, struct.error, ...) on hostile bytes
+        return True  # unread: PIL decodes it as stored, whatever a decoder reading the tag would make of it
 
 
 def _decoded(decoder: decoders.Decoder, encoded: torch.Tensor, header: Image.Image) -> torch.Tensor | None:
