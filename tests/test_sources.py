@@ -17,7 +17,14 @@ from PIL import Image
 from imagenet_cli.config import build_config
 from imagenet_cli.core.context import DistContext
 from imagenet_cli.data import shards
-from imagenet_cli.data.loaders import build_splits, train_loader, val_loader
+from imagenet_cli.data.loaders import (
+    build_splits,
+    releasing_workers,
+    set_position,
+    start_early,
+    train_loader,
+    val_loader,
+)
 from imagenet_cli.data.sources import data_format, open_splits
 
 from .conftest import TINY_ARCH, load, ok, run_cli, write_image_folder, write_manifests, write_mnist
@@ -133,6 +140,40 @@ def test_a_sharded_epoch_resumes_mid_way_with_the_very_next_batch(three_formats)
         assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
     loader.dataset.set_position(epoch=3)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(list(loader), whole, strict=True))  # a new shuffle
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "webdataset"])
+def test_an_epoch_started_early_is_the_epoch_a_late_start_gives_and_a_stale_start_is_dropped(three_formats, kind):
+    """A run starts its loader's workers on the first batches before it places the model; the epoch then
+    goes on from those batches when the position set at its start is the same, and starts afresh when not."""
+    splits = build_splits(_config(three_formats[kind], shuffle_buffer=5), with_train=True)
+
+    def batches(epoch: int, done: int, early: tuple[int, int] | None) -> list[torch.Tensor]:
+        loader = train_loader(splits.train, _ctx(), batch_size=4, workers=2, seed=7)
+        with releasing_workers(loader):
+            if early is not None:
+                start_early(loader, *early)
+                started = loader._early[1]
+            set_position(loader, epoch, done)  # what each epoch of a run does first
+            iterator = iter(loader)
+            assert early != (epoch, done) or iterator is started  # carried on, not started again
+            return [images for images, _labels in iterator]
+
+    for epoch, done in ((1, 0), (2, 8)):
+        late = batches(epoch, done, early=None)
+        for early in ((epoch, done), (0, 0)):
+            assert all(map(torch.equal, batches(epoch, done, early), late)) and len(late) == 6 - done // 4
+
+
+def test_workers_started_early_for_a_run_that_fails_before_training_are_stopped(three_formats):
+    splits = build_splits(_config(three_formats["webdataset"]), with_train=True)
+    loader = train_loader(splits.train, _ctx(), batch_size=4, workers=2, seed=None)
+    with pytest.raises(RuntimeError), releasing_workers(loader):
+        start_early(loader, 0, 0)
+        workers = loader._early[1]._workers
+        assert all(worker.is_alive() for worker in workers)
+        raise RuntimeError("the checkpoint could not be restored")
+    assert loader._early is None and not any(worker.is_alive() for worker in workers)
 
 
 def test_make_shards_round_trips_every_file_and_label(three_formats):

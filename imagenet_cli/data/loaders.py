@@ -142,13 +142,57 @@ def val_loader(
     return _loader(Guarded(dataset, skip_bad), sampler, batch_size, workers, prefetch, ctx)
 
 
+class Loader(DataLoader):
+    """A DataLoader whose workers may start on an epoch's first batches early (`start_early`), while the
+    process builds the rest of the run; that epoch's `iter()` then carries on with those batches instead of
+    starting over, provided the epoch and position set since are the ones it started with."""
+
+    _early: tuple[tuple[int, int], Iterator] | None = None
+
+    def start_early(self) -> None:
+        self._early = (_position(self), super().__iter__())
+
+    def __iter__(self) -> Iterator:
+        early, self._early = self._early, None
+        if early is not None and early[0] == _position(self):
+            return early[1]
+        if early is not None and early[1] is not self._iterator:  # a stream's: persistent workers restart below
+            early[1]._shutdown_workers()  # type: ignore[attr-defined]
+        return super().__iter__()
+
+    def drop_early(self) -> None:
+        """Stop the workers of an early start no epoch took over (a run that failed before training)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[1]._shutdown_workers()  # type: ignore[attr-defined]
+
+
+def _position(loader: DataLoader) -> tuple[int, int]:
+    """(epoch, samples skipped) as last set by `set_position`."""
+    target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
+    return target.epoch, target.skip  # type: ignore[union-attr]
+
+
+def start_early(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int, size: int | None = None) -> None:
+    """Set `loader` to an epoch (its crops at `size` px with progressive resizing) and start its workers on
+    it now: decoding the first batches overlaps what the run still builds (placing the model, which starts
+    CUDA on a GPU, wrapping it, restoring a checkpoint). Loading in the process itself (-j 0) or on the
+    device has nothing to start."""
+    if not isinstance(loader, Loader) or loader.num_workers == 0:
+        return
+    if size is not None:
+        set_train_size(loader, size)
+    set_position(loader, epoch, samples_done)
+    loader.start_early()
+
+
 def _loader(
     dataset: Dataset, sampler: Sampler[int] | None, batch_size: int, workers: int, prefetch: int, ctx: DistContext
-) -> DataLoader:
+) -> Loader:
     forked = workers > 0 and sys.platform.startswith("linux")
     if forked:  # the decoder chosen once, here: forked workers inherit it instead of each importing and testing it
         decoders.chosen()
-    return DataLoader(
+    return Loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -169,7 +213,7 @@ def _loader(
 
 
 @contextmanager
-def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
+def releasing_workers(*loaders: DataLoader | DeviceBatches | None) -> Iterator[None]:
     """Stop the loaders' persistent workers however the block ends: they ignore SIGTERM (to outlive a
     preemption notice), so only the loader's own shutdown stops them, not multiprocessing's `terminate()`."""
     try:
@@ -179,7 +223,11 @@ def releasing_workers(*loaders: DataLoader) -> Iterator[None]:
             _stop_workers(loader)
 
 
-def _stop_workers(loader: DataLoader | DeviceBatches) -> None:
+def _stop_workers(loader: DataLoader | DeviceBatches | None) -> None:
+    if loader is None:
+        return
+    if isinstance(loader, Loader):
+        loader.drop_early()
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()

@@ -36,19 +36,59 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     splits = data.build_splits(cfg.data, with_train=not cfg.evaluate_only, class_names=resumed and resumed.class_names)
     if resumed and resumed.class_names and resumed.class_names != splits.class_names:
         raise UserError(f"the data's classes differ from those {cfg.resume} was trained on")
-    num_classes = len(splits.class_names)
-    plain = create_model(cfg, num_classes, resumed, reporter)
+    progress = Progress.start(cfg, resumed)
+    plain = create_model(cfg, len(splits.class_names), resumed, reporter)  # the model's errors first
+    batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
+    workers = data.resolve_workers(cfg.data.workers, ctx)
+    train_loader = None
+    if not cfg.evaluate_only and progress.epoch < cfg.optim.epochs:
+        train_loader = _started_train_loader(cfg, ctx, splits, progress, batch, workers)
+    with data.releasing_workers(train_loader):
+        _run(cfg, ctx, reporter, resumed, splits, progress, plain, batch, workers, train_loader)
+
+
+def _started_train_loader(
+    cfg: RunConfig, ctx: DistContext, splits: data.DataSplits, progress: Progress, batch: int, workers: int
+) -> data.DataLoader | data.DeviceBatches:
+    """The training loader, its workers already decoding the first epoch's batches while the model is
+    placed (CUDA starting, on a GPU), wrapped and restored: the first step then does not wait for them."""
+    assert splits.train is not None
+    loader = data.train_loader(
+        splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=cfg.data.skip_bad_images,
+        reps=cfg.data.ra_reps,
+    )  # fmt: skip
+    if progress.step >= len(loader) > 0:
+        raise UserError(
+            f"{cfg.resume} continues at step {progress.step} of epoch {progress.epoch}, but an epoch here has "
+            f"{len(loader)} steps: were the data, -b or the number of processes changed?"
+        )
+    size = cfg.data.crop_size_at(progress.epoch, cfg.optim.epochs) if cfg.data.progressive_resize else None
+    data.start_early(loader, progress.epoch, progress.step * batch, size)
+    return loader
+
+
+def _run(
+    cfg: RunConfig,
+    ctx: DistContext,
+    reporter: Reporter,
+    resumed: LoadedCheckpoint | None,
+    splits: data.DataSplits,
+    progress: Progress,
+    plain: nn.Module,
+    batch: int,
+    workers: int,
+    train_loader: data.DataLoader | data.DeviceBatches | None,
+) -> None:
+    """The run once its data is open and its model built: evaluation alone, or training from `progress` on
+    `train_loader` (None: nothing left to train)."""
     settings = compute.resolve(cfg.compute, ctx.device, plain)
     plain = compute.place(plain, settings)
     if cfg.dist.sync_bn and ctx.distributed:  # same parameters, new modules: before anything holds them
         plain = nn.SyncBatchNorm.convert_sync_batchnorm(plain)
     reporter.message(f"compute: {settings.describe()}")
-    progress = Progress.start(cfg, resumed)
     frozen = finetune.backbone_frozen_at(progress.epoch, cfg.optim)
     frozen_norms = finetune.freeze_backbone(plain, cfg.model.arch, frozen)
     model = wrap(plain, ctx, cfg, settings)
-    batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
-    workers = data.resolve_workers(cfg.data.workers, ctx)
     val_loader = data.val_loader(splits.val, ctx, batch, workers, cfg.data.prefetch_factor, cfg.data.skip_bad_images)
     if cfg.evaluate_only:
         if resumed is not None:
@@ -61,22 +101,12 @@ def run_training(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None:
     parts, state = _train_state(cfg, ctx, reporter, plain, model, settings, progress, splits.class_names, frozen_norms)
     if cfg.seed is not None:  # each rank's own stream (dropout, ...), reproducible
         randomness.seed_everything(randomness.mix_seed(cfg.seed, 2, ctx.rank))
-    _restore(state, resumed, reporter)  # before the loader is built: it draws on the restored generators
-    if progress.epoch >= cfg.optim.epochs:
+    _restore(state, resumed, reporter)
+    if train_loader is None:
         reporter.message(
             f"nothing to train: the run has done {progress.epoch} of {cfg.optim.epochs} epochs (raise --epochs)"
         )
         return
-    assert splits.train is not None
-    train_loader = data.train_loader(
-        splits.train, ctx, batch, workers, cfg.seed, cfg.data.prefetch_factor, skip_bad=cfg.data.skip_bad_images,
-        reps=cfg.data.ra_reps,
-    )  # fmt: skip
-    if progress.step >= len(train_loader) > 0:
-        raise UserError(
-            f"{cfg.resume} continues at step {progress.step} of epoch {progress.epoch}, but an epoch here has "
-            f"{len(train_loader)} steps: were the data, -b or the number of processes changed?"
-        )
     control = StepControl(ctx, cfg.save.save_every_steps, cfg.save.save_every_minutes)
     with data.releasing_workers(train_loader, val_loader), control:
         hooks = _hooks(cfg, settings, control, state, frozen, parts.guard, train_loader)
