@@ -49,22 +49,19 @@ REFERENCE = ("--lr", "0.025", "--train-crop-size", str(SIZE))  # and --lr-step-s
 # 48 to 80 over epochs 2 to 6: 78.4%). The LR up for the first ninth of the run from 1e-4 of its peak and
 # then straight down to 0 (FFCV's "cyclic": a peak at epoch 2 of 16), the peak FFCV's 0.5 per 1024 scaled to
 # the batch; label smoothing 0.1; no weight decay on BatchNorm and 5e-5 elsewhere (FFCV's rn18).
-FAST = (
-    "--lr", "0.03", "--lr-scheduler", "linear", "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.0001",
-    "--label-smoothing", "0.1", "--norm-weight-decay", "0", "--weight-decay", "0.00005",
-    "--progressive-resize", "48:80", "--progressive-resize-epochs", "2:6",
+SCHEDULE = (
+    "--lr-scheduler", "linear", "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.0001",
+    "--norm-weight-decay", "0", "--weight-decay", "0.00005",
     "--val-resize-size", str(round(SIZE / 0.875)), "--val-crop-size", str(SIZE),
 )  # fmt: skip
+FAST = (*SCHEDULE, "--lr", "0.03", "--label-smoothing", "0.1", "--progressive-resize", "48:80",
+        "--progressive-resize-epochs", "2:6")  # fmt: skip
 # `--fast-recipe budgeted`: the best short budget of a search on seed 0 (README: "Shorter budgets"): the same
 # warmup and linear decay, with crops rising from 64 px to the evaluation's 96 px one step an epoch up to the
 # last, at least a quarter of the picture (crop scale 0.25-1: low resolution already loses detail, and FFCV's
 # 8% crops of 48 px pictures left too little), LR 0.04, no label smoothing; its `--progressive-resize-epochs`
 # follow `--fast-epochs`.
-BUDGETED = (
-    "--lr", "0.04", "--lr-scheduler", "linear", "--lr-warmup-epochs", "1", "--lr-warmup-decay", "0.0001",
-    "--norm-weight-decay", "0", "--weight-decay", "0.00005", "--crop-scale", "0.25", "1",
-    "--progressive-resize", "64:96", "--val-resize-size", str(round(SIZE / 0.875)), "--val-crop-size", str(SIZE),
-)  # fmt: skip
+BUDGETED = (*SCHEDULE, "--lr", "0.04", "--crop-scale", "0.25", "1", "--progressive-resize", "64:96")
 
 
 def fast_recipe(name: str, epochs: int) -> tuple[str, ...]:

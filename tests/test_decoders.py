@@ -104,36 +104,41 @@ def test_a_picture_tagged_to_be_shown_turned_is_decoded_as_stored_by_every_link(
     decoder = decoders.select(_chain_from(chain))
     decoder = decoders.with_jpeg(decoder, decoders.select_jpeg()) if jpeg else decoder
     monkeypatch.setattr(decoders, "chosen", lambda: decoder)
-    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
     exif = Image.Exif()
     exif[presets.EXIF_ORIENTATION] = orientation
-    file = io.BytesIO()
-    stored.save(file, fmt, exif=exif, **({"save_all": True, "append_images": [stored]} if fmt == "MPO" else {}),
-                **({"lossless": True} if fmt == "WEBP" else {}))  # fmt: skip
-    encoded = torch.frombuffer(bytearray(file.getvalue()), dtype=torch.uint8)
+    encoded = _noise_with_exif(fmt, exif)
     header = presets.open_sample(encoded)[1]
     assert header.format == fmt and presets.turned_by_exif(header)
     pixels = presets.decode_rgb(encoded, header)
-    as_pil_reads_it = torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
-    assert pixels.shape == (3, 60, 90) and (pixels.int() - as_pil_reads_it.int()).abs().max() <= 2
+    assert pixels.shape == (3, 60, 90) and (pixels.int() - _as_pil_reads_it(header).int()).abs().max() <= 2
     assert not isinstance(presets.DeviceDecoded(TrainPreset(32))(encoded), presets.Deferred)  # nvJPEG would turn it
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 @pytest.mark.parametrize("tags", [b"Exif\x00\x00not a tag block", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"])
 def test_a_damaged_exif_block_leaves_the_picture_readable_as_stored_and_decoding_warns_of_nothing(fmt, tags):
-    stored = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8))
-    file = io.BytesIO()
-    stored.save(file, fmt, exif=tags, **({"lossless": True} if fmt == "WEBP" else {}))
-    encoded = torch.frombuffer(bytearray(file.getvalue()), dtype=torch.uint8)
+    encoded = _noise_with_exif(fmt, tags)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Corrupt EXIF data")  # PIL's own, reading a JPEG's header for its DPI
         header = presets.open_sample(encoded)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pixels = presets.decode_rgb(encoded, header)
-    as_pil_reads_it = torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
-    assert pixels.shape == (3, 30, 50) and (pixels.int() - as_pil_reads_it.int()).abs().max() <= 2
+    assert pixels.shape == (3, 60, 90) and (pixels.int() - _as_pil_reads_it(header).int()).abs().max() <= 2
+
+
+def _noise_with_exif(fmt: str, exif: Image.Exif | bytes) -> torch.Tensor:
+    """The encoded bytes of a 90x60 noise picture carrying the EXIF block `exif` (an MPO of two frames; a
+    lossless WebP, so that every decoder gives the same pixels)."""
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    options = {"MPO": {"save_all": True, "append_images": [stored]}, "WEBP": {"lossless": True}}.get(fmt, {})
+    file = io.BytesIO()
+    stored.save(file, fmt, exif=exif, **options)
+    return torch.frombuffer(bytearray(file.getvalue()), dtype=torch.uint8)
+
+
+def _as_pil_reads_it(header: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(header.convert("RGB"))).permute(2, 0, 1)
 
 
 def test_large_jpegs_are_still_reduced_in_the_dct_by_pil(tmp_path, monkeypatch):

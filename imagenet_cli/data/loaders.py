@@ -153,24 +153,31 @@ class Loader(DataLoader):
         self._early = (_position(self), super().__iter__())
 
     def __iter__(self) -> Iterator:
-        early, self._early = self._early, None
-        if early is not None and early[0] == _position(self):
-            return early[1]
-        if early is not None and early[1] is not self._iterator:  # a stream's: persistent workers restart below
-            early[1]._shutdown_workers()  # type: ignore[attr-defined]
+        if self._early is not None and self._early[0] == _position(self):
+            early, self._early = self._early[1], None
+            return early
+        self.drop_early()
         return super().__iter__()
 
     def drop_early(self) -> None:
-        """Stop the workers of an early start no epoch took over (a run that failed before training)."""
+        """Stop the workers of an early start no epoch took over (a run that failed before training, or an
+        epoch set to another position since)."""
         early, self._early = self._early, None
         if early is not None:
             early[1]._shutdown_workers()  # type: ignore[attr-defined]
+            if early[1] is self._iterator:  # persistent workers: the next iterator starts anew
+                self._iterator = None
+
+
+def _positioned(loader: DataLoader | DeviceBatches) -> EpochSampler | ShardStream:
+    """What holds a loader's place in the data: a stream itself, else its sampler."""
+    return loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler  # type: ignore[return-value]
 
 
 def _position(loader: DataLoader) -> tuple[int, int]:
     """(epoch, samples skipped) as last set by `set_position`."""
-    target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
-    return target.epoch, target.skip  # type: ignore[union-attr]
+    target = _positioned(loader)
+    return target.epoch, target.skip
 
 
 def start_early(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int, size: int | None = None) -> None:
@@ -262,8 +269,7 @@ def _leave_signals_to_the_main_process(_worker_id: int) -> None:
 
 
 def set_position(loader: DataLoader | DeviceBatches, epoch: int, samples_done: int) -> None:
-    target = loader.dataset if isinstance(loader.dataset, ShardStream) else loader.sampler
-    target.set_position(epoch, samples_done)  # type: ignore[union-attr]
+    _positioned(loader).set_position(epoch, samples_done)
 
 
 def per_process_batch(batch_size: int, ctx: DistContext, data_parallel: bool) -> int:

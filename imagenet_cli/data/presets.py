@@ -366,7 +366,7 @@ def turned_by_exif(header: Image.Image) -> bool:
         return False
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a damaged tag block: it decides only who decodes the pixels
+            warnings.simplefilter("ignore", UserWarning)  # PIL's "Corrupt EXIF data": it only picks the decoder
             return header.getexif().get(EXIF_ORIENTATION, 1) != 1
     except Exception:  # PIL raises what its parser meets (SyntaxError, struct.error, ...) on hostile bytes
         return True  # unread: PIL decodes it as stored, whatever a decoder reading the tag would make of it
