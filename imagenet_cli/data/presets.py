@@ -373,13 +373,10 @@ def turned_by_exif(header: Image.Image) -> bool:
 
 
 def _decoded(decoder: decoders.Decoder, encoded: torch.Tensor, header: Image.Image) -> torch.Tensor | None:
-    """The chain's decoder at full size; None for a variant or colour mode it does not read, or pixels of
-    another shape than the header's (turned by an orientation tag PIL found no sooner): PIL decodes those."""
+    """The chain's decoder at full size; None for a variant or colour mode it does not read (PIL does)."""
     try:
         chw = decoder.decode(encoded, header.format)  # type: ignore[misc]
     except RuntimeError:
-        return None
-    if tuple(chw.shape[-2:]) != (header.height, header.width):
         return None
     # 16-bit PNGs may come as uint16: scale them (PIL would clip everything above 255 to white)
     chw = F.to_dtype(chw, torch.uint8, scale=True) if chw.dtype != torch.uint8 else chw
