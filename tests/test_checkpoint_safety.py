@@ -104,6 +104,19 @@ def test_a_save_killed_at_any_instant_leaves_a_run_that_resume_auto_finishes_exa
         assert "at epoch 2" in result.stdout and "nothing to train" in result.stdout
 
 
+def test_a_cut_off_save_of_the_last_epoch_is_finished_by_resume_auto(one_epoch, tmp_path):
+    """Killed after the last epoch's best copy was whole but before its `checkpoint.pth.tar` was: nothing is
+    left to train, and the resume makes the cut-off copy, so the run ends as an uninterrupted one does."""
+    fault = cli_env(IMAGENET_CLI_FAULT=f"crash:epoch=1,file={CHECKPOINT_NAME},point=written")
+    crashed = run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path), env=fault)
+    assert crashed.returncode == -signal.SIGKILL and not (tmp_path / CHECKPOINT_NAME).exists()
+    result = ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path), "--resume", "auto"))
+    assert f"{CHECKPOINT_NAME} was older than {BEST_NAME}" in result.stderr and "nothing to train" in result.stdout
+    assert _same(load(tmp_path / CHECKPOINT_NAME)["state_dict"], load(one_epoch / CHECKPOINT_NAME)["state_dict"])
+    assert verify_checksum(str(tmp_path / CHECKPOINT_NAME)) is None
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("sidecar", [b"", b"   \n", b"\xff\xfe not text", b"x" * 100_000], ids=lambda s: repr(s[:6]))
 def test_a_malformed_checksum_file_does_not_cost_a_whole_checkpoint(sidecar, tmp_path):
     path = tmp_path / CHECKPOINT_NAME

@@ -140,7 +140,18 @@ def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | No
             f"no whole checkpoint is left in {output_dir} ({', '.join(damaged)} damaged, kept as "
             f"*{DAMAGED_SUFFIX}); to train from scratch there, move them away, or choose another --output-dir"
         )
-    return (max(candidates)[1] if candidates else None), messages
+    newest = max(candidates)[1] if candidates else None
+    if newest is not None and os.path.basename(newest) == BEST_NAME and move_damaged:
+        messages.append(_finish_cut_off_save(newest))
+    return newest, messages
+
+
+def _finish_cut_off_save(best: str) -> str:
+    """`model_best` newer than `checkpoint.pth.tar` is a save cut off between the two (the best copy is
+    written first). Its copy is made again, so `checkpoint.pth.tar` holds the run's last state even when the
+    cut-off save was the last epoch's and nothing is left to train."""
+    copy_with_checksum(best, os.path.join(os.path.dirname(best), CHECKPOINT_NAME), sha256_of(best), SaveFault())
+    return f"{CHECKPOINT_NAME} was older than {BEST_NAME} (a save was cut off between them): copied again from it"
 
 
 def _move_aside(path: str) -> str:
