@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+from imagenet_cli.train import compute
+
 from .conftest import TINY_ARCH, cli_env, json_result, ok, run_cli
 
 
@@ -20,7 +22,8 @@ def test_benchmark_measures_train_pipeline_and_eval_each_against_the_reference_w
         run_cli("benchmark", str(image_folder), "-a", TINY_ARCH, "-b", "4", "--image-size", "32", "--steps", "1",
                 "--warmup", "1", "--images", "12", "-j", "1", "--json")
     )  # fmt: skip
-    assert result["machine"]["device"] == "cpu" and result["compute"] == "fp32, channels-last"
+    precision = "bf16 autocast" if compute.cpu_multiplies_bf16() else "fp32"  # the CPU's default
+    assert result["machine"]["device"] == "cpu" and result["compute"] == f"{precision}, channels-last"
     parts = [row["part"] for row in result["results"]]
     assert parts == [
         "train", "eval", "pipeline, per core", "pipeline, per core, --seed", "pipeline, 1 workers",

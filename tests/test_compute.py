@@ -21,13 +21,18 @@ from .conftest import FAST_FAKE, TINY_ARCH, load, ok, run_cli
 CPU = torch.device("cpu")
 
 
-def test_the_cpu_default_is_fp32_and_channels_last_for_convolutional_networks():
-    """bf16 without hardware support is many times slower on CPUs; channels-last is not (see compute.py)."""
+@pytest.mark.parametrize("amx", [False, True])
+def test_the_cpu_default_is_bf16_only_with_amx_and_channels_last_for_convolutional_networks(amx, monkeypatch):
+    """bf16 without matrix hardware is many times slower on CPUs, with AMX faster; channels-last is faster
+    either way (see compute.py). Both kinds of CPU are asked for, whichever this one is."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     settings = compute.resolve(ComputeConfig(), CPU, models.build_model("resnet18", 10))
-    assert settings.amp_dtype is None and settings.channels_last and not settings.compile
-    assert settings.describe() == "fp32, channels-last"
-    assert compute.default_amp(CPU) == "none"
+    assert settings.amp_dtype == (torch.bfloat16 if amx else None)
+    assert settings.channels_last and not settings.compile
+    assert settings.describe() == ("bf16 autocast" if amx else "fp32") + ", channels-last"
     assert not compute.resolve(ComputeConfig(), CPU, nn.Linear(2, 2)).channels_last
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert compute.default_amp(CPU) == "none"  # a torch without the probe
 
 
 @pytest.mark.parametrize(("arch", "convolutional"), [("resnet50", True), ("convnext_tiny", True),

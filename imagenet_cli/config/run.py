@@ -97,7 +97,7 @@ class ComputeConfig:
 
     amp: str = option(
         "auto", "--amp", panel=SPEED, commands=EVERYWHERE, choices=AMP_MODES,
-        show_default="bf16 on GPUs that support it, fp16 on older GPUs, none on CPU",
+        show_default="bf16 on GPUs that support it and on CPUs with AMX, fp16 on older GPUs, else none",
         help="Mixed precision (autocast): none, bf16, or fp16 with a gradient scaler.",
     )  # fmt: skip
     channels_last: bool | None = option(
