@@ -21,6 +21,7 @@ from imagenet_cli.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
     CHECKSUM_SUFFIX,
+    find_resumable,
     read_checkpoint,
     save_checkpoint,
     verify_checksum,
@@ -111,10 +112,33 @@ def test_a_cut_off_save_of_the_last_epoch_is_finished_by_resume_auto(one_epoch, 
     crashed = run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path), env=fault)
     assert crashed.returncode == -signal.SIGKILL and not (tmp_path / CHECKPOINT_NAME).exists()
     result = ok(run_cli(*RUN, "--epochs", "1", "--output-dir", str(tmp_path), "--resume", "auto"))
-    assert f"{CHECKPOINT_NAME} was older than {BEST_NAME}" in result.stderr and "nothing to train" in result.stdout
+    assert f"{CHECKPOINT_NAME} was missing: copied again from {BEST_NAME}" in result.stderr
+    assert "nothing to train" in result.stdout
     assert _same(load(tmp_path / CHECKPOINT_NAME)["state_dict"], load(one_epoch / CHECKPOINT_NAME)["state_dict"])
     assert verify_checksum(str(tmp_path / CHECKPOINT_NAME)) is None
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("written", ["before", "after"])
+def test_resume_auto_remakes_checkpoint_pth_tar_only_when_it_predates_the_newer_state(
+    written, two_epochs, one_epoch, tmp_path
+):
+    """A `checkpoint.pth.tar` one epoch behind the run's epoch copy: written before that copy, it is what a
+    cut-off save or a damaged file left, and is made again from the copy; written after it, a run rewound to
+    an earlier file in this directory wrote it, and it is kept as it is."""
+    _copy(two_epochs, tmp_path)
+    for name in (CHECKPOINT_NAME, CHECKPOINT_NAME + CHECKSUM_SUFFIX):
+        shutil.copy(one_epoch / name, tmp_path / name)  # epoch 1 of the same run
+    newest = tmp_path / "checkpoint_epoch_001.pth.tar"
+    older, newer = newest.stat().st_mtime - 60, newest.stat().st_mtime + 60
+    os.utime(tmp_path / CHECKPOINT_NAME, (older, older) if written == "before" else (newer, newer))
+    latest, notes = find_resumable(str(tmp_path))
+    assert latest == str(newest)  # the newest state by epoch, either way
+    kept = load(tmp_path / CHECKPOINT_NAME)
+    assert (
+        kept["epoch"] == (2 if written == "before" else 1) and verify_checksum(str(tmp_path / CHECKPOINT_NAME)) is None
+    )
+    assert any("copied again from checkpoint_epoch_001.pth.tar" in note for note in notes) == (written == "before")
 
 
 @pytest.mark.parametrize("sidecar", [b"", b"   \n", b"\xff\xfe not text", b"x" * 100_000], ids=lambda s: repr(s[:6]))

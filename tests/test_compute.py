@@ -31,6 +31,10 @@ def test_the_cpu_default_is_bf16_only_with_amx_and_channels_last_for_convolution
     assert settings.channels_last and not settings.compile
     assert settings.describe() == ("bf16 autocast" if amx else "fp32") + ", channels-last"
     assert not compute.resolve(ComputeConfig(), CPU, nn.Linear(2, 2)).channels_last
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # oneDNN told to leave AMX alone
+    assert compute.default_amp(CPU) == "none"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert compute.default_amp(CPU) == ("bf16" if amx else "none")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert compute.default_amp(CPU) == "none"  # a torch without the probe
 

@@ -57,6 +57,20 @@ def test_predictions_agree_with_evaluate(trained):
     assert correct == {row["class"]: row["correct"] for row in evaluated["per_class"]}
 
 
+def test_amp_chooses_the_precision_predictions_are_made_in(trained):
+    """`--amp none` is fp32 on any machine (the default is bf16 on GPUs and on CPUs with AMX)."""
+    data, checkpoint = trained
+
+    def probabilities(amp: str) -> list[float]:
+        result = json_result(
+            run_cli("predict", str(checkpoint), str(data / "val"), "--json", "-k", "3", "-j", "0", "--amp", amp)
+        )
+        return [top["probability"] for row in result["predictions"] for top in row["top"]]
+
+    fp32, bf16 = probabilities("none"), probabilities("bf16")
+    assert fp32 != bf16 and max(abs(a - b) for a, b in zip(fp32, bf16, strict=True)) < 0.05
+
+
 def test_human_output_is_one_plain_line_per_image_with_top_k_classes(trained):
     data, checkpoint = trained
     files = [data / "train" / "bees" / "bees_000.png", data / "train" / "wasps" / "wasps_003.png"]

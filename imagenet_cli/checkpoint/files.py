@@ -141,17 +141,25 @@ def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | No
             f"*{DAMAGED_SUFFIX}); to train from scratch there, move them away, or choose another --output-dir"
         )
     newest = max(candidates)[1] if candidates else None
-    if newest is not None and os.path.basename(newest) == BEST_NAME and move_damaged:
-        messages.append(_finish_cut_off_save(newest))
+    if newest is not None and os.path.basename(newest) != CHECKPOINT_NAME and move_damaged:
+        messages.extend(_remade_checkpoint(newest))
     return newest, messages
 
 
-def _finish_cut_off_save(best: str) -> str:
-    """`model_best` newer than `checkpoint.pth.tar` is a save cut off between the two (the best copy is
-    written first). Its copy is made again, so `checkpoint.pth.tar` holds the run's last state even when the
-    cut-off save was the last epoch's and nothing is left to train."""
-    copy_with_checksum(best, os.path.join(os.path.dirname(best), CHECKPOINT_NAME), sha256_of(best), SaveFault())
-    return f"{CHECKPOINT_NAME} was older than {BEST_NAME} (a save was cut off between them): copied again from it"
+def _remade_checkpoint(newest: str) -> list[str]:
+    """The newest state outside `checkpoint.pth.tar`: a save cut off after its best copy (written first), or
+    a damaged `checkpoint.pth.tar` moved aside. The copy is made again, so `checkpoint.pth.tar` holds the
+    run's last state even when nothing is left to train. A `checkpoint.pth.tar` written after `newest` is no
+    cut-off copy (a run rewound to an earlier file in this directory wrote it): it is left alone."""
+    path = os.path.join(os.path.dirname(newest), CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        why = "was missing"
+    elif os.path.getmtime(path) <= os.path.getmtime(newest):
+        why = "was older (a save was cut off)"
+    else:
+        return []
+    copy_with_checksum(newest, path, sha256_of(newest), SaveFault())
+    return [f"{CHECKPOINT_NAME} {why}: copied again from {os.path.basename(newest)}"]
 
 
 def _move_aside(path: str) -> str:

@@ -226,6 +226,7 @@ def predict(
     data: ClassNamesFrom = None,
     workers: Workers = None,
     no_accel: NoAccel = False,
+    amp: typed("amp") = None,
     json_output: Json = False,
     debug: Debug = False,
 ) -> None:
@@ -238,7 +239,9 @@ def predict(
         from ..tools.predict import predict as run_predict
         from .printing import print_predictions
 
-        request = Request(checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data, trust_checkpoint_code)
+        request = Request(
+            checkpoint, inputs, arch, top_k, batch_size, workers, no_accel, data, trust_checkpoint_code, amp or "auto"
+        )
         outcome = run_predict(request)
         print_predictions(asdict(outcome), json_output)
         if outcome.errors:

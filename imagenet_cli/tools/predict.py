@@ -46,6 +46,7 @@ class Request:
     no_accel: bool
     data: str | None  # a dataset whose classes name the outputs (a file that stores no names)
     trust_checkpoint_code: bool
+    amp: str = "auto"  # --amp: bf16 on GPUs and AMX CPUs unless told otherwise, as in evaluate
 
 
 @dataclass
@@ -200,7 +201,7 @@ def predict(request: Request) -> Outcome:
     outcome = Outcome(checkpoint=request.checkpoint)
     names = class_labels(loaded, num_classes, outcome.notes, request.data)
     device = select_device(DistConfig(no_accel=request.no_accel), 0, Topology("single", 1, 1))
-    settings = compute.resolve(ComputeConfig(), device, model)
+    settings = compute.resolve(ComputeConfig(amp=request.amp), device, model)
     model = compute.place(model, settings)
     preset = ValPreset(*input_sizes(loaded, arch), InterpolationMode(interpolation(loaded)))
     loader = _loader(paths, preset, request, device)

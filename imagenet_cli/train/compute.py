@@ -10,6 +10,7 @@ CPU). Channels-last helps CPUs too: their convolutions need fewer layout convers
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -85,8 +86,12 @@ def default_amp(device: torch.device) -> str:
 
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has AMX tiles (Intel Xeon from its 4th generation), which oneDNN's bf16
-    convolutions and matrix products run on. CPUs with AVX-512's bf16 instructions alone keep fp32: none
-    was at hand to measure. torch's probe is private; a torch without it keeps fp32."""
+    convolutions and matrix products run on, and oneDNN may use them: `ONEDNN_MAX_CPU_ISA` (or its old
+    name) set below AMX makes bf16 10x slower than fp32. CPUs with AVX-512's bf16 instructions alone keep
+    fp32: none was at hand to measure. torch's probe is private; a torch without it keeps fp32."""
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if capped and "AMX" not in capped.upper():
+        return False
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe is not None and probe())
 
