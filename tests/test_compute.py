@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -79,6 +81,20 @@ def test_channels_last_and_bf16_give_the_predictions_of_the_plain_path(trained_r
     bf16 = _logits(model, images, amp="bf16", channels_last=True)
     assert (bf16.argmax(1) == plain.argmax(1)).float().mean() >= 0.95
     assert (bf16.softmax(1) - plain.softmax(1)).abs().max() < 0.05
+
+
+def test_a_checkpoint_records_its_precision_and_a_resume_in_another_one_says_so(trained_run, tmp_path):
+    """`--amp auto` resolves on the machine at hand: a run resumed elsewhere may change precision."""
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    checkpoint = tmp_path / "checkpoint.pth.tar"
+    assert load(checkpoint)["precision"] == "fp32"  # trained with --amp none
+    changed = ok(run_cli("resume", str(checkpoint), "--epochs", "2", "--amp", "bf16"))
+    assert (
+        "the checkpoint trained in fp32, this run continues in bf16 (--amp none continues as it was)" in changed.stdout
+    )
+    assert load(checkpoint)["precision"] == "bf16"
+    same = ok(run_cli("resume", str(checkpoint), "--epochs", "3", "--amp", "bf16"))
+    assert "continues in" not in same.stdout
 
 
 def test_fp16_training_scales_its_loss_and_the_scaler_survives_a_resume(tmp_path):

@@ -37,6 +37,7 @@ def make_checkpoint(
     step: int = 0,
     rng_states: list[dict[str, Any]] | None = None,
     scaler: Mapping[str, Any] | None = None,
+    precision: str | None = None,
     ema_state: Mapping[str, torch.Tensor] | None = None,
     model_source: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def make_checkpoint(
         "class_names": list(class_names),
         "rng_states": list(rng_states or []),
         "scaler": dict(scaler or {}),
+        **({"precision": precision} if precision else {}),  # what --amp resolved to: fp32, bf16 or fp16
         **({"state_dict_ema": strip_prefixes(ema_state)} if ema_state is not None else {}),
         **({"model_source": dict(model_source)} if model_source else {}),  # your own code: where, and its sha256
         "versions": {

@@ -31,6 +31,7 @@ from .safe_tensors import KIND as SAFETENSORS_KIND
 from .safe_tensors import is_safetensors, read_safetensors
 
 FORMAT = "imagenet-cli/1"
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a file may say its run trained in; anything else is not read
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 # Where other programs put a whole torchvision-like model under an attribute: Lightning's and most training
 # frameworks' `model.`, PEFT's `base_model.model.`, Hugging Face's timm wrapper `timm_model.`, `backbone.`.
@@ -59,6 +60,7 @@ class LoadedCheckpoint:
     rng_states: list[dict[str, Any]] | None = None
     versions: dict[str, str] | None = None
     scaler: dict[str, Any] | None = None  # fp16's gradient scaler
+    precision: str | None = None  # what the run trained in (fp32, bf16, fp16); files before 2026-12-02 say nothing
     state_dict_ema: dict[str, torch.Tensor] | None = None  # --model-ema's weight average
     stored_epoch: int | None = None  # `epoch` as the file says it; `epoch` above is where training continues
     recipe: dict[str, Any] | None = None  # torchvision's references: the run's own `args`, as plain values
@@ -200,6 +202,7 @@ def _interpret(path: str, raw: Mapping[str, Any]) -> LoadedCheckpoint:
         rng_states=list(raw["rng_states"]) if isinstance(raw.get("rng_states"), list) else None,
         versions=_mapping(raw, "versions"),
         scaler=_mapping(raw, "scaler"),
+        precision=next((name for name in PRECISIONS if raw.get("precision") == name), None),
         state_dict_ema=_weights(ema) if ema is not None else None,
         stored_epoch=stored_epoch,
         recipe=_recipe(raw) if torchvision_style else None,

@@ -35,6 +35,7 @@ def describe(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "parameters": params,
         "tensors": len(loaded.state_dict),
         "resumable": loaded.optimizer_state is not None,
+        "precision": loaded.precision,  # what the run trained in (files before 2026-12-02: None)
         "weight_average": _describe_ema(loaded),
         "ranks_with_random_state": len(loaded.rng_states or []),
         "command": config.get("command"),

@@ -60,8 +60,12 @@ class Compute:
         scaler.load_state_dict(stored)
         return True
 
+    @property
+    def precision(self) -> str:
+        return AMP_NAMES[self.amp_dtype] if self.amp_dtype else "fp32"
+
     def describe(self) -> str:
-        precision = f"{AMP_NAMES[self.amp_dtype]} autocast" if self.amp_dtype else "fp32"
+        precision = f"{self.precision} autocast" if self.amp_dtype else "fp32"
         layout = "channels-last" if self.channels_last else "NCHW"
         return ", ".join([precision, layout, *(["compiled"] if self.compile else [])])
 

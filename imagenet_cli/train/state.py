@@ -166,10 +166,18 @@ class LossScale:
     settings: Compute
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()}
+        return {"scaler": self.scaler.state_dict(), "precision": self.settings.precision}
 
-    def load_state_dict(self, resumed: LoadedCheckpoint) -> None:
+    def load_state_dict(self, resumed: LoadedCheckpoint) -> str | None:
+        """`--amp auto` resolves on the machine at hand, so a run resumed elsewhere (or from before bf16
+        became the default on AMX CPUs) may continue in another precision: said, since the run is then
+        no longer bit-identical to one never stopped."""
         self.settings.restore_scaler(self.scaler, resumed.scaler)
+        stored, now = resumed.precision, self.settings.precision
+        if stored is None or stored == now:
+            return None
+        flag = "none" if stored == "fp32" else stored
+        return f"the checkpoint trained in {stored}, this run continues in {now} (--amp {flag} continues as it was)"
 
 
 @dataclass
