@@ -109,12 +109,13 @@ def _prune_epoch_copies(output_dir: str, keep: int) -> None:
                 os.unlink(os.path.join(output_dir, doomed))
 
 
-def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | None, list[str]]:
+def find_resumable(output_dir: str, repair: bool = True) -> tuple[str | None, list[str]]:
     """The newest whole checkpoint of this tool in `output_dir` (by epoch and step): what `--resume auto`
-    continues from (None: start afresh), and what the reader should know of the files passed over. A damaged
-    file of this tool is moved aside to NAME.damaged, so no save overwrites it, and named (only by the first
-    process of a run: `move_damaged`). With damaged files and no whole one left, the run stops instead of
-    starting afresh over them."""
+    continues from (None: start afresh), and what the reader should know of the files passed over. With
+    `repair` (the first process of a run only), a damaged file of this tool is moved aside to NAME.damaged,
+    so no save overwrites it, a whole file's outlived checksum is written again, and a `checkpoint.pth.tar`
+    that a cut-off save or the damage left behind is made again. With damaged files and no whole one left,
+    the run stops instead of starting afresh over them."""
     if not os.path.isdir(output_dir):
         return None, []
     candidates, messages, damaged = [], [], []
@@ -128,10 +129,10 @@ def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | No
         except UserError as exc:
             if own:
                 damaged.append(name)
-            kept = _move_aside(path) if own and move_damaged else None
+            kept = _move_aside(path) if own and repair else None
             messages.append(f"passing over {exc}" + (f"; kept as {kept}" if kept else ""))
             continue
-        if loaded.notes and own and move_damaged:  # a whole file that outlived its checksum: true it again
+        if loaded.notes and own and repair:  # a whole file that outlived its checksum: true it again
             write_sidecar(path, sha256_of(path), SaveFault())
             messages.extend(f"{note}; its checksum was written again" for note in loaded.notes)
         if loaded.kind.startswith("imagenet-cli") and loaded.optimizer_state is not None and loaded.epoch is not None:
@@ -143,7 +144,7 @@ def find_resumable(output_dir: str, move_damaged: bool = True) -> tuple[str | No
             f"*{DAMAGED_SUFFIX}); to train from scratch there, move them away, or choose another --output-dir"
         )
     newest = max(candidates)[1] if candidates else None
-    if newest is not None and os.path.basename(newest) != CHECKPOINT_NAME and move_damaged:
+    if newest is not None and os.path.basename(newest) != CHECKPOINT_NAME and repair:
         messages.extend(_remade_checkpoint(newest))
     return newest, messages
 

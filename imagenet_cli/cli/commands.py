@@ -232,7 +232,7 @@ def resume_auto(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
     from ..run.distributed import plan
 
     first_process = plan(DistConfig(), dict(os.environ)).external_rank in (None, 0)
-    latest, notes = find_resumable(given["output_dir"], move_damaged=first_process)
+    latest, notes = find_resumable(given["output_dir"], repair=first_process)
     for note in notes:
         typer.echo(f"--resume auto: {printable(note)}", err=True)
     rest = {k: v for k, v in given.items() if k != "resume"}

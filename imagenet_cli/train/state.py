@@ -160,7 +160,8 @@ class LearningRate:
 
 @dataclass
 class LossScale:
-    """The gradient scaler, continued only by the same kind of scaling (see `Compute.restore_scaler`)."""
+    """The gradient scaler, continued only by the same kind of scaling (see `Compute.restore_scaler`), and
+    the precision it scaled for, which a resume compares with its own."""
 
     scaler: torch.amp.GradScaler
     settings: Compute
