@@ -8,6 +8,7 @@ cut off by a crash.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,14 +16,23 @@ import pytest
 from PIL import Image
 
 from imagenet_cli.core.errors import UserError
-from imagenet_cli.report.plots import confusion_matrix_png, most_confused, read_metrics, run_labels, training_curves
+from imagenet_cli.report.plots import (
+    confusion_matrix_png,
+    most_confused,
+    placing_for,
+    read_metrics,
+    run_labels,
+    training_curves,
+)
 
 from .conftest import ok, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(run: Path, epochs: int = 4, steps: int = 20, lr: float = 0.1, speed: float = 1.0) -> Path:
+def write_run(
+    run: Path, epochs: int = 4, steps: int = 20, lr: float = 0.1, speed: float = 1.0, seconds: float = 12.0
+) -> Path:
     """A believable run: loss falling, accuracy rising, LR divided by 10 after half the epochs, a train
     record every 5 steps, epoch 1 recorded twice (resumed from an older checkpoint), a future record type."""
     run.mkdir(parents=True, exist_ok=True)
@@ -41,7 +51,7 @@ def write_run(run: Path, epochs: int = 4, steps: int = 20, lr: float = 0.1, spee
             {"type": "epoch", "epoch": epoch, "train_loss": 2.3 / (1 + done), "train_acc1": min(99.0, 20 * done),
              "train_acc5": min(100.0, 40 * done), "val_loss": 2.4 / (1 + done), "val_acc1": min(99.0, 18 * done),
              "val_acc5": min(100.0, 38 * done), "lr": rate, "best_acc1": 18 * done, "is_best": True,
-             "saved": str(run / "checkpoint.pth.tar"), "seconds": 12.0, "images_per_second": 800.0,
+             "saved": str(run / "checkpoint.pth.tar"), "seconds": seconds, "images_per_second": 800.0,
              "time": 1764070100.0 + epoch, "a_key_from_the_future": [1, 2]}
         )  # fmt: skip
         if epoch == 1:  # a resume from the end of epoch 0 redoes epoch 1: the stale record comes first
@@ -134,6 +144,44 @@ def test_train_records_after_a_restart_replace_the_old_ones(tmp_path: Path) -> N
     lines.append({"type": "epoch", "epoch": 0, "train_loss": 1.0, "lr": 0.5})
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert read_metrics(run).lr_steps == [(0.5, 0.5), (1.0, 0.5)]
+
+
+def test_by_time_each_epoch_sits_where_its_training_and_validation_time_ends(tmp_path: Path) -> None:
+    """Two recipes whose epochs cost 12 s and 30 s: along time, the cheap one's third epoch (36 s) comes
+    before the costly one's second (60 s); a train record halfway through an epoch sits halfway through
+    its time, and one of an epoch not yet recorded is left out."""
+    cheap, costly = write_run(tmp_path / "cheap", epochs=3), write_run(tmp_path / "costly", epochs=3, seconds=30.0)
+    runs = [(run, read_metrics(run)) for run in (cheap, costly)]
+    by_time = placing_for(runs, "time")
+    assert [by_time.epoch_end(0, epoch) for epoch in range(3)] == [12.0, 24.0, 36.0]
+    assert [by_time.epoch_end(1, epoch) for epoch in range(3)] == [30.0, 60.0, 90.0]
+    assert (by_time.at(1, 1.5), by_time.at(1, 2.0), by_time.epoch_start(1, 2)) == (45.0, 60.0, 60.0)
+    assert math.isnan(by_time.at(0, 3.25))
+    assert by_time.label.startswith("training + validation time (s;")
+    by_epoch = placing_for(runs, "epoch")
+    assert (by_epoch.epoch_end(1, 2), by_epoch.at(1, 1.5)) == (3.0, 1.5)
+    long = write_run(tmp_path / "long", seconds=3600.0)  # four hours: the axis counts hours
+    assert placing_for([(long, read_metrics(long))], "time").label.startswith("training + validation time (h;")
+
+    output = tmp_path / "by-time.png"
+    ok(run_cli("plot", str(cheap), str(costly), "--x-axis", "time", "-o", str(output)))
+    ok(run_cli("plot", str(cheap), str(costly), "-o", str(tmp_path / "by-epoch.png")))
+    assert_png(output)
+    assert output.read_bytes() != (tmp_path / "by-epoch.png").read_bytes()
+
+
+def test_by_time_a_run_without_epoch_times_is_a_one_line_error(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": 0, "val_acc1": 50.0}) + "\n")
+    result = run_cli("plot", str(run), "--x-axis", "time")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run} records no time for epoch 0 in metrics.jsonl: plot it with --x-axis epoch"
+    ]
+    ok(run_cli("plot", str(run)))
+    notes = training_curves([run, write_run(tmp_path / "new")], tmp_path / "both.png", "time")
+    assert len(notes) == 1 and "skipped a run" in notes[0] and "records no time" in notes[0]
 
 
 def test_equal_directory_names_get_their_parents() -> None:

@@ -15,6 +15,7 @@ import typer
 
 from ..config.options import DATA, MODEL, OPTIM, RUN
 from ..core.errors import EXIT_FAILURE
+from ..report import X_AXES
 from ..tools import BENCHMARK_PARTS, DEFAULT_BENCHMARK_PARTS, EXPORT_EXTENSIONS
 from .declared import choice_of, given_options, typed
 from .exits import one_line_errors
@@ -196,18 +197,24 @@ def plot(
         help="PNG file to write.",
         show_default="RUN_DIR/curves.png for one run, ./runs.png for several",
     ) = None,
+    x_axis: flag(
+        choice_of(X_AXES),
+        "--x-axis",
+        help="Place each point at its epoch, or at the training and validation time done by then (start-up "
+        "and saving not counted): recipes whose epochs cost differently compare by time.",
+    ) = "epoch",
     debug: Debug = False,
 ) -> None:
     """Loss, top-1 and learning-rate curves of runs, from their metrics.jsonl, as one PNG (needs matplotlib).
 
-    [dim]imagenet-cli plot runs/r18 runs/r50 -o compare.png[/dim]
+    [dim]imagenet-cli plot runs/r18 runs/r50 -o compare.png --x-axis time[/dim]
     """
     with one_line_errors(debug):
         from ..report.plots import default_output, training_curves
 
         runs = [Path(run) for run in run_dirs]
         target = Path(output) if output else default_output(runs)
-        for note in training_curves(runs, target):
+        for note in training_curves(runs, target, x_axis):
             typer.echo(note, err=True)
         typer.echo(f"wrote {target}")
 

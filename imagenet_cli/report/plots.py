@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.atomicfile import atomic_write
 from ..core.errors import UserError
+from . import X_AXES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,9 +52,10 @@ def default_output(runs: list[Path]) -> Path:
     return runs[0] / CURVES_NAME if len(runs) == 1 else Path(RUNS_FILE)
 
 
-def training_curves(runs: list[Path], output: Path) -> list[str]:
-    """Draw loss, top-1 and the LR schedule of one or more runs into one PNG at `output`. Returns notes for
-    the user (skipped runs, skipped malformed lines) for the caller to place: training logs them, the CLI
+def training_curves(runs: list[Path], output: Path, x_axis: str = "epoch") -> list[str]:
+    """Draw loss, top-1 and the LR schedule of one or more runs into one PNG at `output`, along epochs or
+    along time (`x_axis`: recipes that differ in cost per epoch compare by the time they took). Returns notes
+    for the user (skipped runs, skipped malformed lines) for the caller to place: training logs them, the CLI
     prints them to stderr. A run that cannot be drawn is an error when it is the only one, and a note when
     others can still be compared."""
     if not runs:
@@ -63,6 +65,8 @@ def training_curves(runs: list[Path], output: Path) -> list[str]:
     for run in _unique(runs, notes):
         try:
             metrics = read_metrics(run)
+            if x_axis == "time":
+                epoch_spans(run, metrics)
         except UserError as exc:
             if len(runs) == 1:
                 raise
@@ -74,7 +78,7 @@ def training_curves(runs: list[Path], output: Path) -> list[str]:
     if not drawable:
         raise UserError("none of the runs has epoch records to plot: " + "; ".join(notes))
     labels = run_labels([run for run, _ in drawable])
-    figure = _curves_figure(labels, [metrics for _, metrics in drawable])
+    figure = _curves_figure(labels, [metrics for _, metrics in drawable], placing_for(drawable, x_axis))
     _save_png(figure, output)
     return notes
 
@@ -182,7 +186,64 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
+def epoch_spans(run: Path, metrics: RunMetrics) -> dict[int, tuple[float, float]]:
+    """Each recorded epoch's (start, length) in seconds of training and validation, counted from the first
+    recorded one: start-up, saving and the gaps of a resume left out, so runs compare by the work they did."""
+    spans: dict[int, tuple[float, float]] = {}
+    elapsed = 0.0
+    for epoch, record in metrics.epochs.items():
+        seconds = record.get("seconds")
+        if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+            raise UserError(f"{run} records no time for epoch {epoch} in {METRICS_NAME}: plot it with --x-axis epoch")
+        spans[epoch] = (elapsed, float(seconds))
+        elapsed += seconds
+    return spans
+
+
+@dataclass(frozen=True)
+class Placing:
+    """Where along x a run's points go: at epochs (an epoch's record at its end, 1 for the first), or at
+    the seconds, minutes or hours of training and validation done by then."""
+
+    label: str = EPOCH_AXIS
+    spans: list[dict[int, tuple[float, float]]] | None = None  # per run, for time
+    unit: float = 1.0  # seconds per unit of the axis
+
+    def epoch_start(self, run: int, epoch: int) -> float:
+        if self.spans is None:
+            return float(epoch)
+        return self.spans[run][epoch][0] / self.unit
+
+    def epoch_end(self, run: int, epoch: int) -> float:
+        if self.spans is None:
+            return epoch + 1.0
+        start, length = self.spans[run][epoch]
+        return (start + length) / self.unit
+
+    def at(self, run: int, position: float) -> float:
+        """A fractional epoch (a train record's epoch + step/steps) on the axis; NaN in an epoch with no
+        record of its time (the one still running)."""
+        if self.spans is None:
+            return position
+        epoch = math.ceil(position) - 1  # the last step of epoch e sits at e + 1
+        if epoch not in self.spans[run]:
+            return math.nan
+        start, length = self.spans[run][epoch]
+        return (start + (position - epoch) * length) / self.unit
+
+
+def placing_for(runs: list[tuple[Path, RunMetrics]], x_axis: str) -> Placing:
+    if x_axis not in X_AXES:
+        raise ValueError(f"x_axis must be one of {X_AXES}, got {x_axis!r}")
+    if x_axis == "epoch":
+        return Placing()
+    spans = [epoch_spans(run, metrics) for run, metrics in runs]
+    longest = max(start + length for per_run in spans for start, length in per_run.values())
+    name, unit = ("s", 1.0) if longest < 600 else ("min", 60.0) if longest < 10_800 else ("h", 3600.0)
+    return Placing(f"training + validation time ({name}; start-up and saving not counted)", spans, unit)
+
+
+def _curves_figure(labels: list[str], runs: list[RunMetrics], placing: Placing) -> Figure:
     """Three panels side by side; each run one colour, train solid and val dashed."""
     figure = _figure(16, 5)
     from matplotlib.lines import Line2D
@@ -190,12 +251,13 @@ def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
     loss, top1, lr = figure.subplots(1, 3)
     for index, metrics in enumerate(runs):
         colour = f"C{index % 10}"
-        _epoch_lines(loss, metrics, "loss", colour)
-        _epoch_lines(top1, metrics, "acc1", colour)
-        _lr_line(lr, metrics, colour)
-    _label(loss, "Loss", "cross-entropy loss")
-    _label(top1, "Top-1 accuracy", "top-1 (%)")
-    _label(lr, "Learning rate", "learning rate")
+        x = [placing.epoch_end(index, epoch) for epoch in metrics.epochs]
+        _epoch_lines(loss, x, metrics, "loss", colour)
+        _epoch_lines(top1, x, metrics, "acc1", colour)
+        _lr_line(lr, metrics, colour, placing, index)
+    _label(loss, "Loss", "cross-entropy loss", placing.label)
+    _label(top1, "Top-1 accuracy", "top-1 (%)", placing.label)
+    _label(lr, "Learning rate", "learning rate", placing.label)
     _log_scale_if_wide(lr)
     handles = [Line2D([], [], color=f"C{i % 10}", label=label) for i, label in enumerate(labels)]
     handles += [Line2D([], [], color="black", linestyle=style, label=split) for split, style in SPLIT_STYLES]
@@ -205,32 +267,32 @@ def _curves_figure(labels: list[str], runs: list[RunMetrics]) -> Figure:
     return figure
 
 
-def _epoch_lines(axes: Axes, metrics: RunMetrics, name: str, colour: str) -> None:
-    """train_NAME solid and val_NAME dashed, at the end of each (1-based) epoch; gaps where a value is missing."""
-    x = [epoch + 1 for epoch in metrics.epochs]
+def _epoch_lines(axes: Axes, x: list[float], metrics: RunMetrics, name: str, colour: str) -> None:
+    """train_NAME solid and val_NAME dashed, at the end of each epoch (`x`); gaps where a value is missing."""
     for split, style in SPLIT_STYLES:
         y = [_value(record.get(f"{split}_{name}")) for record in metrics.epochs.values()]
         if not all(math.isnan(v) for v in y):
             axes.plot(x, y, color=colour, linestyle=style, marker="o", markersize=3)
 
 
-def _lr_line(axes: Axes, metrics: RunMetrics, colour: str) -> None:
+def _lr_line(axes: Axes, metrics: RunMetrics, colour: str, placing: Placing, run: int) -> None:
     """The LR at each logged step when the run logged steps, else held through each epoch."""
     if metrics.lr_steps:
-        x, y = zip(*metrics.lr_steps, strict=True)
+        x, y = zip(*((placing.at(run, position), lr) for position, lr in metrics.lr_steps), strict=True)
         axes.plot(x, y, color=colour, drawstyle="steps-pre")  # a record's LR held since the previous one
         return
     epochs = list(metrics.epochs)
     rates = [_value(record.get("lr")) for record in metrics.epochs.values()]
-    axes.plot([*epochs, epochs[-1] + 1], [*rates, rates[-1]], color=colour, drawstyle="steps-post")
+    x = [placing.epoch_start(run, epoch) for epoch in epochs] + [placing.epoch_end(run, epochs[-1])]
+    axes.plot(x, [*rates, rates[-1]], color=colour, drawstyle="steps-post")
 
 
 def _value(value: Any) -> float:
     return float(value) if _is_number(value) else math.nan
 
 
-def _label(axes: Axes, title: str, ylabel: str) -> None:
-    axes.set(title=title, xlabel=EPOCH_AXIS, ylabel=ylabel)
+def _label(axes: Axes, title: str, ylabel: str, xlabel: str) -> None:
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(True, alpha=0.3)
 
 
