@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from imagenet_cli.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from imagenet_cli.train import compute
 
 from .conftest import FAST_FAKE, TINY_ARCH, cli_env, json_result, load, ok, run_cli
 
@@ -34,8 +35,11 @@ def test_train_evaluate_resume_finetune_round_trip(trained_run, image_folder, tm
     assert first["epoch"] == 1 and first["arch"] == TINY_ARCH and (trained_run / BEST_NAME).exists()
     assert first["class_names"] == [f"class_{i}" for i in range(10)]
 
-    evaluated = json_result(run_cli("evaluate", str(checkpoint), "--json", "-j", "0"))
+    shown = run_cli("evaluate", str(checkpoint), "--json", "-j", "0")
+    evaluated = json_result(shown)
     assert evaluated["images"] == 32 and evaluated["acc1"] == pytest.approx(first["best_acc1"])
+    precision = "bf16 autocast" if compute.cpu_multiplies_bf16() else "fp32"  # --amp auto: this CPU's default
+    assert f"compute: {precision}, channels-last" in shown.stderr  # what the top-1 was measured in
 
     resumed_dir = tmp_path / "resumed"
     result = ok(run_cli("resume", str(checkpoint), "--epochs", "2", "--output-dir", str(resumed_dir)))

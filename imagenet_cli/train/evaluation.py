@@ -32,6 +32,7 @@ def run_evaluation(cfg: RunConfig, ctx: DistContext, reporter: Reporter) -> None
         reporter.message(models.wider_head_note(outputs, num_classes, cfg.data.path))
     model = models.from_state(cfg.model.arch, weights, outputs)
     settings = compute.resolve(cfg.compute, ctx.device, model)
+    reporter.message(f"compute: {settings.describe()}")  # bf16 on some CPUs by default: its top-1 differs a little
     model = compute.wrap_model(compute.place(model, settings), ctx, cfg.dist.data_parallel)
     batch = data.per_process_batch(cfg.optim.batch_size, ctx, cfg.dist.data_parallel)
     workers = data.resolve_workers(cfg.data.workers, ctx)
