@@ -25,7 +25,7 @@ from imagenet_cli.core import models
 from imagenet_cli.core.errors import UserError
 from imagenet_cli.data.loaders import FakeImages, Normalizer, train_loader
 from imagenet_cli.report.live import Reporter
-from imagenet_cli.run import distributed, spawning
+from imagenet_cli.run import distributed
 from imagenet_cli.run.distributed import Topology, first_slurm_host, plan, slurm_hostnames
 from imagenet_cli.train import compute
 from imagenet_cli.train.engine import TrainParts, train_one_epoch
@@ -56,28 +56,6 @@ def test_slurm_tasks_find_node_zero_without_talking():
 def test_a_single_task_slurm_allocation_is_a_plain_run():
     env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}
     assert plan(DistConfig(), env).launcher == "single"
-
-
-@pytest.mark.parametrize(
-    ("flag", "env", "starts"),
-    [
-        (True, {}, True),
-        (False, {}, False),
-        (True, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, False),  # torchrun started this rank
-        (True, {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}, False),  # so did srun
-        (True, {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}, True),  # a one-task allocation
-        (True, {"SLURM_PROCID": "0", "SLURM_NTASKS": "many", "SLURM_LOCALID": "0"}, False),  # planning says why
-    ],
-)
-def test_the_rank_server_starts_early_only_where_the_launcher_will_start_ranks(flag, env, starts):
-    """The command line starts the server ranks are forked from before it imports torch, on this guess;
-    it must agree with the plan the launcher makes later (a wrong guess costs an idle server, no more)."""
-    assert spawning.starts_ranks(flag, env) == starts
-    try:
-        planned = plan(DistConfig(multiprocessing_distributed=flag), env).launcher == "spawn"
-    except ValueError:
-        planned = False
-    assert planned == starts
 
 
 @pytest.mark.parametrize(

@@ -265,19 +265,12 @@ def _long_run(out: Path) -> RunningCli:
 
 
 def _training_ranks(launcher: RunningCli) -> list[int]:
-    """Wait for a 2-rank run's third step of epoch 1; returns its two rank processes: the children of the
-    server the launcher forks its ranks from."""
+    """Wait for a 2-rank run's third step of epoch 1; returns its two rank processes."""
     launcher.wait_for(re.compile(r"^Epoch: \[1\]\[\s*3/"))
-    servers = [pid for pid in _children(launcher.pid) if "forkserver" in Path(f"/proc/{pid}/cmdline").read_text()]
-    ranks = [rank for server in servers for rank in _children(server)]
-    assert len(servers) == 1 and len(ranks) == 2, (servers, ranks)
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    ranks = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(ranks) == 2
     return ranks
-
-
-def _children(pid: int) -> list[int]:
-    return [
-        int(child) for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    ]
 
 
 def _gone(pids: list[int]) -> bool:

@@ -19,9 +19,6 @@ EVALUATION_KEYS = frozenset({"arch", "val_resize_size", "val_crop_size", "interp
 
 
 def launch(cfg: RunConfig) -> None:
-    from ..run import spawning
-
-    spawning.start_early(cfg.dist.multiprocessing_distributed)  # before the imports below, to overlap them
     from ..run.launch import launch as start
 
     start(cfg)

@@ -26,15 +26,16 @@ import torch.distributed as dist
 from ..config import DistConfig
 from ..core.context import DistContext
 from ..core.errors import RunFailed, UserError
-from .spawning import TORCHRUN_VARS, launched_by_torchrun, slurm_tasks
 
 # What the launchers set: the variables that make a process one of their run's, and all that `env` shows.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 TORCHRUN_ENV = (
     *TORCHRUN_VARS, "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RUN_ID",
     "TORCHELASTIC_RESTART_COUNT",
 )  # fmt: skip
 # Where a torchrun worker writes its failure for torchrun's summary ("Root Cause"); torchrun sets it per rank.
 TORCHELASTIC_ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
+SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 SLURM_ENV = (
     "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID",
     "SLURM_NODEID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_NODELIST", "SLURM_JOB_NODELIST",
@@ -80,7 +81,7 @@ def accelerator_count(cfg: DistConfig) -> int:
 def plan(cfg: DistConfig, env: dict[str, str] | None = None) -> Topology:
     """Decide the layout from the launcher's environment first (it knows best), then from flags."""
     env = dict(os.environ) if env is None else env
-    if launched_by_torchrun(env):
+    if all(k in env for k in TORCHRUN_VARS):
         return Topology(
             launcher="external",
             world_size=int(env["WORLD_SIZE"]),
@@ -90,7 +91,7 @@ def plan(cfg: DistConfig, env: dict[str, str] | None = None) -> Topology:
             external_local_rank=int(env["LOCAL_RANK"]),
             source="torchrun",
         )
-    if slurm_tasks(env) > 1:
+    if all(k in env for k in SLURM_VARS) and int(env["SLURM_NTASKS"]) > 1:
         return _slurm_topology(cfg, env)
     if cfg.multiprocessing_distributed:
         nproc = cfg.nproc_per_node or max(1, accelerator_count(cfg))

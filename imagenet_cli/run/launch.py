@@ -23,7 +23,7 @@ from ..data import decoders
 from ..data import loaders as data
 from ..report import records
 from ..train.stops import STOP_SIGNALS
-from . import distributed, spawning, worker
+from . import distributed, worker
 from .distributed import Topology
 
 
@@ -191,11 +191,10 @@ def spawn(cfg: RunConfig, topology: Topology) -> None:
     stopped within seconds and the first failure is reported by rank."""
     import torch.multiprocessing as mp
 
-    errors = spawning.context().SimpleQueue()
+    errors = mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(
-        _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=False,
-        start_method=spawning.start_method(),
-    )  # fmt: skip
+        _spawned, args=(cfg, topology, errors), nprocs=topology.nproc_per_node, join=False, start_method="spawn"
+    )
     with _forwarding_signals(context.processes):
         codes, first = _supervise(context.processes)
     if all(code == 0 for code in codes):
