@@ -182,6 +182,21 @@ def test_by_time_a_run_without_epoch_times_is_a_one_line_error(tmp_path: Path) -
     ok(run_cli("plot", str(run)))
     notes = training_curves([run, write_run(tmp_path / "new")], tmp_path / "both.png", "time")
     assert len(notes) == 1 and "skipped a run" in notes[0] and "records no time" in notes[0]
+    also_without = write_run(tmp_path / "negative", seconds=-1.0)
+    with pytest.raises(UserError, match=r"none of the runs can be drawn: .* records no time"):
+        training_curves([run, also_without], tmp_path / "neither.png", "time")
+
+
+@pytest.mark.parametrize("seconds", ["12", -1.0, float("nan"), True, None, 10**400, 1e308])
+def test_by_time_a_time_no_clock_gives_is_refused(tmp_path: Path, seconds: object) -> None:
+    """A text, a negative or missing time, or times whose sum no float holds (1e308 twice): each file is
+    data to refuse, not a reason for a traceback or a point silently dropped."""
+    run = tmp_path / "odd"
+    run.mkdir()
+    lines = [{"type": "epoch", "epoch": epoch, "val_acc1": 50.0, "seconds": seconds} for epoch in range(2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(UserError, match="records no time for epoch"):
+        training_curves([run], tmp_path / "odd.png", "time")
 
 
 def test_equal_directory_names_get_their_parents() -> None:

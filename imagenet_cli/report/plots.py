@@ -76,7 +76,7 @@ def training_curves(runs: list[Path], output: Path, x_axis: str = "epoch") -> li
             notes.append(_malformed_note(run / METRICS_NAME, metrics.malformed))
         drawable.append((run, metrics))
     if not drawable:
-        raise UserError("none of the runs has epoch records to plot: " + "; ".join(notes))
+        raise UserError("none of the runs can be drawn: " + "; ".join(notes))
     labels = run_labels([run for run, _ in drawable])
     figure = _curves_figure(labels, [metrics for _, metrics in drawable], placing_for(drawable, x_axis))
     _save_png(figure, output)
@@ -192,10 +192,10 @@ def epoch_spans(run: Path, metrics: RunMetrics) -> dict[int, tuple[float, float]
     spans: dict[int, tuple[float, float]] = {}
     elapsed = 0.0
     for epoch, record in metrics.epochs.items():
-        seconds = record.get("seconds")
-        if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+        seconds = _value(record.get("seconds"))
+        if not (seconds >= 0 and math.isfinite(elapsed + seconds)):  # NaN fails the first test
             raise UserError(f"{run} records no time for epoch {epoch} in {METRICS_NAME}: plot it with --x-axis epoch")
-        spans[epoch] = (elapsed, float(seconds))
+        spans[epoch] = (elapsed, seconds)
         elapsed += seconds
     return spans
 
@@ -288,7 +288,11 @@ def _lr_line(axes: Axes, metrics: RunMetrics, colour: str, placing: Placing, run
 
 
 def _value(value: Any) -> float:
-    return float(value) if _is_number(value) else math.nan
+    """A number as a float; NaN for anything else, and for an integer too large for a float."""
+    try:
+        return float(value) if _is_number(value) else math.nan
+    except OverflowError:
+        return math.nan
 
 
 def _label(axes: Axes, title: str, ylabel: str, xlabel: str) -> None:
