@@ -119,6 +119,36 @@ def test_a_cut_off_save_of_the_last_epoch_is_finished_by_resume_auto(one_epoch, 
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_an_epoch_copy_a_cut_off_save_never_wrote_is_made_by_the_resume(two_epochs, tmp_path):
+    """--keep-epochs writes the epoch's copy after `checkpoint.pth.tar`: killed between them, the resumed
+    run makes the copy from the file it continues, with its checksum, and keeps the run's own count; a run
+    rewound to an older file makes nothing (the later copies show nothing is missing)."""
+    keep = ("--keep-epochs", "1")
+    fault = cli_env(IMAGENET_CLI_FAULT="crash:epoch=2,file=checkpoint_epoch_001.pth.tar,point=written")
+    crashed = _train(tmp_path, *keep, env=fault)
+    assert crashed.returncode == -signal.SIGKILL and not (tmp_path / "checkpoint_epoch_001.pth.tar").exists()
+    assert load(tmp_path / CHECKPOINT_NAME)["epoch"] == 2  # the last epoch, whole
+    result = ok(_train(tmp_path, *keep, "--resume", "auto"))
+    assert f"checkpoint_epoch_001.pth.tar was missing (a save was cut off): copied again from {CHECKPOINT_NAME}" in (
+        result.stdout + result.stderr
+    )
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_001.pth.tar", "checkpoint_epoch_001.pth.tar.sha256"
+    ]  # fmt: skip
+    assert verify_checksum(str(tmp_path / "checkpoint_epoch_001.pth.tar")) is None
+    assert _same(
+        load(tmp_path / "checkpoint_epoch_001.pth.tar")["state_dict"], load(two_epochs / CHECKPOINT_NAME)["state_dict"]
+    )
+
+    rewound = tmp_path / "rewound"
+    _copy(two_epochs, rewound)  # epochs 0 and 1 kept; epoch 0's renamed, as if its copy had been pruned
+    (rewound / "checkpoint_epoch_000.pth.tar").rename(rewound / "older.pth.tar")
+    (rewound / CHECKPOINT_NAME).unlink()  # else the tool refuses to continue an older state over it
+    result = ok(_train(rewound, "--keep-epochs", "2", "--epochs", "1", "--resume", str(rewound / "older.pth.tar")))
+    assert "was missing" not in result.stdout + result.stderr
+    assert not (rewound / "checkpoint_epoch_000.pth.tar").exists()
+
+
 @pytest.mark.parametrize("written", ["before", "after"])
 def test_resume_auto_remakes_checkpoint_pth_tar_only_when_it_predates_the_newer_state(
     written, two_epochs, one_epoch, tmp_path

@@ -165,6 +165,25 @@ def _remade_checkpoint(newest: str) -> list[str]:
     return [f"{CHECKPOINT_NAME} {why}: copied again from {os.path.basename(newest)}"]
 
 
+def remake_epoch_copy(continued: str, output_dir: str, epoch: int, keep_epochs: int) -> list[str]:
+    """Under --keep-epochs, the copy of the epoch a run continues from (`epoch`: where it continues), when
+    a save was cut off before writing it: it comes after `checkpoint.pth.tar`, and after the best copy a
+    crash may leave newest. Made again from the file continued from, in the run's own directory only, and
+    only when no later epoch's copy exists (a run rewound to an older file has nothing missing); the copies
+    are then pruned to the run's own count, as the save would have."""
+    if epoch < 1 or not os.path.samefile(os.path.dirname(os.path.abspath(continued)), output_dir):
+        return []
+    numbers = [int(m[1]) for name in os.listdir(output_dir) if (m := re.fullmatch(EPOCH_PATTERN, name))]
+    copy = os.path.join(output_dir, EPOCH_COPY.format(epoch - 1))
+    if os.path.exists(copy) or any(number >= epoch - 1 for number in numbers):
+        return []
+    copy_with_checksum(continued, copy, sha256_of(continued), SaveFault())
+    _prune_epoch_copies(output_dir, keep_epochs)
+    return [
+        f"{os.path.basename(copy)} was missing (a save was cut off): copied again from {os.path.basename(continued)}"
+    ]
+
+
 def _move_aside(path: str) -> str:
     """Rename a damaged file (and its checksum) to a name no save writes; returns the new name."""
     target, n = path + DAMAGED_SUFFIX, 1

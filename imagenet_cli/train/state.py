@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, make_checkpoint, remake_epoch_copy, save_checkpoint
 from ..config import RunConfig
 from ..core import context, model_sources, models, randomness
 from ..core.context import DistContext
@@ -222,7 +222,16 @@ class TrainState:
             records.trim(
                 os.path.join(self.cfg.output_dir, records.METRICS_NAME), self.progress.epoch, self.progress.step
             )
+            notes += self._remade_epoch_copy(resumed)
         return [note for note in notes if note] + (list(resumed.notes) if resumed is not None else [])
+
+    def _remade_epoch_copy(self, resumed: LoadedCheckpoint | None) -> list[str]:
+        """--keep-epochs: the continued epoch's copy, if a cut-off save never wrote it (this tool's epoch-end
+        files only; the count kept is this run's own, never a file's)."""
+        keep = self.cfg.save.keep_epochs
+        if not keep or resumed is None or resumed.step != 0 or not resumed.kind.startswith("imagenet-cli"):
+            return []
+        return remake_epoch_copy(resumed.path, self.cfg.output_dir, self.progress.epoch, keep)
 
     def save(self, epoch: int, step: int, best_acc1: float | None = None, is_best: bool = False) -> None:
         """(epoch, step) is where a resumed run continues. Called on every rank: every rank's generators go in."""
