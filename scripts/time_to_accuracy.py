@@ -69,17 +69,8 @@ FAST = (*SCHEDULE, *evaluated_at(SIZE), "--lr", "0.03", "--label-smoothing", "0.
 # last, at least a quarter of the picture (crop scale 0.25-1: low resolution already loses detail, and FFCV's
 # 8% crops of 48 px pictures left too little), LR 0.04, no label smoothing; its `--progressive-resize-epochs`
 # follow `--fast-epochs`.
-BUDGETED = (
-    *SCHEDULE,
-    *evaluated_at(SIZE),
-    "--lr",
-    "0.04",
-    "--crop-scale",
-    "0.25",
-    "1",
-    "--progressive-resize",
-    "64:96",
-)
+BUDGETED = (*SCHEDULE, *evaluated_at(SIZE), "--lr", "0.04", "--crop-scale", "0.25", "1",
+            "--progressive-resize", "64:96")  # fmt: skip
 # `--fast-recipe low-resolution`: the budgeted recipe at 64 px throughout, trained and evaluated there. These
 # pictures hold 28 px of detail, so 96 px adds none, and this small network (its receptive field fixed in
 # pixels) scored higher at 64 px than at 96 (README: "Time to accuracy"). It evaluates at 64 px, not above

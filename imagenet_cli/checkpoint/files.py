@@ -101,9 +101,13 @@ def remove_stale_saves(output_dir: str) -> list[str]:
     return remove_stale_temporaries(output_dir, [f"{name}(?:{re.escape(CHECKSUM_SUFFIX)})?" for name in OWN_NAMES])
 
 
+def _epoch_copies(output_dir: str) -> list[tuple[int, str]]:
+    """(epoch number, name) of the run's `--keep-epochs` copies, oldest first."""
+    return sorted((int(m[1]), name) for name in os.listdir(output_dir) if (m := re.fullmatch(EPOCH_PATTERN, name)))
+
+
 def _prune_epoch_copies(output_dir: str, keep: int) -> None:
-    numbered = sorted((int(m[1]), name) for name in os.listdir(output_dir) if (m := re.fullmatch(EPOCH_PATTERN, name)))
-    for _, name in numbered[:-keep]:
+    for _, name in _epoch_copies(output_dir)[:-keep]:
         for doomed in (name, name + CHECKSUM_SUFFIX):
             if os.path.exists(os.path.join(output_dir, doomed)):
                 os.unlink(os.path.join(output_dir, doomed))
@@ -135,7 +139,7 @@ def find_resumable(output_dir: str, repair: bool = True) -> tuple[str | None, li
         if loaded.notes and own and repair:  # a whole file that outlived its checksum: true it again
             write_sidecar(path, sha256_of(path), SaveFault())
             messages.extend(f"{note}; its checksum was written again" for note in loaded.notes)
-        if loaded.kind.startswith("imagenet-cli") and loaded.optimizer_state is not None and loaded.epoch is not None:
+        if loaded.is_own and loaded.optimizer_state is not None and loaded.epoch is not None:
             preference = {CHECKPOINT_NAME: 2, BEST_NAME: 0}.get(name, 1)  # equal states: the canonical file
             candidates.append(((loaded.epoch, loaded.step, preference), path))
     if damaged and not candidates:
@@ -161,8 +165,13 @@ def _remade_checkpoint(newest: str) -> list[str]:
         why = "was older (a save was cut off)"
     else:
         return []
-    copy_with_checksum(newest, path, sha256_of(newest), SaveFault())
-    return [f"{CHECKPOINT_NAME} {why}: copied again from {os.path.basename(newest)}"]
+    return [_copied_again(newest, path, why)]
+
+
+def _copied_again(source: str, target: str, why: str) -> str:
+    """A copy a cut-off save did not leave, made again with its checksum; the note that says so."""
+    copy_with_checksum(source, target, sha256_of(source), SaveFault())
+    return f"{os.path.basename(target)} {why}: copied again from {os.path.basename(source)}"
 
 
 def remake_epoch_copy(continued: str, output_dir: str, epoch: int, keep_epochs: int) -> list[str]:
@@ -173,15 +182,13 @@ def remake_epoch_copy(continued: str, output_dir: str, epoch: int, keep_epochs: 
     are then pruned to the run's own count, as the save would have."""
     if epoch < 1 or not os.path.samefile(os.path.dirname(os.path.abspath(continued)), output_dir):
         return []
-    numbers = [int(m[1]) for name in os.listdir(output_dir) if (m := re.fullmatch(EPOCH_PATTERN, name))]
-    copy = os.path.join(output_dir, EPOCH_COPY.format(epoch - 1))
-    if os.path.exists(copy) or any(number >= epoch - 1 for number in numbers):
+    if any(number >= epoch - 1 for number, _ in _epoch_copies(output_dir)):  # this epoch's copy, or a later one
         return []
-    copy_with_checksum(continued, copy, sha256_of(continued), SaveFault())
+    note = _copied_again(
+        continued, os.path.join(output_dir, EPOCH_COPY.format(epoch - 1)), "was missing (a save was cut off)"
+    )
     _prune_epoch_copies(output_dir, keep_epochs)
-    return [
-        f"{os.path.basename(copy)} was missing (a save was cut off): copied again from {os.path.basename(continued)}"
-    ]
+    return [note]
 
 
 def _move_aside(path: str) -> str:

@@ -31,6 +31,7 @@ from .safe_tensors import KIND as SAFETENSORS_KIND
 from .safe_tensors import is_safetensors, read_safetensors
 
 FORMAT = "imagenet-cli/1"
+OWN_KIND = "imagenet-cli checkpoint"  # `kind` of a file in FORMAT
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a file may say its run trained in; anything else is not read
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 # Where other programs put a whole torchvision-like model under an attribute: Lightning's and most training
@@ -74,6 +75,11 @@ class LoadedCheckpoint:
         """This reader's own copy, made when first asked for: an optimizer restored on the CPU keeps the very
         tensors it is given and trains them in place, which must not change what the next reader gets."""
         return copy.deepcopy(self.optimizer_state)
+
+    @property
+    def is_own(self) -> bool:
+        """Written by this tool (its format marker), so its epoch, step and configuration are this tool's."""
+        return self.kind == OWN_KIND
 
     def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
         if not ema:
@@ -313,7 +319,7 @@ def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 def _kind(raw: Mapping[str, Any], key: str | None, state: Mapping[str, torch.Tensor]) -> str:
     wrapped = " with DataParallel/DDP prefixes" if any(k.startswith(WRAPPER_PREFIXES) for k in state) else ""
     if raw.get("format") == FORMAT:
-        return "imagenet-cli checkpoint"
+        return OWN_KIND
     if key is None:
         return "plain state_dict" + wrapped
     if key == "state_dict" and "best_acc1" in raw:

@@ -169,7 +169,7 @@ def _refuse_going_back(cfg: RunConfig) -> None:
         resumed, newer = read_checkpoint(cfg.resume), read_checkpoint(latest)
     except UserError:
         return  # an unreadable file is reported where it is read
-    if newer.kind.startswith("imagenet-cli") and (newer.epoch or 0, newer.step) > (resumed.epoch or 0, resumed.step):
+    if newer.is_own and (newer.epoch or 0, newer.step) > (resumed.epoch or 0, resumed.step):
         raise UserError(
             f"{latest} is further on (epoch {newer.epoch}, step {newer.step}) than {cfg.resume} (epoch "
             f"{resumed.epoch}, step {resumed.step}); continuing here would overwrite it: give another --output-dir"

@@ -229,7 +229,7 @@ class TrainState:
         """--keep-epochs: the continued epoch's copy, if a cut-off save never wrote it (this tool's epoch-end
         files only; the count kept is this run's own, never a file's)."""
         keep = self.cfg.save.keep_epochs
-        if not keep or resumed is None or resumed.step != 0 or not resumed.kind.startswith("imagenet-cli"):
+        if not keep or resumed is None or resumed.step != 0 or not resumed.is_own:
             return []
         return remake_epoch_copy(resumed.path, self.cfg.output_dir, self.progress.epoch, keep)
 
